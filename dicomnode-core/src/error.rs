@@ -1,0 +1,99 @@
+//! Typed errors of the model.
+
+use std::fmt;
+
+/// The error a [`Processor`](crate::Processor) returns when it cannot process a patient.
+///
+/// Any `std::error::Error` converts into it, so `?` works inside `process`; use
+/// [`ProcessError::new`] for a message of your own. Its text, with the chain of causes,
+/// reaches the node's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessError {
+    message: String,
+}
+
+impl ProcessError {
+    /// An error with the given message.
+    pub fn new(message: impl fmt::Display) -> Self {
+        ProcessError {
+            message: message.to_string(),
+        }
+    }
+
+    /// The message, including the chain of causes.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ProcessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: std::error::Error> From<E> for ProcessError {
+    fn from(error: E) -> Self {
+        let mut message = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        ProcessError { message }
+    }
+}
+
+/// Why an [`Output`](crate::Output) could not be exported.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// A file or directory could not be written.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The path being written.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// An instance could not be encoded as a DICOM file.
+    #[error("cannot encode instance {sop_instance_uid} to {path}: {source}")]
+    Encode {
+        /// The SOP Instance UID of the instance.
+        sop_instance_uid: String,
+        /// The path being written.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: Box<dicom_object::WriteError>,
+    },
+    /// An instance lacks an attribute the output needs (e.g. a UID to name its file).
+    #[error("instance lacks {0}")]
+    MissingAttribute(&'static str),
+    /// Any other failure, described.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Why synthetic test data could not be made or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SyntheticError {
+    /// The file meta group could not be built.
+    #[error("cannot attach the file meta group: {0}")]
+    WithMeta(#[from] Box<dicom_object::WithMetaError>),
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The path being written.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: Box<dicom_object::WriteError>,
+    },
+    /// A directory could not be created.
+    #[error("cannot create {path}: {source}")]
+    Io {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,331 @@
+//! Inputs: the named sets a pipeline's instances are sorted into, with the rules an
+//! instance must meet to enter and the rule that says when an input has enough.
+
+use dicom_core::Tag;
+use dicom_dictionary_std::{tags, StandardDataDictionary};
+use dicom_object::InMemDicomObject;
+use regex::Regex;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+/// A named input of a pipeline.
+///
+/// ```
+/// use dicomnode_core::{Enough, Input, Matcher};
+/// use dicom_dictionary_std::tags;
+///
+/// let ct = Input::new("ct")
+///     .require(tags::SERIES_INSTANCE_UID)
+///     .matching(tags::MODALITY, Matcher::exact("CT"))
+///     .matching(tags::SERIES_DESCRIPTION, Matcher::regex("(?i)^ax").unwrap())
+///     .enough_when(Enough::at_least(150));
+/// assert_eq!(ct.name(), "ct");
+/// ```
+#[derive(Clone)]
+pub struct Input {
+    name: String,
+    required: Vec<Tag>,
+    rules: Vec<(Tag, Matcher)>,
+    enough: Enough,
+}
+
+impl fmt::Debug for Input {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Input")
+            .field("name", &self.name)
+            .field("required", &self.required)
+            .field("rules", &self.rules)
+            .field("enough", &self.enough)
+            .finish()
+    }
+}
+
+impl Input {
+    /// An input that takes every instance and has enough as soon as it holds one.
+    pub fn new(name: impl Into<String>) -> Self {
+        Input {
+            name: name.into(),
+            required: Vec::new(),
+            rules: Vec::new(),
+            enough: Enough::at_least(1),
+        }
+    }
+
+    /// Requires the instance to carry `tag` with a non-empty value.
+    pub fn require(mut self, tag: Tag) -> Self {
+        self.required.push(tag);
+        self
+    }
+
+    /// Requires the value of `tag` to match `matcher` (which implies [`Input::require`]).
+    pub fn matching(mut self, tag: Tag, matcher: Matcher) -> Self {
+        self.rules.push((tag, matcher));
+        self
+    }
+
+    /// Sets when the input has enough instances for processing.
+    pub fn enough_when(mut self, enough: Enough) -> Self {
+        self.enough = enough;
+        self
+    }
+
+    /// The input's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Checks whether an instance (its header: every element before Pixel Data) may enter.
+    pub fn admit(&self, header: &InMemDicomObject) -> Result<(), Rejection> {
+        for &tag in &self.required {
+            if value_of(header, tag).is_none() {
+                return Err(Rejection::Missing { tag });
+            }
+        }
+        for (tag, matcher) in &self.rules {
+            let Some(value) = value_of(header, *tag) else {
+                return Err(Rejection::Missing { tag: *tag });
+            };
+            if !matcher.matches(&value) {
+                return Err(Rejection::Mismatch {
+                    tag: *tag,
+                    found: value,
+                    wanted: matcher.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the instances held (their headers) are enough for processing.
+    pub fn has_enough(&self, held: &[&InMemDicomObject]) -> bool {
+        (self.enough.0)(held)
+    }
+}
+
+/// The single input of a pipeline that declares none: every instance, enough at once.
+pub fn default_inputs() -> Vec<Input> {
+    vec![Input::new("instances")]
+}
+
+/// The text value of `tag` in `obj`, trimmed of DICOM padding; `None` when absent or empty.
+pub fn value_of(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let value = obj.get(tag)?.to_str().ok()?;
+    let trimmed = value.trim_matches(|c: char| c == ' ' || c == '\0');
+    (!trimmed.is_empty()).then(|| trimmed.to_string())
+}
+
+/// A readable name for a tag, e.g. `Modality (0008,0060)`.
+pub fn tag_name(tag: Tag) -> String {
+    use dicom_core::dictionary::DataDictionary;
+    match StandardDataDictionary.by_tag(tag) {
+        Some(entry) => format!("{} {}", entry.alias, tag),
+        None => tag.to_string(),
+    }
+}
+
+/// How a tag's value must look.
+#[derive(Clone)]
+pub enum Matcher {
+    /// Exactly this value.
+    Exact(String),
+    /// One of these values.
+    OneOf(Vec<String>),
+    /// A regular expression that must match (use `^...$` to anchor).
+    Regex(Regex),
+    /// A predicate over the value, with a description for the log.
+    Predicate {
+        /// Says what the predicate accepts, for rejection messages.
+        description: String,
+        /// The test.
+        test: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    },
+}
+
+impl Matcher {
+    /// Matches exactly `value`.
+    pub fn exact(value: impl Into<String>) -> Self {
+        Matcher::Exact(value.into())
+    }
+
+    /// Matches any of `values`.
+    pub fn one_of<I, S>(values: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Matcher::OneOf(values.into_iter().map(Into::into).collect())
+    }
+
+    /// Matches the regular expression `pattern`.
+    pub fn regex(pattern: &str) -> Result<Self, regex::Error> {
+        Ok(Matcher::Regex(Regex::new(pattern)?))
+    }
+
+    /// Matches values for which `test` returns true.
+    pub fn predicate(
+        description: impl Into<String>,
+        test: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Matcher::Predicate {
+            description: description.into(),
+            test: Arc::new(test),
+        }
+    }
+
+    /// Whether `value` matches.
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            Matcher::Exact(wanted) => value == wanted,
+            Matcher::OneOf(wanted) => wanted.iter().any(|w| w == value),
+            Matcher::Regex(re) => re.is_match(value),
+            Matcher::Predicate { test, .. } => test(value),
+        }
+    }
+}
+
+impl fmt::Display for Matcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Matcher::Exact(v) => write!(f, "{v:?}"),
+            Matcher::OneOf(vs) => write!(f, "one of {vs:?}"),
+            Matcher::Regex(re) => write!(f, "a match of /{}/", re.as_str()),
+            Matcher::Predicate { description, .. } => f.write_str(description),
+        }
+    }
+}
+
+impl fmt::Debug for Matcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// When an input holds enough instances for its patient to be processed.
+#[derive(Clone)]
+pub struct Enough(Arc<EnoughTest>, String);
+
+/// The test behind an [`Enough`]: the headers of the instances an input holds.
+type EnoughTest = dyn Fn(&[&InMemDicomObject]) -> bool + Send + Sync;
+
+impl Enough {
+    /// At least `n` instances.
+    pub fn at_least(n: usize) -> Self {
+        Enough(
+            Arc::new(move |held| held.len() >= n),
+            format!("at least {n} instances"),
+        )
+    }
+
+    /// Every InstanceNumber from 1 to the expected count is present. The expected count is
+    /// `count` if given, else the ImagesInAcquisition of the instances held.
+    pub fn all_instance_numbers(count: Option<u32>) -> Self {
+        Enough(
+            Arc::new(move |held| {
+                let expected = count.or_else(|| {
+                    held.iter().find_map(|h| {
+                        value_of(h, tags::IMAGES_IN_ACQUISITION).and_then(|v| v.parse().ok())
+                    })
+                });
+                let Some(expected) = expected else {
+                    return false;
+                };
+                let present: BTreeSet<u32> = held
+                    .iter()
+                    .filter_map(|h| {
+                        value_of(h, tags::INSTANCE_NUMBER).and_then(|v| v.parse().ok())
+                    })
+                    .collect();
+                (1..=expected).all(|n| present.contains(&n))
+            }),
+            match count {
+                Some(n) => format!("InstanceNumbers 1..={n} all present"),
+                None => "InstanceNumbers 1..=ImagesInAcquisition all present".to_string(),
+            },
+        )
+    }
+
+    /// A predicate of your own over the headers held, with a description for the log.
+    pub fn when(
+        description: impl Into<String>,
+        test: impl Fn(&[&InMemDicomObject]) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Enough(Arc::new(test), description.into())
+    }
+}
+
+impl fmt::Debug for Enough {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+/// Why an input did not admit an instance.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// A required tag is absent or empty.
+    #[error("{} is missing or empty", tag_name(*tag))]
+    Missing {
+        /// The tag.
+        tag: Tag,
+    },
+    /// A tag's value does not match the rule.
+    #[error("{} is {found:?}, wanted {wanted}", tag_name(*tag))]
+    Mismatch {
+        /// The tag.
+        tag: Tag,
+        /// The value found.
+        found: String,
+        /// What the rule wanted.
+        wanted: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::{DataElement, VR};
+
+    fn header(modality: &str, number: u32) -> InMemDicomObject {
+        InMemDicomObject::from_element_iter([
+            DataElement::new(tags::MODALITY, VR::CS, modality),
+            DataElement::new(tags::INSTANCE_NUMBER, VR::IS, number.to_string()),
+            DataElement::new(tags::IMAGES_IN_ACQUISITION, VR::IS, "3"),
+        ])
+    }
+
+    #[test]
+    fn rules_explain_rejections() {
+        let input = Input::new("ct")
+            .matching(tags::MODALITY, Matcher::one_of(["CT", "PT"]))
+            .require(tags::SERIES_INSTANCE_UID);
+        let err = input.admit(&header("MR", 1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "SeriesInstanceUID (0020,000E) is missing or empty"
+        );
+        let input = Input::new("ct").matching(tags::MODALITY, Matcher::one_of(["CT", "PT"]));
+        let err = input.admit(&header("MR", 1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Modality (0008,0060) is \"MR\", wanted one of [\"CT\", \"PT\"]"
+        );
+        assert!(input.admit(&header("PT", 1)).is_ok());
+        let re = Input::new("x").matching(tags::MODALITY, Matcher::regex("^C").unwrap());
+        assert!(re.admit(&header("CT", 1)).is_ok());
+        assert!(re.admit(&header("MR", 1)).is_err());
+    }
+
+    #[test]
+    fn instance_numbers_complete() {
+        let enough = Input::new("ct").enough_when(Enough::all_instance_numbers(None));
+        let (a, b, c) = (header("CT", 1), header("CT", 2), header("CT", 3));
+        assert!(!enough.has_enough(&[&a, &c]));
+        assert!(enough.has_enough(&[&c, &a, &b]));
+        let fixed = Input::new("ct").enough_when(Enough::all_instance_numbers(Some(2)));
+        assert!(fixed.has_enough(&[&b, &a]));
+        assert!(!Input::new("x")
+            .enough_when(Enough::at_least(4))
+            .has_enough(&[&a, &b, &c]));
+    }
+}

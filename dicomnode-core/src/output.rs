@@ -1,0 +1,101 @@
+//! Outputs: what a processor returns, exported inside the child after `process`.
+
+use crate::sanitize::path_component;
+use crate::{DicomInstance, ExportError};
+use dicom_dictionary_std::tags;
+use std::path::{Path, PathBuf};
+
+/// Something a processor's result can be exported as: files, a C-STORE to a PACS, nothing.
+pub trait Export: Send {
+    /// Exports, returning a one-line summary for the log.
+    fn export(self: Box<Self>) -> Result<String, ExportError>;
+}
+
+/// The result of processing a patient: any [`Export`].
+///
+/// Every exporter converts into it: `Ok(NoOutput.into())`.
+pub struct Output(Box<dyn Export>);
+
+impl Output {
+    /// Exports the output.
+    pub fn export(self) -> Result<String, ExportError> {
+        self.0.export()
+    }
+}
+
+impl<E: Export + 'static> From<E> for Output {
+    fn from(export: E) -> Self {
+        Output(Box::new(export))
+    }
+}
+
+/// Nothing to export.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoOutput;
+
+impl Export for NoOutput {
+    fn export(self: Box<Self>) -> Result<String, ExportError> {
+        Ok("nothing to export".to_string())
+    }
+}
+
+/// Writes instances as Part-10 files under a directory, laid out as
+/// `<dir>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`.
+///
+/// Each path part is sanitized (see [`path_component`]); each file is written to a
+/// temporary name and renamed, so a reader never sees half a file.
+pub struct FileOutput {
+    dir: PathBuf,
+    instances: Vec<DicomInstance>,
+}
+
+impl FileOutput {
+    /// An output that writes `instances` under `dir`.
+    pub fn new(dir: impl Into<PathBuf>, instances: Vec<DicomInstance>) -> Self {
+        FileOutput {
+            dir: dir.into(),
+            instances,
+        }
+    }
+
+    /// The path an instance is written to under `dir`.
+    pub fn path_for(dir: &Path, instance: &DicomInstance) -> Result<PathBuf, ExportError> {
+        let uid = |tag, name| {
+            crate::input::value_of(instance, tag).ok_or(ExportError::MissingAttribute(name))
+        };
+        let study = uid(tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?;
+        let series = uid(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?;
+        let sop = uid(tags::SOP_INSTANCE_UID, "SOPInstanceUID")?;
+        Ok(dir
+            .join(path_component(&study))
+            .join(path_component(&series))
+            .join(format!("{}.dcm", path_component(&sop))))
+    }
+}
+
+impl Export for FileOutput {
+    fn export(self: Box<Self>) -> Result<String, ExportError> {
+        let count = self.instances.len();
+        for instance in &self.instances {
+            let path = Self::path_for(&self.dir, instance)?;
+            let parent = path.parent().unwrap_or(&self.dir);
+            std::fs::create_dir_all(parent).map_err(|source| ExportError::Io {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+            let partial = path.with_extension("dcm.partial");
+            instance
+                .write_to_file(&partial)
+                .map_err(|source| ExportError::Encode {
+                    sop_instance_uid: instance.meta().media_storage_sop_instance_uid().into(),
+                    path: partial.clone(),
+                    source: Box::new(source),
+                })?;
+            std::fs::rename(&partial, &path).map_err(|source| ExportError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(format!("wrote {count} files under {}", self.dir.display()))
+    }
+}

@@ -1,0 +1,181 @@
+//! The few DIMSE messages the node speaks: C-ECHO and C-STORE requests and responses.
+//!
+//! dicom-ul is a PDU layer; command sets are built and read here. A command set is a group
+//! 0000 data set in Implicit VR Little Endian, with its Command Group Length.
+
+use dicom_core::value::PrimitiveValue;
+use dicom_core::{DataElement, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+use dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN;
+
+/// CommandField of a C-STORE-RQ.
+pub const C_STORE_RQ: u16 = 0x0001;
+/// CommandField of a C-STORE-RSP.
+pub const C_STORE_RSP: u16 = 0x8001;
+/// CommandField of a C-ECHO-RQ.
+pub const C_ECHO_RQ: u16 = 0x0030;
+/// CommandField of a C-ECHO-RSP.
+pub const C_ECHO_RSP: u16 = 0x8030;
+/// CommandDataSetType value meaning "no data set follows".
+pub const NO_DATA_SET: u16 = 0x0101;
+
+/// PS3.4 / PS3.7 status codes the node sends or reads.
+pub mod status {
+    /// Success.
+    pub const SUCCESS: u16 = 0x0000;
+    /// Refused: out of resources.
+    pub const OUT_OF_RESOURCES: u16 = 0xA700;
+    /// Error: data set does not match SOP class (used for "accepted by no input").
+    pub const DATA_SET_DOES_NOT_MATCH: u16 = 0xA900;
+    /// Error: cannot understand.
+    pub const CANNOT_UNDERSTAND: u16 = 0xC000;
+    /// Refused: SOP class not supported.
+    pub const SOP_CLASS_NOT_SUPPORTED: u16 = 0x0122;
+    /// Unrecognized operation.
+    pub const UNRECOGNIZED_OPERATION: u16 = 0x0211;
+
+    /// Whether a C-STORE status means the instance was stored (success or warning).
+    pub fn is_stored(status: u16) -> bool {
+        matches!(status, 0x0000 | 0x0001 | 0x0107 | 0x0116 | 0xB000..=0xBFFF)
+    }
+}
+
+/// Why a command set could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The bytes are not an Implicit VR LE data set.
+    #[error("cannot parse the command set: {0}")]
+    Parse(#[from] dicom_object::ReadError),
+    /// A required command element is missing or has the wrong type.
+    #[error("the command set lacks a valid {0}")]
+    Missing(&'static str),
+}
+
+/// A received command, reduced to the fields the node uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// CommandField (0000,0100).
+    pub field: u16,
+    /// MessageID (0000,0110).
+    pub message_id: u16,
+    /// AffectedSOPClassUID (0000,0002), empty if absent.
+    pub sop_class_uid: String,
+    /// AffectedSOPInstanceUID (0000,1000), empty if absent.
+    pub sop_instance_uid: String,
+    /// Whether a data set follows the command.
+    pub has_data_set: bool,
+    /// Status (0000,0900), for responses.
+    pub status: Option<u16>,
+}
+
+fn uid(obj: &InMemDicomObject, tag: Tag) -> String {
+    obj.get(tag)
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+        .unwrap_or_default()
+}
+
+fn uint(obj: &InMemDicomObject, tag: Tag) -> Option<u16> {
+    obj.get(tag).and_then(|e| e.to_int::<u16>().ok())
+}
+
+impl Command {
+    /// Reads a command set from its encoded bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CommandError> {
+        let obj = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())?;
+        Ok(Command {
+            field: uint(&obj, tags::COMMAND_FIELD).ok_or(CommandError::Missing("CommandField"))?,
+            message_id: uint(&obj, tags::MESSAGE_ID)
+                .or_else(|| uint(&obj, tags::MESSAGE_ID_BEING_RESPONDED_TO))
+                .ok_or(CommandError::Missing("MessageID"))?,
+            sop_class_uid: uid(&obj, tags::AFFECTED_SOP_CLASS_UID),
+            sop_instance_uid: uid(&obj, tags::AFFECTED_SOP_INSTANCE_UID),
+            has_data_set: uint(&obj, tags::COMMAND_DATA_SET_TYPE)
+                .ok_or(CommandError::Missing("CommandDataSetType"))?
+                != NO_DATA_SET,
+            status: uint(&obj, tags::STATUS),
+        })
+    }
+}
+
+fn encode(elements: Vec<DataElement<InMemDicomObject>>) -> Vec<u8> {
+    let obj = InMemDicomObject::command_from_element_iter(elements);
+    let mut bytes = Vec::with_capacity(160);
+    // Writing a small in-memory command to a Vec cannot fail for these element types.
+    if let Err(error) = obj.write_dataset_with_ts(&mut bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased()) {
+        tracing::error!(%error, "cannot encode a command set");
+    }
+    bytes
+}
+
+fn us(tag: Tag, value: u16) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::US, PrimitiveValue::from(value))
+}
+
+fn ui(tag: Tag, value: &str) -> DataElement<InMemDicomObject> {
+    DataElement::new(tag, VR::UI, value)
+}
+
+/// Encodes a response (C-ECHO-RSP or C-STORE-RSP) to `request`.
+pub fn response(request: &Command, field: u16, status: u16, comment: Option<&str>) -> Vec<u8> {
+    let mut elements = vec![
+        ui(tags::AFFECTED_SOP_CLASS_UID, &request.sop_class_uid),
+        us(tags::COMMAND_FIELD, field),
+        us(tags::MESSAGE_ID_BEING_RESPONDED_TO, request.message_id),
+        us(tags::COMMAND_DATA_SET_TYPE, NO_DATA_SET),
+        us(tags::STATUS, status),
+    ];
+    if !request.sop_instance_uid.is_empty() {
+        elements.push(ui(tags::AFFECTED_SOP_INSTANCE_UID, &request.sop_instance_uid));
+    }
+    if let Some(comment) = comment {
+        // ErrorComment is LO: at most 64 characters.
+        let text: String = comment.chars().take(64).collect();
+        elements.push(DataElement::new(tags::ERROR_COMMENT, VR::LO, text));
+    }
+    encode(elements)
+}
+
+/// Encodes a C-STORE-RQ.
+pub fn store_request(message_id: u16, sop_class_uid: &str, sop_instance_uid: &str) -> Vec<u8> {
+    encode(vec![
+        ui(tags::AFFECTED_SOP_CLASS_UID, sop_class_uid),
+        us(tags::COMMAND_FIELD, C_STORE_RQ),
+        us(tags::MESSAGE_ID, message_id),
+        us(tags::PRIORITY, 0),
+        us(tags::COMMAND_DATA_SET_TYPE, 0x0000),
+        ui(tags::AFFECTED_SOP_INSTANCE_UID, sop_instance_uid),
+    ])
+}
+
+/// Encodes a C-ECHO-RQ.
+pub fn echo_request(message_id: u16) -> Vec<u8> {
+    encode(vec![
+        ui(tags::AFFECTED_SOP_CLASS_UID, dicom_dictionary_std::uids::VERIFICATION),
+        us(tags::COMMAND_FIELD, C_ECHO_RQ),
+        us(tags::MESSAGE_ID, message_id),
+        us(tags::COMMAND_DATA_SET_TYPE, NO_DATA_SET),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_request_round_trips_and_response_answers_it() {
+        let rq = Command::decode(&store_request(7, "1.2.3", "4.5.6")).unwrap();
+        assert_eq!(rq.field, C_STORE_RQ);
+        assert_eq!(rq.message_id, 7);
+        assert_eq!(rq.sop_class_uid, "1.2.3");
+        assert_eq!(rq.sop_instance_uid, "4.5.6");
+        assert!(rq.has_data_set);
+        let rsp = Command::decode(&response(&rq, C_STORE_RSP, 0xA900, Some("no input"))).unwrap();
+        assert_eq!(rsp.field, C_STORE_RSP);
+        assert_eq!(rsp.message_id, 7);
+        assert_eq!(rsp.status, Some(0xA900));
+        assert!(!rsp.has_data_set);
+        assert!(Command::decode(b"garbage").is_err());
+    }
+}

@@ -1,0 +1,378 @@
+//! The DICOM SCP: accepts associations, answers C-ECHO, and takes each C-STORE to storage.
+//!
+//! One thread per association. Commands and data sets are gathered from as many PDVs and
+//! PDUs as the peer splits them into; each data set is read in the transfer syntax of its
+//! own presentation context and kept as received.
+
+use crate::dimse::{self, status, Command};
+use crate::runner::ChildRunner;
+use crate::storage::{MemoryStorage, Offer, ReceivedInstance};
+use crate::storage_classes::STORAGE_SOP_CLASSES;
+use crate::trigger::PatientsTouched;
+use crate::NodeConfig;
+use dicom_core::Tag;
+use dicom_dictionary_std::{tags, uids};
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::InMemDicomObject;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use dicom_ul::association::server::{AccessControl, DefaultNegotiation, ServerAssociationOptions};
+use dicom_ul::association::Association;
+use dicom_ul::pdu::{
+    AssociationRJServiceUserReason, PDataValue, PDataValueType, PresentationContextResultReason,
+    UserIdentity,
+};
+use dicom_ul::Pdu;
+use dicomnode_core::input::{tag_name, value_of};
+use dicomnode_core::Sender;
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Checks the called AE title (when asked to) and logs who is refused.
+#[derive(Debug, Clone, Copy)]
+pub struct CalledAeTitle {
+    /// Whether to check.
+    pub check: bool,
+}
+
+impl AccessControl for CalledAeTitle {
+    fn check_access(
+        &self,
+        this_ae_title: &str,
+        calling_ae_title: &str,
+        called_ae_title: &str,
+        _user_identity: Option<&UserIdentity>,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        if self.check && called_ae_title.trim() != this_ae_title.trim() {
+            tracing::warn!(
+                calling = calling_ae_title,
+                called = called_ae_title,
+                ours = this_ae_title,
+                "association rejected: called AE title is not ours"
+            );
+            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+        }
+        Ok(())
+    }
+}
+
+/// The listening SCP.
+pub struct Scp {
+    listener: TcpListener,
+    options: Arc<ServerAssociationOptions<'static, CalledAeTitle, DefaultNegotiation>>,
+    storage: Arc<MemoryStorage>,
+    runner: Arc<ChildRunner>,
+    patient_key: Tag,
+    live: Arc<AtomicUsize>,
+}
+
+impl Scp {
+    /// Binds the listening socket.
+    pub fn bind(
+        config: &NodeConfig,
+        storage: Arc<MemoryStorage>,
+        runner: Arc<ChildRunner>,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.bind)?;
+        let mut options = ServerAssociationOptions::new()
+            .ae_access_control(CalledAeTitle {
+                check: config.check_called_ae_title,
+            })
+            .ae_title(config.ae_title.clone())
+            .max_pdu_length(config.max_pdu_length)
+            .read_timeout(config.association_timeout)
+            .write_timeout(config.association_timeout)
+            .with_abstract_syntax(uids::VERIFICATION);
+        for sop_class in STORAGE_SOP_CLASSES {
+            options = options.with_abstract_syntax(*sop_class);
+        }
+        Ok(Scp {
+            listener,
+            options: Arc::new(options),
+            storage,
+            runner,
+            patient_key: config.patient_key,
+            live: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The address the SCP listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts associations forever, one thread each.
+    pub fn serve(&self) -> std::io::Result<()> {
+        for stream in self.listener.incoming() {
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            };
+            let session = AssociationSession {
+                options: Arc::clone(&self.options),
+                storage: Arc::clone(&self.storage),
+                runner: Arc::clone(&self.runner),
+                patient_key: self.patient_key,
+                live: Arc::clone(&self.live),
+            };
+            let spawned = std::thread::Builder::new()
+                .name("association".into())
+                .spawn(move || session.run(stream));
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start an association thread");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one association's thread needs.
+struct AssociationSession {
+    options: Arc<ServerAssociationOptions<'static, CalledAeTitle, DefaultNegotiation>>,
+    storage: Arc<MemoryStorage>,
+    runner: Arc<ChildRunner>,
+    patient_key: Tag,
+    live: Arc<AtomicUsize>,
+}
+
+/// A DIMSE message being gathered from P-DATA fragments.
+#[derive(Default)]
+struct Gathering {
+    command: Vec<u8>,
+    /// A command that announced a data set, and its presentation context.
+    pending: Option<(Command, u8)>,
+    data: Vec<u8>,
+}
+
+impl AssociationSession {
+    fn run(self, stream: TcpStream) {
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+        // Without it every C-STORE waits on Nagle and delayed ACK (45-90 ms here).
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%peer, %error, "cannot set TCP_NODELAY");
+        }
+        let mut association = match self.options.establish(stream) {
+            Ok(association) => association,
+            Err(error) => {
+                tracing::warn!(%peer, %error, "association not established");
+                return;
+            }
+        };
+        let sender = Sender {
+            ae_title: association.peer_ae_title().trim().to_string(),
+            address: peer.clone(),
+        };
+        let live = self.live.fetch_add(1, Ordering::SeqCst) + 1;
+        let span = tracing::info_span!("association", peer = %peer, calling = %sender.ae_title);
+        let _entered = span.enter();
+        tracing::info!(live, "association established");
+
+        let contexts: HashMap<u8, (String, String)> = association
+            .presentation_contexts()
+            .iter()
+            .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+            .map(|pc| {
+                (
+                    pc.id,
+                    (pc.abstract_syntax.clone(), pc.transfer_syntax.clone()),
+                )
+            })
+            .collect();
+
+        let mut touched = PatientsTouched::default();
+        let mut gathering = Gathering::default();
+        let (mut stored, mut refused) = (0usize, 0usize);
+        let ending = loop {
+            let pdu = match association.receive() {
+                Ok(pdu) => pdu,
+                Err(error) => break format!("connection lost: {error}"),
+            };
+            match pdu {
+                Pdu::PData { data } => {
+                    for pdv in data {
+                        let reply = self.on_fragment(pdv, &mut gathering, &contexts, &mut touched);
+                        if let Some((response, pc_id, stored_ok)) = reply {
+                            if let Some(ok) = stored_ok {
+                                if ok {
+                                    stored += 1;
+                                } else {
+                                    refused += 1;
+                                }
+                            }
+                            let sent = association.send(&Pdu::PData {
+                                data: vec![PDataValue {
+                                    presentation_context_id: pc_id,
+                                    value_type: PDataValueType::Command,
+                                    is_last: true,
+                                    data: response,
+                                }],
+                            });
+                            if let Err(error) = sent {
+                                tracing::warn!(%error, "cannot send a response");
+                            }
+                        }
+                    }
+                }
+                Pdu::ReleaseRQ => {
+                    if let Err(error) = association.send(&Pdu::ReleaseRP) {
+                        tracing::warn!(%error, "cannot send the release response");
+                    }
+                    break "released".to_string();
+                }
+                Pdu::AbortRQ { source } => break format!("aborted by the peer ({source:?})"),
+                other => {
+                    tracing::warn!(pdu = ?other, "unexpected PDU; aborting the association");
+                    break "aborted: unexpected PDU".to_string();
+                }
+            }
+        };
+        let live = self.live.fetch_sub(1, Ordering::SeqCst) - 1;
+        tracing::info!(stored, refused, live, "association ended: {ending}");
+        touched.association_ended(&self.storage, &self.runner, &sender);
+    }
+
+    /// Handles one fragment; returns a response to send (bytes, presentation context,
+    /// and for a C-STORE whether the instance was stored).
+    fn on_fragment(
+        &self,
+        pdv: PDataValue,
+        gathering: &mut Gathering,
+        contexts: &HashMap<u8, (String, String)>,
+        touched: &mut PatientsTouched,
+    ) -> Option<(Vec<u8>, u8, Option<bool>)> {
+        let pc_id = pdv.presentation_context_id;
+        match pdv.value_type {
+            PDataValueType::Command => {
+                gathering.command.extend_from_slice(&pdv.data);
+                if !pdv.is_last {
+                    return None;
+                }
+                let bytes = std::mem::take(&mut gathering.command);
+                let command = match Command::decode(&bytes) {
+                    Ok(command) => command,
+                    Err(error) => {
+                        tracing::warn!(%error, "unreadable command; ignored");
+                        return None;
+                    }
+                };
+                match command.field {
+                    dimse::C_ECHO_RQ => {
+                        tracing::debug!("C-ECHO");
+                        Some((
+                            dimse::response(&command, dimse::C_ECHO_RSP, status::SUCCESS, None),
+                            pc_id,
+                            None,
+                        ))
+                    }
+                    dimse::C_STORE_RQ if command.has_data_set => {
+                        gathering.pending = Some((command, pc_id));
+                        gathering.data.clear();
+                        None
+                    }
+                    field => {
+                        tracing::warn!(field = format!("{field:#06x}"), "unsupported command");
+                        Some((
+                            dimse::response(
+                                &command,
+                                field | 0x8000,
+                                status::UNRECOGNIZED_OPERATION,
+                                Some("operation not supported by this node"),
+                            ),
+                            pc_id,
+                            None,
+                        ))
+                    }
+                }
+            }
+            PDataValueType::Data => {
+                if gathering.data.is_empty() {
+                    gathering.data = pdv.data;
+                } else {
+                    gathering.data.extend_from_slice(&pdv.data);
+                }
+                if !pdv.is_last {
+                    return None;
+                }
+                let data = std::mem::take(&mut gathering.data);
+                let Some((command, command_pc)) = gathering.pending.take() else {
+                    tracing::warn!("data set without a C-STORE command; ignored");
+                    return None;
+                };
+                // The data set's transfer syntax is that of its own presentation context.
+                let transfer_syntax = contexts.get(&pc_id).map(|(_, ts)| ts.as_str());
+                let (code, comment) = self.store(&command, transfer_syntax, data, touched);
+                Some((
+                    dimse::response(&command, dimse::C_STORE_RSP, code, comment.as_deref()),
+                    command_pc,
+                    Some(code == status::SUCCESS),
+                ))
+            }
+        }
+    }
+
+    /// Stores one instance; returns the C-STORE status and, on failure, a comment.
+    fn store(
+        &self,
+        command: &Command,
+        transfer_syntax: Option<&str>,
+        dataset: Vec<u8>,
+        touched: &mut PatientsTouched,
+    ) -> (u16, Option<String>) {
+        let uid = &command.sop_instance_uid;
+        let refuse = |code: u16, why: String| {
+            tracing::warn!(sop_instance = %uid, status = format!("{code:#06x}"), "C-STORE refused: {why}");
+            (code, Some(why))
+        };
+        let Some(ts_uid) = transfer_syntax else {
+            return refuse(
+                status::CANNOT_UNDERSTAND,
+                "data set on a presentation context that was not accepted".into(),
+            );
+        };
+        let Some(ts) = TransferSyntaxRegistry.get(ts_uid) else {
+            return refuse(status::CANNOT_UNDERSTAND, format!("unknown transfer syntax {ts_uid}"));
+        };
+        let mut header = match InMemDicomObject::read_dataset_with_ts(dataset.as_slice(), ts) {
+            Ok(obj) => obj,
+            Err(error) => {
+                return refuse(status::CANNOT_UNDERSTAND, format!("cannot parse the data set: {error}"))
+            }
+        };
+        header.remove_element(tags::PIXEL_DATA);
+        let Some(key) = value_of(&header, self.patient_key) else {
+            return refuse(
+                status::DATA_SET_DOES_NOT_MATCH,
+                format!("no patient key: {} is missing or empty", tag_name(self.patient_key)),
+            );
+        };
+        touched.touch(&self.storage, &key);
+        let instance = ReceivedInstance {
+            sop_class_uid: command.sop_class_uid.clone(),
+            sop_instance_uid: uid.clone(),
+            transfer_syntax: ts_uid.to_string(),
+            dataset,
+            header,
+        };
+        match self.storage.offer(&key, instance) {
+            Offer::Stored(inputs) => {
+                tracing::debug!(patient = %key, sop_instance = %uid, ?inputs, "stored");
+                (status::SUCCESS, None)
+            }
+            Offer::Rejected(reasons) => {
+                let why = reasons
+                    .iter()
+                    .map(|(input, reason)| format!("input {input:?}: {reason}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                tracing::warn!(patient = %key, sop_instance = %uid, "C-STORE refused: accepted by no input ({why})");
+                (status::DATA_SET_DOES_NOT_MATCH, Some("accepted by no input".into()))
+            }
+        }
+    }
+}

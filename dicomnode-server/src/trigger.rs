@@ -1,0 +1,47 @@
+//! The release trigger: when an association ends, each patient it added to is checked,
+//! and those that have enough (and no other association still adding) go to the runner.
+
+use crate::runner::ChildRunner;
+use crate::storage::MemoryStorage;
+use dicomnode_core::Sender;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// The patients one association has added to.
+#[derive(Debug, Default)]
+pub struct PatientsTouched {
+    keys: BTreeSet<String>,
+}
+
+impl PatientsTouched {
+    /// Records that the association adds to `patient_key`; the first time, the storage is
+    /// told, so that no other association's end takes the patient out meanwhile.
+    pub fn touch(&mut self, storage: &MemoryStorage, patient_key: &str) {
+        if !self.keys.contains(patient_key) {
+            storage.begin_adding(patient_key);
+            self.keys.insert(patient_key.to_string());
+        }
+    }
+
+    /// The association ended (released, aborted or dropped): hands every patient that now
+    /// has enough to the runner. Never waits for processing.
+    pub fn association_ended(
+        self,
+        storage: &MemoryStorage,
+        runner: &Arc<ChildRunner>,
+        sender: &Sender,
+    ) {
+        for key in self.keys {
+            if let Some(batch) = storage.finish_adding(&key, sender) {
+                tracing::info!(
+                    patient = %key,
+                    instances = batch.instance_count(),
+                    "patient has enough: starting processing"
+                );
+                runner.submit(batch);
+            } else {
+                tracing::debug!(patient = %key, held = storage.held_for(&key), "patient waits for more");
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Test support for dicomnode end-to-end tests.
