@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod address;
 pub mod container;
 pub mod error;
 pub mod input;
@@ -17,6 +18,7 @@ pub mod pipeline;
 pub mod sanitize;
 pub mod synthetic;
 
+pub use address::{Address, AddressError};
 pub use container::{InputContainer, Sender};
 pub use error::{ExportError, ProcessError, SyntheticError};
 pub use input::{Enough, Input, Matcher, Rejection};
@@ -52,7 +54,7 @@ pub mod __private {
     #[diagnostic::on_unimplemented(
         message = "`{Self}` is not a processor of the pipeline `{P}`",
         label = "named here as the processor of `{P}`",
-        note = "implement `dicomnode::Processor` for `{Self}` with `type Pipeline = {P};`"
+        note = "implement `dicomnode_server::Processor` for `{Self}` with `type Pipeline = {P};`"
     )]
     pub trait ProcessorOf<P> {}
     impl<T: crate::Processor> ProcessorOf<T::Pipeline> for T {}

@@ -114,6 +114,43 @@ fn serde_skips(field: &syn::Field) -> bool {
     skip || (skip_ser && skip_de)
 }
 
+/// Types that serde can serialize but that make no sense in state copied to a child: a lock
+/// or a cell shares nothing across processes, each child would get a private copy.
+const PROCESS_LOCAL: &[&str] = &[
+    "Mutex", "RwLock", "Condvar", "Cell", "RefCell", "OnceCell", "OnceLock", "LazyLock",
+    "AtomicBool", "AtomicU8", "AtomicU16", "AtomicU32", "AtomicU64", "AtomicUsize",
+    "AtomicI8", "AtomicI16", "AtomicI32", "AtomicI64", "AtomicIsize",
+];
+
+/// Whether `ty` holds a closure, function pointer or trait object, which can never be
+/// deserialized in another process.
+fn code_type(ty: &Type) -> Option<proc_macro2::Span> {
+    fn walk(tokens: TokenStream2) -> Option<proc_macro2::Span> {
+        tokens.into_iter().find_map(|tt| match tt {
+            TokenTree::Ident(ident) if ident == "dyn" || ident == "fn" || ident == "impl" => {
+                Some(ident.span())
+            }
+            TokenTree::Group(group) => walk(group.stream()),
+            _ => None,
+        })
+    }
+    walk(ty.to_token_stream())
+}
+
+/// The first process-local type named in `ty`, if any.
+fn process_local_type(ty: &Type) -> Option<syn::Ident> {
+    fn walk(tokens: TokenStream2) -> Option<syn::Ident> {
+        tokens.into_iter().find_map(|tt| match tt {
+            TokenTree::Ident(ident) if PROCESS_LOCAL.iter().any(|name| ident == name) => {
+                Some(ident)
+            }
+            TokenTree::Group(group) => walk(group.stream()),
+            _ => None,
+        })
+    }
+    walk(ty.to_token_stream())
+}
+
 /// Whether the type mentions one of the struct's type parameters.
 fn mentions_any(ty: &Type, params: &[syn::Ident]) -> bool {
     fn walk(tokens: TokenStream2, params: &[syn::Ident]) -> bool {
@@ -161,6 +198,34 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         }
     };
 
+    // Errors on fields do not stop the impl from being generated, so that they are not
+    // followed by a cascade of "Pipeline is not implemented" errors.
+    let mut field_errors = Errors::default();
+    for field in fields.iter().filter(|f| !serde_skips(f)) {
+        if let Some(ident) = process_local_type(&field.ty) {
+            field_errors.push(syn::Error::new(
+                ident.span(),
+                format!(
+                    "`{ident}` cannot be pipeline state: the pipeline is copied into a new child \
+                     process for each patient, so a lock, cell or atomic here would share nothing; \
+                     move it into the Processor (built inside the child by `Processor::build`), \
+                     or mark the field `#[serde(skip)]` to rebuild it with `Default` in the child"
+                ),
+            ));
+        }
+    }
+
+    for field in fields.iter().filter(|f| !serde_skips(f)) {
+        if let Some(span) = code_type(&field.ty) {
+            field_errors.push(syn::Error::new(
+                span,
+                "a closure, function or trait object cannot be pipeline state: code cannot be \
+                 serialized into the child process; move it into the Processor (built inside the \
+                 child by `Processor::build`), or describe it with data (an enum, a path, a name)",
+            ));
+        }
+    }
+
     if attrs.processor.is_none() {
         errors.push(syn::Error::new(
             name.span(),
@@ -168,11 +233,10 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
              e.g. `#[pipeline(processor = MyProcessor)]`",
         ));
     }
-    errors.finish()?;
-    let processor = attrs.processor.unwrap_or_else(|| syn::parse_quote!(()));
 
     let krate = attrs
         .krate
+        .clone()
         .unwrap_or_else(|| syn::parse_quote!(::dicomnode_server));
     let private = quote!(#krate::__private);
 
@@ -186,13 +250,29 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
     // One assertion per field that must travel, spanned at its type so that the error
     // underlines the offending field. Fields of a generic type are checked where the
     // pipeline is used, through the `Self: Serialize + DeserializeOwned` bound below.
-    let field_checks = fields
+    let field_checks: Vec<TokenStream2> = fields
         .iter()
         .filter(|f| !serde_skips(f) && !mentions_any(&f.ty, &type_params))
         .map(|f| {
             let ty = &f.ty;
             quote_spanned!(ty.span()=> #private::assert_pipeline_field::<#ty>();)
-        });
+        })
+        .collect();
+
+    let processor = match (errors.finish(), attrs.processor) {
+        (Ok(()), Some(processor)) => processor,
+        (result, _) => {
+            // Report the attribute errors together with the field errors, all at once.
+            let mut tokens = result.err().map(|e| e.to_compile_error()).unwrap_or_default();
+            if let Err(e) = field_errors.finish() {
+                tokens.extend(e.to_compile_error());
+            }
+            if type_params.is_empty() {
+                tokens.extend(quote!(const _: () = { #(#field_checks)* };));
+            }
+            return Ok(tokens);
+        }
+    };
     let processor_check = quote_spanned!(processor.span()=>
         #private::assert_processor_of::<#processor, Self>();
     );
@@ -212,7 +292,15 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         ));
     }
 
+    let field_errors = field_errors
+        .finish()
+        .err()
+        .map(|e| e.to_compile_error())
+        .unwrap_or_default();
+
     Ok(quote! {
+        #field_errors
+
         impl #impl_generics #krate::Pipeline for #name #ty_generics #bounds {
             type Processor = #processor;
 

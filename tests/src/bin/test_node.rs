@@ -1,0 +1,106 @@
+//! A node for the end-to-end tests: records each processing it runs, and misbehaves on
+//! request, so tests can observe the child from the outside.
+//!
+//! For each patient it writes `<out>/runs/<patient>-<pid>-<n>.txt` with the child's PID,
+//! its working directory and the SOP Instance UIDs it saw. A patient whose ID starts with
+//! `PANIC` makes the processor panic; one starting with `FAIL` makes it return an error.
+
+use clap::Parser;
+use dicomnode_server::dicom_dictionary_std::tags;
+use dicomnode_server::{
+    Enough, Input, InputContainer, NodeConfig, NoOutput, Output, Pipeline, ProcessError,
+    Processor,
+};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    #[arg(long, default_value = "TEST_NODE")]
+    ae_title: String,
+    #[arg(long)]
+    out: PathBuf,
+    /// Instances a patient needs before it is processed.
+    #[arg(long, default_value_t = 1)]
+    enough: usize,
+}
+
+#[derive(Pipeline, Serialize, Deserialize)]
+#[pipeline(processor = Recorder, inputs = Self::inputs)]
+struct TestNode {
+    out: PathBuf,
+    enough: usize,
+}
+
+impl TestNode {
+    fn inputs(&self) -> Vec<Input> {
+        vec![Input::new("any")
+            .require(tags::SOP_INSTANCE_UID)
+            .enough_when(Enough::at_least(self.enough))]
+    }
+}
+
+struct Recorder;
+
+impl Processor for Recorder {
+    type Pipeline = TestNode;
+
+    fn build(_: &TestNode) -> Result<Self, ProcessError> {
+        Ok(Recorder)
+    }
+
+    fn process(&mut self, node: &TestNode, input: InputContainer) -> Result<Output, ProcessError> {
+        let key = input.patient_key().to_string();
+        let cwd = std::env::current_dir()?;
+        // Litter the working directory: it must be gone afterwards.
+        std::fs::write(cwd.join("scratch.bin"), vec![0u8; 4096])?;
+        let uids: Vec<String> = input
+            .iter()
+            .flat_map(|(_, instances)| instances.iter())
+            .map(|i| i.meta().media_storage_sop_instance_uid().to_string())
+            .collect();
+        let runs = node.out.join("runs");
+        std::fs::create_dir_all(&runs)?;
+        let mut n = 0;
+        let path = loop {
+            let path = runs.join(format!("{key}-{}-{n}.txt", std::process::id()));
+            if !path.exists() {
+                break path;
+            }
+            n += 1;
+        };
+        let record = format!(
+            "pid={}\ncwd={}\ncount={}\n{}\n",
+            std::process::id(),
+            cwd.display(),
+            uids.len(),
+            uids.join("\n")
+        );
+        std::fs::write(&path, record)?;
+        if key.starts_with("PANIC") {
+            panic!("deliberate panic for patient {key}");
+        }
+        if key.starts_with("FAIL") {
+            return Err(ProcessError::new(format!("deliberate failure for patient {key}")));
+        }
+        Ok(NoOutput.into())
+    }
+}
+
+fn main() -> ExitCode {
+    dicomnode_server::run(|| {
+        let args = Args::parse();
+        let config = NodeConfig::new(args.ae_title)
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], args.port)));
+        (
+            TestNode {
+                out: args.out,
+                enough: args.enough,
+            },
+            config,
+        )
+    })
+}
