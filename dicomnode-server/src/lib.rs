@@ -38,6 +38,7 @@
 
 pub mod config;
 pub mod dimse;
+pub mod dispatch;
 pub mod runner;
 pub mod scp;
 pub mod storage;

@@ -1,1 +1,219 @@
-//! Test support for dicomnode end-to-end tests.
+//! Support for the end-to-end tests: starting nodes as real processes, calling DCMTK,
+//! and the pipeline whose state the round-trip test ships to a child.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A pipeline state with nested structs, collections, options, paths and an address: the
+/// round-trip test checks that it arrives in the child equal, field by field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RichState {
+    /// A nested struct.
+    pub model: ModelSettings,
+    /// A list.
+    pub thresholds: Vec<f64>,
+    /// A map.
+    pub labels: HashMap<String, u16>,
+    /// An absent option.
+    pub note: Option<String>,
+    /// A present option.
+    pub seed: Option<u64>,
+    /// A path.
+    pub model_path: PathBuf,
+    /// A DICOM address.
+    pub destination: dicomnode_server::Address,
+}
+
+/// Nested settings of [`RichState`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSettings {
+    /// A name with non-ASCII text.
+    pub name: String,
+    /// A signed integer.
+    pub offset: i32,
+    /// Nested further.
+    pub layers: Vec<(String, u32)>,
+}
+
+impl RichState {
+    /// The value the round-trip test sends.
+    pub fn sample() -> Self {
+        RichState {
+            model: ModelSettings {
+                name: "Ségmentation μ-model".into(),
+                offset: -1024,
+                layers: vec![("conv".into(), 3), ("dense".into(), 128)],
+            },
+            thresholds: vec![0.5, -1.25, 1e-9],
+            labels: HashMap::from([("liver".into(), 1), ("spleen".into(), 2)]),
+            note: None,
+            seed: Some(u64::MAX - 7),
+            model_path: PathBuf::from("/opt/models/ct v2/weights.bin"),
+            destination: "PACS@127.0.0.1:4242".parse().expect("a valid address literal"),
+        }
+    }
+}
+
+/// The full path of a DCMTK tool (never the PATH one: pynetdicom installs namesakes).
+pub fn dcmtk(tool: &str) -> Command {
+    let mut command = Command::new(format!("/usr/bin/{tool}"));
+    // Without it each C-STORE between DCMTK and a peer costs 45-90 ms here.
+    command.env("TCP_NODELAY", "1");
+    command
+}
+
+/// The directory of the workspace's build artefacts for this profile (e.g. target/debug).
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    // target/<profile>/deps/<test binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The path of an example binary, built once per test process (a no-op when fresh).
+pub fn example_exe(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command.args(["build", "--quiet", "-p", "dicomnode-examples", "--examples"]);
+        if profile_dir().ends_with("release") {
+            command.arg("--release");
+        }
+        let status = command.status().expect("cargo runs");
+        assert!(status.success(), "building the examples failed");
+    });
+    profile_dir().join("examples").join(name)
+}
+
+/// A node started as a real process; killed (by its PID) when dropped.
+pub struct NodeProcess {
+    child: Child,
+    log: PathBuf,
+    /// The port it listens on.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl NodeProcess {
+    /// Starts `exe` with `args` (which must make it listen on 127.0.0.1, port 0), waits for
+    /// its "listening on" line and returns it.
+    pub fn start(exe: &Path, args: &[&str]) -> NodeProcess {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let log = dir.path().join("node.log");
+        let file = std::fs::File::create(&log).expect("a log file");
+        let err = file.try_clone().expect("a second handle");
+        let child = Command::new(exe)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("DICOMNODE_CHILD")
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        let mut node = NodeProcess {
+            child,
+            log,
+            port: 0,
+            _dir: dir,
+        };
+        let line = node.wait_for_log("listening on 127.0.0.1:", Duration::from_secs(20));
+        let port = line
+            .rsplit("listening on 127.0.0.1:")
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        node.port = port;
+        node
+    }
+
+    /// The node's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the node logged so far.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// Waits until a log line contains `needle`; returns that line. Panics with the log
+    /// after `timeout`.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_count(needle, 1, timeout)
+            .into_iter()
+            .next()
+            .unwrap_or_default()
+    }
+
+    /// Waits until `count` log lines contain `needle`; returns them.
+    pub fn wait_for_count(&mut self, needle: &str, count: usize, timeout: Duration) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            let lines: Vec<String> = log
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_string)
+                .collect();
+            if lines.len() >= count {
+                return lines;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("node exited ({status}) while waiting for {needle:?}; log:\n{log}");
+            }
+            if start.elapsed() > timeout {
+                panic!("timed out waiting for {count} x {needle:?}; log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `AE@127.0.0.1:port` for the node.
+    pub fn address(&self, ae_title: &str) -> dicomnode_server::Address {
+        dicomnode_server::Address {
+            ae_title: ae_title.into(),
+            host: "127.0.0.1".into(),
+            port: self.port,
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command to completion; returns its output (stdout and stderr as text).
+pub fn run(mut command: Command) -> (Output, String) {
+    let output = command.output().expect("the command runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output, text)
+}
+
+/// The value of `key=` in a log line (the value ends at a space).
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pattern = format!(" {key}=");
+    let start = line.find(&pattern)? + pattern.len();
+    line[start..].split_whitespace().next()
+}

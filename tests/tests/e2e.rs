@@ -1,0 +1,304 @@
+//! End-to-end tests: nodes run as real processes and are driven by DCMTK's tools and by
+//! dicom-ul's client, on 127.0.0.1 and free ports.
+
+use dicomnode_server::dicom_dictionary_std::tags;
+use dicomnode_server::dicom_object::{open_file, DefaultDicomObject};
+use dicomnode_server::dimse::status;
+use dicomnode_server::dispatch::StoreAssociation;
+use dicomnode_server::synthetic::{Modality, SyntheticSeries};
+use dicomnode_tests::{dcmtk, example_exe, field, run, NodeProcess, RichState};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn test_node(out: &Path, extra: &[&str]) -> NodeProcess {
+    let mut args = vec!["--port", "0", "--out", out.to_str().expect("utf-8 path")];
+    args.extend_from_slice(extra);
+    NodeProcess::start(Path::new(env!("CARGO_BIN_EXE_test_node")), &args)
+}
+
+/// The records `test_node` wrote for a patient: (pid, cwd, SOP Instance UIDs).
+fn runs_of(out: &Path, patient: &str) -> Vec<(u32, PathBuf, Vec<String>)> {
+    let Ok(entries) = std::fs::read_dir(out.join("runs")) else {
+        return Vec::new();
+    };
+    let mut runs = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(&format!("{patient}-")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).expect("a readable record");
+        let mut lines = text.lines();
+        let pid = lines.next().and_then(|l| l.strip_prefix("pid=")).and_then(|p| p.parse().ok());
+        let cwd = lines.next().and_then(|l| l.strip_prefix("cwd=")).map(PathBuf::from);
+        let _count = lines.next();
+        let uids = lines.filter(|l| !l.is_empty()).map(str::to_string).collect();
+        runs.push((pid.expect("pid line"), cwd.expect("cwd line"), uids));
+    }
+    runs
+}
+
+fn sop_uid(obj: &DefaultDicomObject) -> String {
+    obj.element(tags::SOP_INSTANCE_UID)
+        .expect("SOPInstanceUID")
+        .to_str()
+        .expect("text")
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+#[test]
+fn echoscu_gets_success() {
+    let node = NodeProcess::start(&example_exe("store_node"), &["--port", "0", "--out", "/nonexistent-unused"]);
+    let (output, text) = run({
+        let mut c = dcmtk("echoscu");
+        c.args(["-aec", "STORE_NODE", "127.0.0.1", &node.port.to_string()]);
+        c
+    });
+    assert!(output.status.success(), "echoscu failed: {text}");
+    assert!(node.log().contains("association ended: released"));
+}
+
+#[test]
+fn wrong_called_ae_title_is_rejected_at_association() {
+    let node = NodeProcess::start(&example_exe("store_node"), &["--port", "0", "--out", "/nonexistent-unused"]);
+    let port = node.port.to_string();
+    let (output, text) = run({
+        let mut c = dcmtk("echoscu");
+        c.args(["-aec", "SOMEONE_ELSE", "127.0.0.1", &port]);
+        c
+    });
+    assert!(!output.status.success(), "echoscu should be rejected: {text}");
+    assert!(text.contains("Rejected"), "DCMTK should report a rejection: {text}");
+    assert!(node.log().contains("association rejected: called AE title is not ours"));
+    // The node keeps serving.
+    let (output, text) = run({
+        let mut c = dcmtk("echoscu");
+        c.args(["-aec", "STORE_NODE", "127.0.0.1", &port]);
+        c
+    });
+    assert!(output.status.success(), "{text}");
+}
+
+#[test]
+fn storescu_two_patients_two_series_processed_once_and_written_equal() {
+    let input = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut sent = Vec::new();
+    for patient in ["E2E-A", "E2E-B"] {
+        let ct = SyntheticSeries::ct(patient, 3).size(128, 128);
+        let mr = ct.next_series(Modality::Mr, 2);
+        sent.extend(ct.write_to(&input.path().join(patient)).unwrap());
+        sent.extend(mr.write_to(&input.path().join(patient)).unwrap());
+    }
+    let mut node = NodeProcess::start(
+        &example_exe("store_node"),
+        &["--port", "0", "--out", out.path().to_str().unwrap()],
+    );
+    let (output, text) = run({
+        let mut c = dcmtk("storescu");
+        c.args(["-aec", "STORE_NODE", "+sd", "+r", "127.0.0.1", &node.port.to_string()])
+            .arg(input.path());
+        c
+    });
+    assert!(output.status.success(), "storescu failed: {text}");
+    let finished = node.wait_for_count("processing finished", 2, WAIT);
+
+    // Each patient processed exactly once, successfully.
+    for patient in ["E2E-A", "E2E-B"] {
+        let lines: Vec<_> = finished.iter().filter(|l| l.contains(&format!("key={patient}"))).collect();
+        assert_eq!(lines.len(), 1, "{patient} processed once: {finished:?}");
+        assert!(lines[0].contains("outcome=success: wrote 5 files"), "{}", lines[0]);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let log = node.log();
+    assert_eq!(log.matches("processing finished").count(), 2, "{log}");
+
+    // The children were other processes, and their working directories are gone.
+    let started: Vec<&str> = log.lines().filter(|l| l.contains("child started")).collect();
+    assert_eq!(started.len(), 2);
+    for line in started {
+        let pid: u32 = field(line, "pid").unwrap().parse().unwrap();
+        let node_pid: u32 = field(line, "node_pid").unwrap().parse().unwrap();
+        assert_eq!(node_pid, node.pid());
+        assert_ne!(pid, node.pid(), "the child is another process");
+    }
+    let workdirs: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("child working directory"))
+        .map(|l| field(l, "workdir").unwrap())
+        .collect();
+    assert_eq!(workdirs.len(), 2);
+    for dir in workdirs {
+        assert!(!Path::new(dir).exists(), "{dir} should be removed");
+    }
+
+    // Every file arrived, equal element by element, pixel data byte-equal.
+    for path in &sent {
+        let original = open_file(path).unwrap();
+        let study = original.element(tags::STUDY_INSTANCE_UID).unwrap().to_str().unwrap().to_string();
+        let series = original.element(tags::SERIES_INSTANCE_UID).unwrap().to_str().unwrap().to_string();
+        let written = out.path().join(study).join(series).join(format!("{}.dcm", sop_uid(&original)));
+        let copy = open_file(&written).unwrap_or_else(|e| panic!("{}: {e}", written.display()));
+        assert_eq!(copy.meta().transfer_syntax(), original.meta().transfer_syntax());
+        let a: Vec<_> = original.iter().collect();
+        let b: Vec<_> = copy.iter().collect();
+        assert_eq!(a.len(), b.len(), "same number of elements in {}", written.display());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.header(), y.header());
+            assert_eq!(x.value(), y.value(), "element {} differs", x.header().tag);
+        }
+        assert_eq!(
+            original.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap(),
+            copy.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap()
+        );
+        // DCMTK parses what the node wrote.
+        let (output, text) = run({
+            let mut c = dcmtk("dcmdump");
+            c.arg(&written);
+            c
+        });
+        assert!(output.status.success(), "dcmdump failed: {text}");
+    }
+}
+
+#[test]
+fn instance_without_patient_id_is_refused_and_the_rest_is_processed() {
+    let input = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let series = SyntheticSeries::ct("NOPID-OK", 3).size(16, 16);
+    let paths = series.write_to(input.path()).unwrap();
+    // Make the second file lose its PatientID.
+    let mut bad = open_file(&paths[1]).unwrap();
+    let bad_uid = sop_uid(&bad);
+    bad.remove_element(tags::PATIENT_ID);
+    bad.write_to_file(&paths[1]).unwrap();
+
+    let mut node = test_node(out.path(), &[]);
+    let (_output, text) = run({
+        let mut c = dcmtk("storescu");
+        c.args(["-v", "--no-halt", "-aec", "TEST_NODE", "127.0.0.1", &node.port.to_string()])
+            .args(&paths);
+        c
+    });
+    assert!(
+        text.contains("Received Store Response (Error: DataSetDoesNotMatchSOPClass)"),
+        "storescu should see status A900: {text}"
+    );
+    assert_eq!(text.matches("Received Store Response (Success)").count(), 2, "{text}");
+    node.wait_for_log("processing finished", WAIT);
+    let runs = runs_of(out.path(), "NOPID-OK");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].2.len(), 2, "the two good instances were processed");
+    assert!(!runs[0].2.contains(&bad_uid));
+    assert!(node.log().contains("no patient key: PatientID (0010,0020) is missing or empty"));
+}
+
+#[test]
+fn two_live_associations_for_one_patient_lead_to_one_processing_of_all() {
+    let out = tempfile::tempdir().unwrap();
+    let mut node = test_node(out.path(), &[]);
+    let instances = SyntheticSeries::ct("SHARED", 4).size(16, 16).build().unwrap();
+    let contexts = vec![(
+        instances[0].meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string(),
+        instances[0].meta().transfer_syntax().trim_end_matches('\0').to_string(),
+    )];
+    let address = node.address("TEST_NODE");
+    let mut first = StoreAssociation::open(&address, "SCU_ONE", &contexts).unwrap();
+    let mut second = StoreAssociation::open(&address, "SCU_TWO", &contexts).unwrap();
+    for (i, instance) in instances.iter().enumerate() {
+        let association = if i % 2 == 0 { &mut first } else { &mut second };
+        assert_eq!(association.store(instance).unwrap(), status::SUCCESS);
+    }
+    // The second ends while the first is still adding to the patient: no processing yet.
+    second.release().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(runs_of(out.path(), "SHARED").is_empty(), "processed too early");
+    first.release().unwrap();
+    node.wait_for_log("processing finished", WAIT);
+    std::thread::sleep(Duration::from_millis(300));
+    let runs = runs_of(out.path(), "SHARED");
+    assert_eq!(runs.len(), 1, "processed exactly once");
+    assert_eq!(runs[0].2.len(), 4, "the processing saw every instance");
+}
+
+#[test]
+fn a_panicking_processor_leaves_the_node_serving() {
+    let out = tempfile::tempdir().unwrap();
+    let mut node = test_node(out.path(), &[]);
+    let address = node.address("TEST_NODE");
+    for patient in ["PANIC-1", "AFTER-PANIC"] {
+        let instances = SyntheticSeries::ct(patient, 1).size(8, 8).build().unwrap();
+        let contexts = vec![(
+            "1.2.840.10008.5.1.4.1.1.2".to_string(),
+            "1.2.840.10008.1.2.1".to_string(),
+        )];
+        let mut association = StoreAssociation::open(&address, "SCU", &contexts).unwrap();
+        assert_eq!(association.store(&instances[0]).unwrap(), status::SUCCESS);
+        association.release().unwrap();
+        if patient == "PANIC-1" {
+            let line = node.wait_for_log("processing failed", WAIT);
+            assert!(
+                line.contains("processor panicked: deliberate panic for patient PANIC-1 at tests/src/bin/test_node.rs"),
+                "{line}"
+            );
+        }
+    }
+    let line = node.wait_for_log("processing finished", WAIT);
+    assert!(line.contains("key=AFTER-PANIC"), "{line}");
+    // The panicking child's working directory was removed too.
+    let runs = runs_of(out.path(), "PANIC-1");
+    assert_eq!(runs.len(), 1);
+    assert!(!runs[0].1.exists(), "{} should be removed", runs[0].1.display());
+    assert_ne!(runs[0].0, node.pid());
+}
+
+#[test]
+fn an_error_from_process_is_a_failure_and_the_data_is_kept() {
+    let out = tempfile::tempdir().unwrap();
+    let mut node = test_node(out.path(), &[]);
+    let instances = SyntheticSeries::ct("FAIL-1", 2).size(8, 8).build().unwrap();
+    let contexts = vec![(
+        "1.2.840.10008.5.1.4.1.1.2".to_string(),
+        "1.2.840.10008.1.2.1".to_string(),
+    )];
+    let mut association = StoreAssociation::open(&node.address("TEST_NODE"), "SCU", &contexts).unwrap();
+    for instance in &instances {
+        assert_eq!(association.store(instance).unwrap(), status::SUCCESS);
+    }
+    association.release().unwrap();
+    let line = node.wait_for_log("processing failed", WAIT);
+    assert!(line.contains("process returned an error: deliberate failure for patient FAIL-1"), "{line}");
+    assert!(line.contains("instances=2"), "{line}");
+    assert!(!node.log().contains("processing finished"));
+}
+
+#[test]
+fn pipeline_state_arrives_equal_in_the_child() {
+    let out = tempfile::tempdir().unwrap();
+    let mut node = NodeProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_roundtrip_node")),
+        &[out.path().to_str().unwrap()],
+    );
+    let instances = SyntheticSeries::ct("ROUND", 1).size(8, 8).build().unwrap();
+    let contexts = vec![(
+        "1.2.840.10008.5.1.4.1.1.2".to_string(),
+        "1.2.840.10008.1.2.1".to_string(),
+    )];
+    let mut association = StoreAssociation::open(&node.address("ROUNDTRIP"), "SCU", &contexts).unwrap();
+    assert_eq!(association.store(&instances[0]).unwrap(), status::SUCCESS);
+    association.release().unwrap();
+    node.wait_for_log("processing finished", WAIT);
+    let bytes = std::fs::read(out.path().join("ROUND.state")).unwrap();
+    let received: RichState = postcard::from_bytes(&bytes).unwrap();
+    let sent = RichState::sample();
+    assert_eq!(received.model, sent.model);
+    assert_eq!(received.thresholds, sent.thresholds);
+    assert_eq!(received.labels, sent.labels);
+    assert_eq!(received.note, sent.note);
+    assert_eq!(received.seed, sent.seed);
+    assert_eq!(received.model_path, sent.model_path);
+    assert_eq!(received.destination, sent.destination);
+}
