@@ -120,9 +120,14 @@ impl Node {
 
 /// Logs to stdout (the node) or stderr (a child), at `RUST_LOG` or `info`.
 pub fn init_logging() {
+    init_logging_at("info");
+}
+
+/// Logs to stdout (the node) or stderr (a child), at `RUST_LOG` or else `default_filter`.
+pub fn init_logging_at(default_filter: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let result = if runner::is_child() {
         builder
@@ -136,6 +141,18 @@ pub fn init_logging() {
     drop(result);
 }
 
+/// In a processing child, runs its job and returns the exit code; otherwise `None`.
+///
+/// Call it first thing in `main` when the program does more than serve (a demo, a test
+/// harness); [`run`] calls it for you.
+pub fn child_entry<P: Pipeline>() -> Option<ExitCode> {
+    if !runner::is_child() {
+        return None;
+    }
+    init_logging();
+    Some(runner::child_main::<P>())
+}
+
 /// The whole `main` of a node.
 ///
 /// In a processing child (the runner re-executes this same binary) it runs the job it is
@@ -146,10 +163,10 @@ where
     P: Pipeline,
     F: FnOnce() -> (P, NodeConfig),
 {
-    init_logging();
-    if runner::is_child() {
-        return runner::child_main::<P>();
+    if let Some(code) = child_entry::<P>() {
+        return code;
     }
+    init_logging();
     let (pipeline, config) = setup();
     let node = match Node::bind(pipeline, config.clone()) {
         Ok(node) => node,

@@ -2,15 +2,12 @@
 //!
 //! ```text
 //! cargo run --release --example store_node -- --port 11112 --ae-title STORE_NODE --out ./received
-//! /usr/bin/storescu -aec STORE_NODE 127.0.0.1 11112 some/*.dcm
+//! TCP_NODELAY=1 /usr/bin/storescu -aec STORE_NODE +sd +r 127.0.0.1 11112 some/folder
 //! ```
 
 use clap::Parser;
-use dicomnode_server::dicom_dictionary_std::tags;
-use dicomnode_server::{
-    FileOutput, Input, InputContainer, NodeConfig, Output, Pipeline, ProcessError, Processor,
-};
-use serde::{Deserialize, Serialize};
+use dicomnode_examples::store::StoreNode;
+use dicomnode_server::NodeConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,45 +28,8 @@ struct Args {
     out: PathBuf,
 }
 
-/// The pipeline's state: where to write. Shipped to each patient's child.
-#[derive(Pipeline, Serialize, Deserialize)]
-#[pipeline(processor = WriteFiles, inputs = Self::inputs)]
-struct StoreNode {
-    out: PathBuf,
-}
-
-impl StoreNode {
-    /// One input: any instance with a patient and the three UIDs; enough at once.
-    fn inputs(&self) -> Vec<Input> {
-        vec![Input::new("instances")
-            .require(tags::PATIENT_ID)
-            .require(tags::STUDY_INSTANCE_UID)
-            .require(tags::SERIES_INSTANCE_UID)
-            .require(tags::SOP_INSTANCE_UID)]
-    }
-}
-
-struct WriteFiles;
-
-impl Processor for WriteFiles {
-    type Pipeline = StoreNode;
-
-    fn build(_node: &StoreNode) -> Result<Self, ProcessError> {
-        Ok(WriteFiles)
-    }
-
-    fn process(&mut self, node: &StoreNode, input: InputContainer) -> Result<Output, ProcessError> {
-        println!(
-            "writing {} instances of patient {} to {}",
-            input.instance_count(),
-            input.patient_key(),
-            node.out.display()
-        );
-        Ok(FileOutput::new(&node.out, input.into_instances()).into())
-    }
-}
-
 fn main() -> ExitCode {
+    // In a processing child, `run` processes the job and never calls this closure.
     dicomnode_server::run(|| {
         let args = Args::parse();
         let out = std::path::absolute(&args.out).unwrap_or(args.out);
