@@ -60,7 +60,10 @@ impl FromStr for Address {
         }
         Ok(Address {
             ae_title: ae_title.to_string(),
-            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port,
         })
     }

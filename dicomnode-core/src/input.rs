@@ -232,9 +232,7 @@ impl Enough {
                 };
                 let present: BTreeSet<u32> = held
                     .iter()
-                    .filter_map(|h| {
-                        value_of(h, tags::INSTANCE_NUMBER).and_then(|v| v.parse().ok())
-                    })
+                    .filter_map(|h| value_of(h, tags::INSTANCE_NUMBER).and_then(|v| v.parse().ok()))
                     .collect();
                 (1..=expected).all(|n| present.contains(&n))
             }),

@@ -153,11 +153,7 @@ impl SyntheticSeries {
             DataElement::new(tags::STUDY_INSTANCE_UID, VR::UI, self.study_uid.as_str()),
             DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, self.series_uid.as_str()),
             DataElement::new(tags::STUDY_ID, VR::SH, "1"),
-            DataElement::new(
-                tags::SERIES_NUMBER,
-                VR::IS,
-                self.series_number.to_string(),
-            ),
+            DataElement::new(tags::SERIES_NUMBER, VR::IS, self.series_number.to_string()),
             DataElement::new(tags::INSTANCE_NUMBER, VR::IS, n.to_string()),
             DataElement::new(
                 tags::IMAGE_POSITION_PATIENT,
@@ -166,11 +162,7 @@ impl SyntheticSeries {
             ),
             DataElement::new(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, "1\\0\\0\\0\\1\\0"),
             DataElement::new(tags::FRAME_OF_REFERENCE_UID, VR::UI, frame_of_reference),
-            DataElement::new(
-                tags::IMAGES_IN_ACQUISITION,
-                VR::IS,
-                self.slices.to_string(),
-            ),
+            DataElement::new(tags::IMAGES_IN_ACQUISITION, VR::IS, self.slices.to_string()),
             DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
             DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"),
             DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(self.rows)),
@@ -233,13 +225,23 @@ mod tests {
         let paths = ct.write_to(dir.path()).unwrap();
         mr.write_to(dir.path()).unwrap();
         let obj = dicom_object::open_file(&paths[1]).unwrap();
-        assert_eq!(obj.element(tags::PATIENT_ID).unwrap().to_str().unwrap(), "P1");
         assert_eq!(
-            obj.element(tags::INSTANCE_NUMBER).unwrap().to_str().unwrap(),
+            obj.element(tags::PATIENT_ID).unwrap().to_str().unwrap(),
+            "P1"
+        );
+        assert_eq!(
+            obj.element(tags::INSTANCE_NUMBER)
+                .unwrap()
+                .to_str()
+                .unwrap(),
             "2"
         );
         assert_eq!(
-            obj.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().len(),
+            obj.element(tags::PIXEL_DATA)
+                .unwrap()
+                .to_bytes()
+                .unwrap()
+                .len(),
             128
         );
         assert_ne!(ct.series_uid, mr.series_uid);

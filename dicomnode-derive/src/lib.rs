@@ -117,9 +117,25 @@ fn serde_skips(field: &syn::Field) -> bool {
 /// Types that serde can serialize but that make no sense in state copied to a child: a lock
 /// or a cell shares nothing across processes, each child would get a private copy.
 const PROCESS_LOCAL: &[&str] = &[
-    "Mutex", "RwLock", "Condvar", "Cell", "RefCell", "OnceCell", "OnceLock", "LazyLock",
-    "AtomicBool", "AtomicU8", "AtomicU16", "AtomicU32", "AtomicU64", "AtomicUsize",
-    "AtomicI8", "AtomicI16", "AtomicI32", "AtomicI64", "AtomicIsize",
+    "Mutex",
+    "RwLock",
+    "Condvar",
+    "Cell",
+    "RefCell",
+    "OnceCell",
+    "OnceLock",
+    "LazyLock",
+    "AtomicBool",
+    "AtomicU8",
+    "AtomicU16",
+    "AtomicU32",
+    "AtomicU64",
+    "AtomicUsize",
+    "AtomicI8",
+    "AtomicI16",
+    "AtomicI32",
+    "AtomicI64",
+    "AtomicIsize",
 ];
 
 /// Whether `ty` holds a closure, function pointer or trait object, which can never be
@@ -263,7 +279,10 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         (Ok(()), Some(processor)) => processor,
         (result, _) => {
             // Report the attribute errors together with the field errors, all at once.
-            let mut tokens = result.err().map(|e| e.to_compile_error()).unwrap_or_default();
+            let mut tokens = result
+                .err()
+                .map(|e| e.to_compile_error())
+                .unwrap_or_default();
             if let Err(e) = field_errors.finish() {
                 tokens.extend(e.to_compile_error());
             }

@@ -83,7 +83,8 @@ fn uint(obj: &InMemDicomObject, tag: Tag) -> Option<u16> {
 impl Command {
     /// Reads a command set from its encoded bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, CommandError> {
-        let obj = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())?;
+        let obj =
+            InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())?;
         Ok(Command {
             field: uint(&obj, tags::COMMAND_FIELD).ok_or(CommandError::Missing("CommandField"))?,
             message_id: uint(&obj, tags::MESSAGE_ID)
@@ -127,7 +128,10 @@ pub fn response(request: &Command, field: u16, status: u16, comment: Option<&str
         us(tags::STATUS, status),
     ];
     if !request.sop_instance_uid.is_empty() {
-        elements.push(ui(tags::AFFECTED_SOP_INSTANCE_UID, &request.sop_instance_uid));
+        elements.push(ui(
+            tags::AFFECTED_SOP_INSTANCE_UID,
+            &request.sop_instance_uid,
+        ));
     }
     if let Some(comment) = comment {
         // ErrorComment is LO: at most 64 characters.
@@ -152,7 +156,10 @@ pub fn store_request(message_id: u16, sop_class_uid: &str, sop_instance_uid: &st
 /// Encodes a C-ECHO-RQ.
 pub fn echo_request(message_id: u16) -> Vec<u8> {
     encode(vec![
-        ui(tags::AFFECTED_SOP_CLASS_UID, dicom_dictionary_std::uids::VERIFICATION),
+        ui(
+            tags::AFFECTED_SOP_CLASS_UID,
+            dicom_dictionary_std::uids::VERIFICATION,
+        ),
         us(tags::COMMAND_FIELD, C_ECHO_RQ),
         us(tags::MESSAGE_ID, message_id),
         us(tags::COMMAND_DATA_SET_TYPE, NO_DATA_SET),

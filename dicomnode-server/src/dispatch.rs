@@ -25,7 +25,9 @@ pub enum DispatchError {
         source: Box<dicom_ul::association::Error>,
     },
     /// The peer accepted no presentation context for this SOP class and transfer syntax.
-    #[error("{address} accepted no presentation context for SOP class {sop_class} in {transfer_syntax}")]
+    #[error(
+        "{address} accepted no presentation context for SOP class {sop_class} in {transfer_syntax}"
+    )]
     NoContext {
         /// The destination.
         address: String,
@@ -150,7 +152,11 @@ impl StoreAssociation {
     fn read_response(&mut self) -> Result<u16, DispatchError> {
         let mut command = Vec::new();
         loop {
-            match self.association.receive().map_err(|e| self.transfer_error(e))? {
+            match self
+                .association
+                .receive()
+                .map_err(|e| self.transfer_error(e))?
+            {
                 Pdu::PData { data } => {
                     for pdv in data {
                         if pdv.value_type == PDataValueType::Command {
@@ -158,9 +164,9 @@ impl StoreAssociation {
                             if pdv.is_last {
                                 let rsp = Command::decode(&command)
                                     .map_err(|e| self.transfer_error(e))?;
-                                return rsp
-                                    .status
-                                    .ok_or_else(|| self.transfer_error("response without a status"));
+                                return rsp.status.ok_or_else(|| {
+                                    self.transfer_error("response without a status")
+                                });
                             }
                         }
                     }
@@ -168,9 +174,7 @@ impl StoreAssociation {
                 Pdu::AbortRQ { source } => {
                     return Err(self.transfer_error(format!("aborted by the peer: {source:?}")))
                 }
-                other => {
-                    return Err(self.transfer_error(format!("unexpected PDU: {other:?}")))
-                }
+                other => return Err(self.transfer_error(format!("unexpected PDU: {other:?}"))),
             }
         }
     }
@@ -181,13 +185,13 @@ impl StoreAssociation {
         let sop_class = meta.media_storage_sop_class_uid().trim_end_matches('\0');
         let sop_instance = meta.media_storage_sop_instance_uid().trim_end_matches('\0');
         let ts = meta.transfer_syntax().trim_end_matches('\0');
-        let pc = self
-            .accepted_context(sop_class, Some(ts))
-            .ok_or_else(|| DispatchError::NoContext {
-                address: self.address.clone(),
-                sop_class: sop_class.to_string(),
-                transfer_syntax: ts.to_string(),
-            })?;
+        let pc =
+            self.accepted_context(sop_class, Some(ts))
+                .ok_or_else(|| DispatchError::NoContext {
+                    address: self.address.clone(),
+                    sop_class: sop_class.to_string(),
+                    transfer_syntax: ts.to_string(),
+                })?;
         let mut dataset = Vec::new();
         instance
             .write_dataset(&mut dataset)

@@ -51,7 +51,7 @@ pub use dicomnode_derive::Pipeline;
 pub use storage_classes::STORAGE_SOP_CLASSES;
 
 /// The dicom-rs crates a pipeline usually needs, re-exported so versions match.
-pub use {dicom_core, dicom_dictionary_std, dicom_object};
+pub use {dicom_core, dicom_dictionary_std, dicom_object, dicom_ul};
 
 use runner::ChildRunner;
 use scp::Scp;
@@ -135,7 +135,9 @@ pub fn init_logging_at(default_filter: &str) {
             .with_writer(std::io::stderr)
             .try_init()
     } else {
-        builder.with_ansi(std::io::stdout().is_terminal()).try_init()
+        builder
+            .with_ansi(std::io::stdout().is_terminal())
+            .try_init()
     };
     // Already initialised by the embedding program: keep theirs.
     drop(result);

@@ -8,10 +8,10 @@
 //! read line by line, as they come, into the node's log.
 
 use crate::storage::{MemoryStorage, PatientBatch};
+use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_encoding::TransferSyntaxIndex;
 use dicomnode_core::{DicomInstance, InputContainer, Pipeline, Processor, Sender};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
@@ -240,17 +240,21 @@ impl ChildRunner {
             .spawn()
         {
             Ok(child) => child,
-            Err(e) => {
-                return Outcome::NotRun(format!("cannot start {}: {e}", self.exe.display()))
-            }
+            Err(e) => return Outcome::NotRun(format!("cannot start {}: {e}", self.exe.display())),
         };
         let pid = child.id();
         tracing::info!(pid, node_pid = std::process::id(), "child started");
 
         let span = tracing::Span::current();
         let pumps: Vec<_> = [
-            child.stdout.take().map(|s| (Box::new(s) as Box<dyn Read + Send>, "stdout")),
-            child.stderr.take().map(|s| (Box::new(s) as Box<dyn Read + Send>, "stderr")),
+            child
+                .stdout
+                .take()
+                .map(|s| (Box::new(s) as Box<dyn Read + Send>, "stdout")),
+            child
+                .stderr
+                .take()
+                .map(|s| (Box::new(s) as Box<dyn Read + Send>, "stderr")),
         ]
         .into_iter()
         .flatten()
@@ -283,7 +287,8 @@ impl ChildRunner {
                     if let Some(entered) = report.entered_process_us {
                         tracing::info!(
                             pid,
-                            trigger_to_process_ms = entered.saturating_sub(triggered) as f64 / 1000.0,
+                            trigger_to_process_ms =
+                                entered.saturating_sub(triggered) as f64 / 1000.0,
                             "child entered process"
                         );
                     }
@@ -352,7 +357,8 @@ fn send_job(
             .collect(),
     };
     let mut writer = BufWriter::with_capacity(256 * 1024, socket);
-    postcard::to_io(&job, &mut writer).map_err(|e| format!("cannot send the job to the child: {e}"))?;
+    postcard::to_io(&job, &mut writer)
+        .map_err(|e| format!("cannot send the job to the child: {e}"))?;
     writer
         .flush()
         .map_err(|e| format!("cannot send the job to the child: {e}"))?;
@@ -532,11 +538,11 @@ pub fn decode_instance(instance: &JobInstance<'_>) -> Result<DicomInstance, Stri
     let obj = InMemDicomObject::read_dataset_with_ts(instance.dataset, ts)
         .map_err(|e| format!("cannot parse instance {}: {e}", instance.sop_instance_uid))?;
     let meta = FileMetaTableBuilder::new()
-            .transfer_syntax(instance.transfer_syntax)
-            .media_storage_sop_class_uid(instance.sop_class_uid)
-            .media_storage_sop_instance_uid(instance.sop_instance_uid)
-            .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
-            .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
+        .transfer_syntax(instance.transfer_syntax)
+        .media_storage_sop_class_uid(instance.sop_class_uid)
+        .media_storage_sop_instance_uid(instance.sop_instance_uid)
+        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
         .build()
         .map_err(|e| format!("cannot build the file meta group: {e}"))?;
     Ok(obj.with_exact_meta(meta))
@@ -546,4 +552,3 @@ pub fn decode_instance(instance: &JobInstance<'_>) -> Result<DicomInstance, Stri
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.302143227262591287434591426338478069411";
 /// The Implementation Version Name this node writes into file meta groups.
 pub const IMPLEMENTATION_VERSION_NAME: &str = "DICOMNODE_RS_01";
-

@@ -336,19 +336,28 @@ impl AssociationSession {
             );
         };
         let Some(ts) = TransferSyntaxRegistry.get(ts_uid) else {
-            return refuse(status::CANNOT_UNDERSTAND, format!("unknown transfer syntax {ts_uid}"));
+            return refuse(
+                status::CANNOT_UNDERSTAND,
+                format!("unknown transfer syntax {ts_uid}"),
+            );
         };
         let mut header = match InMemDicomObject::read_dataset_with_ts(dataset.as_slice(), ts) {
             Ok(obj) => obj,
             Err(error) => {
-                return refuse(status::CANNOT_UNDERSTAND, format!("cannot parse the data set: {error}"))
+                return refuse(
+                    status::CANNOT_UNDERSTAND,
+                    format!("cannot parse the data set: {error}"),
+                )
             }
         };
         header.remove_element(tags::PIXEL_DATA);
         let Some(key) = value_of(&header, self.patient_key) else {
             return refuse(
                 status::DATA_SET_DOES_NOT_MATCH,
-                format!("no patient key: {} is missing or empty", tag_name(self.patient_key)),
+                format!(
+                    "no patient key: {} is missing or empty",
+                    tag_name(self.patient_key)
+                ),
             );
         };
         touched.touch(&self.storage, &key);
@@ -371,7 +380,10 @@ impl AssociationSession {
                     .collect::<Vec<_>>()
                     .join("; ");
                 tracing::warn!(patient = %key, sop_instance = %uid, "C-STORE refused: accepted by no input ({why})");
-                (status::DATA_SET_DOES_NOT_MATCH, Some("accepted by no input".into()))
+                (
+                    status::DATA_SET_DOES_NOT_MATCH,
+                    Some("accepted by no input".into()),
+                )
             }
         }
     }

@@ -242,12 +242,31 @@ mod tests {
             .enough_when(Enough::at_least(2))]);
         storage.begin_adding("p");
         storage.begin_adding("p");
-        assert!(matches!(storage.offer("p", instance("1", "CT")), Offer::Stored(_)));
-        assert!(matches!(storage.offer("p", instance("1", "CT")), Offer::Stored(_)));
-        assert!(matches!(storage.offer("p", instance("2", "MR")), Offer::Rejected(_)));
-        assert_eq!(storage.held_for("p"), 1, "the duplicate SOP instance is stored once");
-        assert!(matches!(storage.offer("p", instance("3", "CT")), Offer::Stored(_)));
-        assert!(storage.finish_adding("p", &sender()).is_none(), "one association still live");
+        assert!(matches!(
+            storage.offer("p", instance("1", "CT")),
+            Offer::Stored(_)
+        ));
+        assert!(matches!(
+            storage.offer("p", instance("1", "CT")),
+            Offer::Stored(_)
+        ));
+        assert!(matches!(
+            storage.offer("p", instance("2", "MR")),
+            Offer::Rejected(_)
+        ));
+        assert_eq!(
+            storage.held_for("p"),
+            1,
+            "the duplicate SOP instance is stored once"
+        );
+        assert!(matches!(
+            storage.offer("p", instance("3", "CT")),
+            Offer::Stored(_)
+        ));
+        assert!(
+            storage.finish_adding("p", &sender()).is_none(),
+            "one association still live"
+        );
         let batch = storage.finish_adding("p", &sender()).expect("complete");
         assert_eq!(batch.instance_count(), 2);
         assert!(storage.finish_adding("p", &sender()).is_none());

@@ -51,7 +51,10 @@ fn demo() -> Result<(), Box<dyn Error>> {
         port: node.local_addr()?.port(),
     };
     std::thread::spawn(move || node.serve());
-    println!("node DEMO_NODE listening on {}:{}", address.host, address.port);
+    println!(
+        "node DEMO_NODE listening on {}:{}",
+        address.host, address.port
+    );
 
     let mut sent: Vec<DicomInstance> = Vec::new();
     for patient in PATIENTS {
@@ -76,8 +79,14 @@ fn demo() -> Result<(), Box<dyn Error>> {
             .iter()
             .map(|i| {
                 (
-                    i.meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string(),
-                    i.meta().transfer_syntax().trim_end_matches('\0').to_string(),
+                    i.meta()
+                        .media_storage_sop_class_uid()
+                        .trim_end_matches('\0')
+                        .to_string(),
+                    i.meta()
+                        .transfer_syntax()
+                        .trim_end_matches('\0')
+                        .to_string(),
                 )
             })
             .collect();
@@ -127,7 +136,11 @@ fn demo() -> Result<(), Box<dyn Error>> {
 
 fn check_equal(sent: &DicomInstance, path: &Path) -> Result<(), Box<dyn Error>> {
     let written = dicomnode_server::dicom_object::open_file(path)?;
-    for tag in [tags::SOP_INSTANCE_UID, tags::PATIENT_ID, tags::SERIES_INSTANCE_UID] {
+    for tag in [
+        tags::SOP_INSTANCE_UID,
+        tags::PATIENT_ID,
+        tags::SERIES_INSTANCE_UID,
+    ] {
         if text(sent, tag) != text(&written, tag) {
             return Err(format!("{}: {tag} differs", path.display()).into());
         }

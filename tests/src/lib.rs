@@ -54,7 +54,9 @@ impl RichState {
             note: None,
             seed: Some(u64::MAX - 7),
             model_path: PathBuf::from("/opt/models/ct v2/weights.bin"),
-            destination: "PACS@127.0.0.1:4242".parse().expect("a valid address literal"),
+            destination: "PACS@127.0.0.1:4242"
+                .parse()
+                .expect("a valid address literal"),
         }
     }
 }

@@ -31,10 +31,19 @@ fn runs_of(out: &Path, patient: &str) -> Vec<(u32, PathBuf, Vec<String>)> {
         }
         let text = std::fs::read_to_string(entry.path()).expect("a readable record");
         let mut lines = text.lines();
-        let pid = lines.next().and_then(|l| l.strip_prefix("pid=")).and_then(|p| p.parse().ok());
-        let cwd = lines.next().and_then(|l| l.strip_prefix("cwd=")).map(PathBuf::from);
+        let pid = lines
+            .next()
+            .and_then(|l| l.strip_prefix("pid="))
+            .and_then(|p| p.parse().ok());
+        let cwd = lines
+            .next()
+            .and_then(|l| l.strip_prefix("cwd="))
+            .map(PathBuf::from);
         let _count = lines.next();
-        let uids = lines.filter(|l| !l.is_empty()).map(str::to_string).collect();
+        let uids = lines
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
         runs.push((pid.expect("pid line"), cwd.expect("cwd line"), uids));
     }
     runs
@@ -51,7 +60,10 @@ fn sop_uid(obj: &DefaultDicomObject) -> String {
 
 #[test]
 fn echoscu_gets_success() {
-    let node = NodeProcess::start(&example_exe("store_node"), &["--port", "0", "--out", "/nonexistent-unused"]);
+    let node = NodeProcess::start(
+        &example_exe("store_node"),
+        &["--port", "0", "--out", "/nonexistent-unused"],
+    );
     let (output, text) = run({
         let mut c = dcmtk("echoscu");
         c.args(["-aec", "STORE_NODE", "127.0.0.1", &node.port.to_string()]);
@@ -63,16 +75,27 @@ fn echoscu_gets_success() {
 
 #[test]
 fn wrong_called_ae_title_is_rejected_at_association() {
-    let node = NodeProcess::start(&example_exe("store_node"), &["--port", "0", "--out", "/nonexistent-unused"]);
+    let node = NodeProcess::start(
+        &example_exe("store_node"),
+        &["--port", "0", "--out", "/nonexistent-unused"],
+    );
     let port = node.port.to_string();
     let (output, text) = run({
         let mut c = dcmtk("echoscu");
         c.args(["-aec", "SOMEONE_ELSE", "127.0.0.1", &port]);
         c
     });
-    assert!(!output.status.success(), "echoscu should be rejected: {text}");
-    assert!(text.contains("Rejected"), "DCMTK should report a rejection: {text}");
-    assert!(node.log().contains("association rejected: called AE title is not ours"));
+    assert!(
+        !output.status.success(),
+        "echoscu should be rejected: {text}"
+    );
+    assert!(
+        text.contains("Rejected"),
+        "DCMTK should report a rejection: {text}"
+    );
+    assert!(node
+        .log()
+        .contains("association rejected: called AE title is not ours"));
     // The node keeps serving.
     let (output, text) = run({
         let mut c = dcmtk("echoscu");
@@ -99,8 +122,15 @@ fn storescu_two_patients_two_series_processed_once_and_written_equal() {
     );
     let (output, text) = run({
         let mut c = dcmtk("storescu");
-        c.args(["-aec", "STORE_NODE", "+sd", "+r", "127.0.0.1", &node.port.to_string()])
-            .arg(input.path());
+        c.args([
+            "-aec",
+            "STORE_NODE",
+            "+sd",
+            "+r",
+            "127.0.0.1",
+            &node.port.to_string(),
+        ])
+        .arg(input.path());
         c
     });
     assert!(output.status.success(), "storescu failed: {text}");
@@ -108,16 +138,26 @@ fn storescu_two_patients_two_series_processed_once_and_written_equal() {
 
     // Each patient processed exactly once, successfully.
     for patient in ["E2E-A", "E2E-B"] {
-        let lines: Vec<_> = finished.iter().filter(|l| l.contains(&format!("key={patient}"))).collect();
+        let lines: Vec<_> = finished
+            .iter()
+            .filter(|l| l.contains(&format!("key={patient}")))
+            .collect();
         assert_eq!(lines.len(), 1, "{patient} processed once: {finished:?}");
-        assert!(lines[0].contains("outcome=success: wrote 5 files"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("outcome=success: wrote 5 files"),
+            "{}",
+            lines[0]
+        );
     }
     std::thread::sleep(Duration::from_millis(200));
     let log = node.log();
     assert_eq!(log.matches("processing finished").count(), 2, "{log}");
 
     // The children were other processes, and their working directories are gone.
-    let started: Vec<&str> = log.lines().filter(|l| l.contains("child started")).collect();
+    let started: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("child started"))
+        .collect();
     assert_eq!(started.len(), 2);
     for line in started {
         let pid: u32 = field(line, "pid").unwrap().parse().unwrap();
@@ -138,20 +178,46 @@ fn storescu_two_patients_two_series_processed_once_and_written_equal() {
     // Every file arrived, equal element by element, pixel data byte-equal.
     for path in &sent {
         let original = open_file(path).unwrap();
-        let study = original.element(tags::STUDY_INSTANCE_UID).unwrap().to_str().unwrap().to_string();
-        let series = original.element(tags::SERIES_INSTANCE_UID).unwrap().to_str().unwrap().to_string();
-        let written = out.path().join(study).join(series).join(format!("{}.dcm", sop_uid(&original)));
+        let study = original
+            .element(tags::STUDY_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let series = original
+            .element(tags::SERIES_INSTANCE_UID)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let written = out
+            .path()
+            .join(study)
+            .join(series)
+            .join(format!("{}.dcm", sop_uid(&original)));
         let copy = open_file(&written).unwrap_or_else(|e| panic!("{}: {e}", written.display()));
-        assert_eq!(copy.meta().transfer_syntax(), original.meta().transfer_syntax());
+        assert_eq!(
+            copy.meta().transfer_syntax(),
+            original.meta().transfer_syntax()
+        );
         let a: Vec<_> = original.iter().collect();
         let b: Vec<_> = copy.iter().collect();
-        assert_eq!(a.len(), b.len(), "same number of elements in {}", written.display());
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "same number of elements in {}",
+            written.display()
+        );
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(x.header(), y.header());
             assert_eq!(x.value(), y.value(), "element {} differs", x.header().tag);
         }
         assert_eq!(
-            original.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap(),
+            original
+                .element(tags::PIXEL_DATA)
+                .unwrap()
+                .to_bytes()
+                .unwrap(),
             copy.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap()
         );
         // DCMTK parses what the node wrote.
@@ -179,31 +245,55 @@ fn instance_without_patient_id_is_refused_and_the_rest_is_processed() {
     let mut node = test_node(out.path(), &[]);
     let (_output, text) = run({
         let mut c = dcmtk("storescu");
-        c.args(["-v", "--no-halt", "-aec", "TEST_NODE", "127.0.0.1", &node.port.to_string()])
-            .args(&paths);
+        c.args([
+            "-v",
+            "--no-halt",
+            "-aec",
+            "TEST_NODE",
+            "127.0.0.1",
+            &node.port.to_string(),
+        ])
+        .args(&paths);
         c
     });
     assert!(
         text.contains("Received Store Response (Error: DataSetDoesNotMatchSOPClass)"),
         "storescu should see status A900: {text}"
     );
-    assert_eq!(text.matches("Received Store Response (Success)").count(), 2, "{text}");
+    assert_eq!(
+        text.matches("Received Store Response (Success)").count(),
+        2,
+        "{text}"
+    );
     node.wait_for_log("processing finished", WAIT);
     let runs = runs_of(out.path(), "NOPID-OK");
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].2.len(), 2, "the two good instances were processed");
     assert!(!runs[0].2.contains(&bad_uid));
-    assert!(node.log().contains("no patient key: PatientID (0010,0020) is missing or empty"));
+    assert!(node
+        .log()
+        .contains("no patient key: PatientID (0010,0020) is missing or empty"));
 }
 
 #[test]
 fn two_live_associations_for_one_patient_lead_to_one_processing_of_all() {
     let out = tempfile::tempdir().unwrap();
     let mut node = test_node(out.path(), &[]);
-    let instances = SyntheticSeries::ct("SHARED", 4).size(16, 16).build().unwrap();
+    let instances = SyntheticSeries::ct("SHARED", 4)
+        .size(16, 16)
+        .build()
+        .unwrap();
     let contexts = vec![(
-        instances[0].meta().media_storage_sop_class_uid().trim_end_matches('\0').to_string(),
-        instances[0].meta().transfer_syntax().trim_end_matches('\0').to_string(),
+        instances[0]
+            .meta()
+            .media_storage_sop_class_uid()
+            .trim_end_matches('\0')
+            .to_string(),
+        instances[0]
+            .meta()
+            .transfer_syntax()
+            .trim_end_matches('\0')
+            .to_string(),
     )];
     let address = node.address("TEST_NODE");
     let mut first = StoreAssociation::open(&address, "SCU_ONE", &contexts).unwrap();
@@ -215,7 +305,10 @@ fn two_live_associations_for_one_patient_lead_to_one_processing_of_all() {
     // The second ends while the first is still adding to the patient: no processing yet.
     second.release().unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    assert!(runs_of(out.path(), "SHARED").is_empty(), "processed too early");
+    assert!(
+        runs_of(out.path(), "SHARED").is_empty(),
+        "processed too early"
+    );
     first.release().unwrap();
     node.wait_for_log("processing finished", WAIT);
     std::thread::sleep(Duration::from_millis(300));
@@ -251,7 +344,11 @@ fn a_panicking_processor_leaves_the_node_serving() {
     // The panicking child's working directory was removed too.
     let runs = runs_of(out.path(), "PANIC-1");
     assert_eq!(runs.len(), 1);
-    assert!(!runs[0].1.exists(), "{} should be removed", runs[0].1.display());
+    assert!(
+        !runs[0].1.exists(),
+        "{} should be removed",
+        runs[0].1.display()
+    );
     assert_ne!(runs[0].0, node.pid());
 }
 
@@ -264,13 +361,17 @@ fn an_error_from_process_is_a_failure_and_the_data_is_kept() {
         "1.2.840.10008.5.1.4.1.1.2".to_string(),
         "1.2.840.10008.1.2.1".to_string(),
     )];
-    let mut association = StoreAssociation::open(&node.address("TEST_NODE"), "SCU", &contexts).unwrap();
+    let mut association =
+        StoreAssociation::open(&node.address("TEST_NODE"), "SCU", &contexts).unwrap();
     for instance in &instances {
         assert_eq!(association.store(instance).unwrap(), status::SUCCESS);
     }
     association.release().unwrap();
     let line = node.wait_for_log("processing failed", WAIT);
-    assert!(line.contains("process returned an error: deliberate failure for patient FAIL-1"), "{line}");
+    assert!(
+        line.contains("process returned an error: deliberate failure for patient FAIL-1"),
+        "{line}"
+    );
     assert!(line.contains("instances=2"), "{line}");
     assert!(!node.log().contains("processing finished"));
 }
@@ -287,7 +388,8 @@ fn pipeline_state_arrives_equal_in_the_child() {
         "1.2.840.10008.5.1.4.1.1.2".to_string(),
         "1.2.840.10008.1.2.1".to_string(),
     )];
-    let mut association = StoreAssociation::open(&node.address("ROUNDTRIP"), "SCU", &contexts).unwrap();
+    let mut association =
+        StoreAssociation::open(&node.address("ROUNDTRIP"), "SCU", &contexts).unwrap();
     assert_eq!(association.store(&instances[0]).unwrap(), status::SUCCESS);
     association.release().unwrap();
     node.wait_for_log("processing finished", WAIT);
@@ -301,4 +403,258 @@ fn pipeline_state_arrives_equal_in_the_child() {
     assert_eq!(received.seed, sent.seed);
     assert_eq!(received.model_path, sent.model_path);
     assert_eq!(received.destination, sent.destination);
+}
+
+fn ct_contexts() -> Vec<(String, String)> {
+    vec![(
+        "1.2.840.10008.5.1.4.1.1.2".to_string(),
+        "1.2.840.10008.1.2.1".to_string(),
+    )]
+}
+
+#[test]
+fn sixteen_associations_at_once_are_all_served() {
+    let out = tempfile::tempdir().unwrap();
+    let mut node = test_node(out.path(), &[]);
+    let address = node.address("TEST_NODE");
+    // All sixteen are established before any sends or releases.
+    let mut associations: Vec<StoreAssociation> = (0..16)
+        .map(|i| StoreAssociation::open(&address, &format!("SCU{i}"), &ct_contexts()).unwrap())
+        .collect();
+    let threads: Vec<_> = associations
+        .drain(..)
+        .enumerate()
+        .map(|(i, mut association)| {
+            std::thread::spawn(move || {
+                let patient = format!("MANY-{i:02}");
+                for instance in SyntheticSeries::ct(&patient, 3)
+                    .size(32, 32)
+                    .build()
+                    .unwrap()
+                {
+                    assert_eq!(association.store(&instance).unwrap(), status::SUCCESS);
+                }
+                association.release().unwrap();
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    node.wait_for_count("processing finished", 16, WAIT);
+    for i in 0..16 {
+        let runs = runs_of(out.path(), &format!("MANY-{i:02}"));
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].2.len(), 3);
+    }
+    assert!(node.log().contains("live=16"), "sixteen were live at once");
+}
+
+#[test]
+fn datasets_split_over_many_small_pdus_arrive_whole() {
+    let input = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let paths = SyntheticSeries::ct("SMALL-PDU", 3)
+        .size(128, 128)
+        .write_to(input.path())
+        .unwrap();
+    let mut node = NodeProcess::start(
+        &example_exe("store_node"),
+        &["--port", "0", "--out", out.path().to_str().unwrap()],
+    );
+    // 32 KiB of pixel data per instance in PDUs of at most 4 KiB.
+    let (output, text) = run({
+        let mut c = dcmtk("storescu");
+        c.args([
+            "--max-send-pdu",
+            "4096",
+            "-aec",
+            "STORE_NODE",
+            "127.0.0.1",
+            &node.port.to_string(),
+        ])
+        .args(&paths);
+        c
+    });
+    assert!(output.status.success(), "{text}");
+    node.wait_for_log("processing finished", WAIT);
+    for path in &paths {
+        let original = open_file(path).unwrap();
+        let written = FileOutputPath::of(out.path(), &original);
+        let copy = open_file(&written).unwrap();
+        assert_eq!(
+            original
+                .element(tags::PIXEL_DATA)
+                .unwrap()
+                .to_bytes()
+                .unwrap(),
+            copy.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap()
+        );
+    }
+}
+
+/// Where `store_node` writes an instance.
+struct FileOutputPath;
+
+impl FileOutputPath {
+    fn of(out: &Path, instance: &DefaultDicomObject) -> PathBuf {
+        dicomnode_server::FileOutput::path_for(out, instance).unwrap()
+    }
+}
+
+#[test]
+fn encapsulated_transfer_syntaxes_are_kept_as_received() {
+    let input = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let paths = SyntheticSeries::ct("ENCAPSULATED", 2)
+        .size(64, 64)
+        .write_to(input.path())
+        .unwrap();
+    // One RLE Lossless file and one JPEG Lossless file, made by DCMTK.
+    let rle = input.path().join("rle.dcm");
+    let jpeg = input.path().join("jpeg.dcm");
+    let (o, t) = run({
+        let mut c = dcmtk("dcmcrle");
+        c.arg(&paths[0]).arg(&rle);
+        c
+    });
+    assert!(o.status.success(), "{t}");
+    let (o, t) = run({
+        let mut c = dcmtk("dcmcjpeg");
+        c.arg(&paths[1]).arg(&jpeg);
+        c
+    });
+    assert!(o.status.success(), "{t}");
+    let mut node = NodeProcess::start(
+        &example_exe("store_node"),
+        &["--port", "0", "--out", out.path().to_str().unwrap()],
+    );
+    // One association each, proposing the file's own compressed transfer syntax.
+    for (option, file) in [("-xr", &rle), ("-xs", &jpeg)] {
+        let (output, text) = run({
+            let mut c = dcmtk("storescu");
+            c.args([
+                "-v",
+                "-R",
+                option,
+                "-aec",
+                "STORE_NODE",
+                "127.0.0.1",
+                &node.port.to_string(),
+            ])
+            .arg(file);
+            c
+        });
+        assert!(output.status.success(), "{text}");
+        assert!(
+            !text.contains("-> Little Endian"),
+            "sent as compressed: {text}"
+        );
+        assert_eq!(
+            text.matches("Received Store Response (Success)").count(),
+            1,
+            "{text}"
+        );
+    }
+    node.wait_for_count("processing finished", 2, WAIT);
+    for (path, ts) in [
+        (&rle, "1.2.840.10008.1.2.5"),
+        (&jpeg, "1.2.840.10008.1.2.4.70"),
+    ] {
+        let original = open_file(path).unwrap();
+        assert_eq!(original.meta().transfer_syntax().trim_end_matches('\0'), ts);
+        let copy = open_file(FileOutputPath::of(out.path(), &original)).unwrap();
+        assert_eq!(
+            copy.meta().transfer_syntax().trim_end_matches('\0'),
+            ts,
+            "not transcoded"
+        );
+        // The compressed fragments are byte-equal.
+        let a = original
+            .element(tags::PIXEL_DATA)
+            .unwrap()
+            .value()
+            .fragments()
+            .unwrap()
+            .to_vec();
+        let b = copy
+            .element(tags::PIXEL_DATA)
+            .unwrap()
+            .value()
+            .fragments()
+            .unwrap()
+            .to_vec();
+        assert_eq!(a, b);
+    }
+}
+
+#[test]
+fn a_peer_dropping_mid_transfer_disturbs_nothing_else() {
+    use dicomnode_server::dicom_ul::pdu::{PDataValue, PDataValueType};
+    use dicomnode_server::dicom_ul::{ClientAssociationOptions, Pdu};
+
+    let out = tempfile::tempdir().unwrap();
+    let mut node = test_node(out.path(), &[]);
+    let address = node.address("TEST_NODE");
+    let instances = SyntheticSeries::ct("DROPPER", 3)
+        .size(64, 64)
+        .build()
+        .unwrap();
+
+    // A well-behaved association, live while the other one drops.
+    let mut steady = StoreAssociation::open(&address, "STEADY", &ct_contexts()).unwrap();
+    let steady_instances = SyntheticSeries::ct("STEADY", 2)
+        .size(16, 16)
+        .build()
+        .unwrap();
+    assert_eq!(steady.store(&steady_instances[0]).unwrap(), status::SUCCESS);
+
+    // The dropper: two instances acknowledged, then half of a third, then gone.
+    let mut dropper = StoreAssociation::open(&address, "DROPPER", &ct_contexts()).unwrap();
+    assert_eq!(dropper.store(&instances[0]).unwrap(), status::SUCCESS);
+    assert_eq!(dropper.store(&instances[1]).unwrap(), status::SUCCESS);
+    drop(dropper);
+    let mut raw = ClientAssociationOptions::new()
+        .calling_ae_title("DROPPER")
+        .called_ae_title("TEST_NODE")
+        .with_presentation_context("1.2.840.10008.5.1.4.1.1.2", vec!["1.2.840.10008.1.2.1"])
+        .establish(("127.0.0.1", node.port))
+        .unwrap();
+    let sop = sop_uid(&instances[2]);
+    let command = dicomnode_server::dimse::store_request(1, "1.2.840.10008.5.1.4.1.1.2", &sop);
+    let mut dataset = Vec::new();
+    instances[2].write_dataset(&mut dataset).unwrap();
+    raw.send(&Pdu::PData {
+        data: vec![
+            PDataValue {
+                presentation_context_id: 1,
+                value_type: PDataValueType::Command,
+                is_last: true,
+                data: command,
+            },
+            PDataValue {
+                presentation_context_id: 1,
+                value_type: PDataValueType::Data,
+                is_last: false,
+                data: dataset[..dataset.len() / 2].to_vec(),
+            },
+        ],
+    })
+    .unwrap();
+    drop(raw);
+
+    node.wait_for_count("association ended: connection lost", 2, WAIT);
+    // The acknowledged instances are processed; the half-sent one is not among them.
+    let line = node.wait_for_log("processing finished", WAIT);
+    assert!(line.contains("key=DROPPER"), "{line}");
+    std::thread::sleep(Duration::from_millis(200));
+    let runs = runs_of(out.path(), "DROPPER");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].2.len(), 2);
+    assert!(!runs[0].2.contains(&sop));
+    // The steady association goes on as if nothing happened.
+    assert_eq!(steady.store(&steady_instances[1]).unwrap(), status::SUCCESS);
+    steady.release().unwrap();
+    node.wait_for_count("processing finished", 2, WAIT);
+    assert_eq!(runs_of(out.path(), "STEADY")[0].2.len(), 2);
 }

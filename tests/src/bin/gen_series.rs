@@ -36,7 +36,11 @@ fn main() -> ExitCode {
         let mut series = SyntheticSeries::ct(&id, args.slices).size(args.size, args.size);
         for s in 0..args.series {
             if s > 0 {
-                let modality = if s % 2 == 1 { Modality::Mr } else { Modality::Ct };
+                let modality = if s % 2 == 1 {
+                    Modality::Mr
+                } else {
+                    Modality::Ct
+                };
                 series = series.next_series(modality, args.slices);
             }
             if let Err(e) = series.write_to(&args.out.join(&id)) {

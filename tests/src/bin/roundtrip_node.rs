@@ -1,7 +1,9 @@
 //! A node whose pipeline carries [`RichState`]; its child writes the state it received
 //! (postcard) to `<out>/<patient>.state`, so the test can compare it field by field.
 
-use dicomnode_server::{InputContainer, NoOutput, NodeConfig, Output, Pipeline, ProcessError, Processor};
+use dicomnode_server::{
+    InputContainer, NoOutput, NodeConfig, Output, Pipeline, ProcessError, Processor,
+};
 use dicomnode_tests::RichState;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -33,7 +35,10 @@ impl Processor for DumpState {
 
 fn main() -> ExitCode {
     dicomnode_server::run(|| {
-        let out = std::env::args().nth(1).map(PathBuf::from).unwrap_or_default();
+        let out = std::env::args()
+            .nth(1)
+            .map(PathBuf::from)
+            .unwrap_or_default();
         let config = NodeConfig::new("ROUNDTRIP").bind("127.0.0.1:0".parse().expect("literal"));
         (
             RoundTrip {

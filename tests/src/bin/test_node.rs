@@ -8,8 +8,7 @@
 use clap::Parser;
 use dicomnode_server::dicom_dictionary_std::tags;
 use dicomnode_server::{
-    Enough, Input, InputContainer, NodeConfig, NoOutput, Output, Pipeline, ProcessError,
-    Processor,
+    Enough, Input, InputContainer, NoOutput, NodeConfig, Output, Pipeline, ProcessError, Processor,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -84,7 +83,9 @@ impl Processor for Recorder {
             panic!("deliberate panic for patient {key}");
         }
         if key.starts_with("FAIL") {
-            return Err(ProcessError::new(format!("deliberate failure for patient {key}")));
+            return Err(ProcessError::new(format!(
+                "deliberate failure for patient {key}"
+            )));
         }
         Ok(NoOutput.into())
     }
