@@ -60,7 +60,7 @@ fn sop_uid(obj: &DefaultDicomObject) -> String {
 
 #[test]
 fn echoscu_gets_success() {
-    let node = NodeProcess::start(
+    let mut node = NodeProcess::start(
         &example_exe("store_node"),
         &["--port", "0", "--out", "/nonexistent-unused"],
     );
@@ -70,12 +70,12 @@ fn echoscu_gets_success() {
         c
     });
     assert!(output.status.success(), "echoscu failed: {text}");
-    assert!(node.log().contains("association ended: released"));
+    node.wait_for_log("association ended: released", WAIT);
 }
 
 #[test]
 fn wrong_called_ae_title_is_rejected_at_association() {
-    let node = NodeProcess::start(
+    let mut node = NodeProcess::start(
         &example_exe("store_node"),
         &["--port", "0", "--out", "/nonexistent-unused"],
     );
