@@ -11,8 +11,9 @@ use crate::storage_classes::STORAGE_SOP_CLASSES;
 use crate::trigger::PatientsTouched;
 use crate::NodeConfig;
 use dicom_core::Tag;
-use dicom_dictionary_std::{tags, uids};
+use dicom_dictionary_std::uids;
 use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::collector::DicomCollector;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::server::{AccessControl, DefaultNegotiation, ServerAssociationOptions};
@@ -335,13 +336,14 @@ impl AssociationSession {
                 "data set on a presentation context that was not accepted".into(),
             );
         };
-        let Some(ts) = TransferSyntaxRegistry.get(ts_uid) else {
+        if TransferSyntaxRegistry.get(ts_uid).is_none() {
             return refuse(
                 status::CANNOT_UNDERSTAND,
                 format!("unknown transfer syntax {ts_uid}"),
             );
-        };
-        let mut header = match InMemDicomObject::read_dataset_with_ts(dataset.as_slice(), ts) {
+        }
+        // Only the header is read here: the pixel data stay bytes, as received.
+        let header = match read_header(&dataset, ts_uid) {
             Ok(obj) => obj,
             Err(error) => {
                 return refuse(
@@ -350,7 +352,6 @@ impl AssociationSession {
                 )
             }
         };
-        header.remove_element(tags::PIXEL_DATA);
         let Some(key) = value_of(&header, self.patient_key) else {
             return refuse(
                 status::DATA_SET_DOES_NOT_MATCH,
@@ -387,4 +388,16 @@ impl AssociationSession {
             }
         }
     }
+}
+
+/// Reads the elements before Pixel Data: all the rules need, without decoding the pixels.
+fn read_header(
+    dataset: &[u8],
+    ts_uid: &str,
+) -> Result<InMemDicomObject, dicom_object::collector::Error> {
+    let reader = std::io::BufReader::new(std::io::Cursor::new(dataset));
+    let mut collector = DicomCollector::new_with_ts(reader, ts_uid.to_string());
+    let mut header = InMemDicomObject::new_empty();
+    collector.read_dataset_up_to_pixeldata(&mut header)?;
+    Ok(header)
 }

@@ -658,3 +658,65 @@ fn a_peer_dropping_mid_transfer_disturbs_nothing_else() {
     node.wait_for_count("processing finished", 2, WAIT);
     assert_eq!(runs_of(out.path(), "STEADY")[0].2.len(), 2);
 }
+
+#[test]
+fn an_unparseable_data_set_gets_c000_and_the_association_goes_on() {
+    use dicomnode_server::dicom_ul::pdu::{PDataValue, PDataValueType};
+    use dicomnode_server::dicom_ul::{ClientAssociationOptions, Pdu};
+    use dicomnode_server::dimse::Command;
+
+    let out = tempfile::tempdir().unwrap();
+    let mut node = test_node(out.path(), &[]);
+    let mut raw = ClientAssociationOptions::new()
+        .calling_ae_title("GARBAGE")
+        .called_ae_title("TEST_NODE")
+        .with_presentation_context("1.2.840.10008.5.1.4.1.1.2", vec!["1.2.840.10008.1.2.1"])
+        .establish(("127.0.0.1", node.port))
+        .unwrap();
+    let store = |raw: &mut dicomnode_server::dicom_ul::ClientAssociation<_>,
+                 id: u16,
+                 sop: &str,
+                 data: Vec<u8>| {
+        let command = dicomnode_server::dimse::store_request(id, "1.2.840.10008.5.1.4.1.1.2", sop);
+        raw.send(&Pdu::PData {
+            data: vec![
+                PDataValue {
+                    presentation_context_id: 1,
+                    value_type: PDataValueType::Command,
+                    is_last: true,
+                    data: command,
+                },
+                PDataValue {
+                    presentation_context_id: 1,
+                    value_type: PDataValueType::Data,
+                    is_last: true,
+                    data,
+                },
+            ],
+        })
+        .unwrap();
+        match raw.receive().unwrap() {
+            Pdu::PData { data } => Command::decode(&data[0].data).unwrap().status.unwrap(),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    // An element header announcing far more bytes than follow.
+    let garbage = vec![0x08, 0x00, 0x18, 0x00, b'U', b'I', 0xff, 0x7f, b'1', b'.'];
+    assert_eq!(
+        store(&mut raw, 1, "1.2.3.4", garbage),
+        status::CANNOT_UNDERSTAND
+    );
+    let good = &SyntheticSeries::ct("AFTER-GARBAGE", 1)
+        .size(8, 8)
+        .build()
+        .unwrap()[0];
+    let mut bytes = Vec::new();
+    good.write_dataset(&mut bytes).unwrap();
+    assert_eq!(store(&mut raw, 2, &sop_uid(good), bytes), status::SUCCESS);
+    raw.release().unwrap();
+    let line = node.wait_for_log("processing finished", WAIT);
+    assert!(line.contains("key=AFTER-GARBAGE"), "{line}");
+    assert!(node
+        .log()
+        .contains("C-STORE refused: cannot parse the data set"));
+}

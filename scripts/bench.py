@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Benchmarks for the closing notes (not tests): run after `cargo build --release --workspace --bins --examples`.
+
+  scripts/bench.py latency   # release -> child entering process, over 20 patients
+  scripts/bench.py ingest    # DCMTK storescu, 300 CT 512x512 16-bit: store_node vs storescp, interleaved
+
+Every process started here is ended here, by PID.
+"""
+import os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+ENV = dict(os.environ, TCP_NODELAY="1", NO_COLOR="1", RUST_LOG="info")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"port {port} not open")
+
+
+def start(cmd, log):
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+
+
+def stop(proc):
+    proc.kill()
+    proc.wait()
+
+
+def storescu(port, aec, paths):
+    t = time.perf_counter()
+    subprocess.run(["/usr/bin/storescu", "-aec", aec, "+sd", "+r", "127.0.0.1", str(port)] + paths,
+                   env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def latency(patients=20):
+    work = tempfile.mkdtemp(prefix="bench-latency-")
+    try:
+        subprocess.run([os.path.join(REL, "gen_series"), "--out", os.path.join(work, "in"), "--patients",
+                        str(patients), "--slices", "1", "--size", "64", "--prefix", "LAT-"], check=True)
+        port = free_port()
+        log_path = os.path.join(work, "node.log")
+        with open(log_path, "w") as log:
+            node = start([os.path.join(REL, "examples", "store_node"), "--port", str(port), "--out",
+                          os.path.join(work, "out")], log)
+            try:
+                wait_port(port)
+                for p in range(1, patients + 1):
+                    storescu(port, "STORE_NODE", [os.path.join(work, "in", f"LAT-{p}")])
+                    time.sleep(0.05)  # one patient at a time: latency, not throughput
+                end = time.time() + 30
+                while open(log_path).read().count("processing finished") < patients and time.time() < end:
+                    time.sleep(0.05)
+            finally:
+                stop(node)
+        values = sorted(float(m) for m in re.findall(r"trigger_to_process_ms=([0-9.]+)", open(log_path).read()))
+        print(f"release->process over {len(values)} patients: median {statistics.median(values):.2f} ms, "
+              f"min {values[0]:.2f} ms, max {values[-1]:.2f} ms")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def ingest(rounds=5, slices=300):
+    work = tempfile.mkdtemp(prefix="bench-ingest-")
+    try:
+        data = os.path.join(work, "in")
+        subprocess.run([os.path.join(REL, "gen_series"), "--out", data, "--slices", str(slices), "--size", "512",
+                        "--prefix", "ING-"], check=True)
+        times = {"store_node": [], "storescp": []}
+        for r in range(rounds):
+            for which in (["store_node", "storescp"] if r % 2 == 0 else ["storescp", "store_node"]):
+                port = free_port()
+                out = os.path.join(work, f"out-{which}-{r}")
+                os.makedirs(out)
+                with open(os.path.join(work, f"{which}-{r}.log"), "w") as log:
+                    if which == "store_node":
+                        proc = start([os.path.join(REL, "examples", "store_node"), "--port", str(port), "--out", out], log)
+                        aec = "STORE_NODE"
+                    else:
+                        proc = start(["/usr/bin/storescp", "-aet", "STORESCP", "-od", out, str(port)], log)
+                        aec = "STORESCP"
+                    try:
+                        wait_port(port)
+                        times[which].append(storescu(port, aec, [data]))
+                        time.sleep(1.0)  # let store_node's child finish writing before the next round
+                    finally:
+                        stop(proc)
+                shutil.rmtree(out, ignore_errors=True)
+        a, b = statistics.median(times["store_node"]), statistics.median(times["storescp"])
+        print(f"storescu {slices} CT 512x512 16-bit, {rounds} interleaved rounds:")
+        for k, v in times.items():
+            print(f"  {k:10s} median {statistics.median(v)*1000:.0f} ms  runs {[round(x*1000) for x in v]}")
+        print(f"  ratio store_node/storescp = {a/b:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else "all"
+    if what in ("latency", "all"):
+        latency()
+    if what in ("ingest", "all"):
+        ingest()
