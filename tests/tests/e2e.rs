@@ -93,9 +93,7 @@ fn wrong_called_ae_title_is_rejected_at_association() {
         text.contains("Rejected"),
         "DCMTK should report a rejection: {text}"
     );
-    assert!(node
-        .log()
-        .contains("association rejected: called AE title is not ours"));
+    node.wait_for_log("association rejected: called AE title is not ours", WAIT);
     // The node keeps serving.
     let (output, text) = run({
         let mut c = dcmtk("echoscu");
