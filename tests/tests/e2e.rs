@@ -718,3 +718,47 @@ fn an_unparseable_data_set_gets_c000_and_the_association_goes_on() {
         .log()
         .contains("C-STORE refused: cannot parse the data set"));
 }
+
+/// Sends one small CT instance for `patient` to the node and releases.
+fn send_one(node: &NodeProcess, patient: &str) {
+    let instance = &SyntheticSeries::ct(patient, 1).size(8, 8).build().unwrap()[0];
+    let mut association =
+        StoreAssociation::open(&node.address("TEST_NODE"), "SCU", &ct_contexts()).unwrap();
+    assert_eq!(association.store(instance).unwrap(), status::SUCCESS);
+    association.release().unwrap();
+}
+
+#[test]
+fn a_child_printing_megabytes_does_not_block() {
+    let out = tempfile::tempdir().unwrap();
+    let mut node = test_node(out.path(), &[]);
+    send_one(&node, "LOUD-1");
+    let line = node.wait_for_log("processing finished", WAIT);
+    assert!(
+        line.contains("key=LOUD-1") && line.contains("outcome=success"),
+        "{line}"
+    );
+    let log = node.log();
+    assert!(
+        log.contains("3999 xxxx"),
+        "the child's last lines are logged"
+    );
+    assert!(log.contains("stream=\"stderr\""));
+}
+
+#[test]
+fn an_aborting_child_is_reported_with_its_signal_and_the_node_serves_on() {
+    let out = tempfile::tempdir().unwrap();
+    let mut node = test_node(out.path(), &[]);
+    send_one(&node, "ABORT-1");
+    let line = node.wait_for_log("processing failed", WAIT);
+    assert!(line.contains("child killed by signal 6"), "{line}");
+    send_one(&node, "AFTER-ABORT");
+    let line = node.wait_for_log("processing finished", WAIT);
+    assert!(line.contains("key=AFTER-ABORT"), "{line}");
+    // The aborted child could not clean up; the node removed its job directory.
+    let runs = runs_of(out.path(), "ABORT-1");
+    assert_eq!(runs.len(), 1);
+    let workdir = &runs[0].1;
+    assert!(!workdir.exists(), "{} should be removed", workdir.display());
+}

@@ -3,7 +3,8 @@
 //!
 //! For each patient it writes `<out>/runs/<patient>-<pid>-<n>.txt` with the child's PID,
 //! its working directory and the SOP Instance UIDs it saw. A patient whose ID starts with
-//! `PANIC` makes the processor panic; one starting with `FAIL` makes it return an error.
+//! `PANIC` makes the processor panic; `FAIL` makes it return an error; `ABORT` makes the
+//! child abort; `LOUD` makes it print megabytes on stdout and stderr.
 
 use clap::Parser;
 use dicomnode_server::dicom_dictionary_std::tags;
@@ -79,6 +80,18 @@ impl Processor for Recorder {
             uids.join("\n")
         );
         std::fs::write(&path, record)?;
+        if key.starts_with("LOUD") {
+            // Far more than a pipe buffer, on both streams, with and without newlines.
+            let line = "x".repeat(1000);
+            for i in 0..4000 {
+                println!("{i} {line}");
+                eprintln!("{i} {line}");
+            }
+            print!("{}", "y".repeat(100_000));
+        }
+        if key.starts_with("ABORT") {
+            std::process::abort();
+        }
         if key.starts_with("PANIC") {
             panic!("deliberate panic for patient {key}");
         }
