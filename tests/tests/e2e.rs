@@ -12,6 +12,31 @@ use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+fn store_node(out: &Path) -> NodeProcess {
+    NodeProcess::start(
+        &example_exe("store_node"),
+        &["--port", "0", "--out", out.to_str().expect("utf-8 path")],
+    )
+}
+
+/// Runs DCMTK's storescu against 127.0.0.1:`port` with `options` and `files`.
+fn storescu<I, S>(
+    port: u16,
+    aec: &str,
+    options: &[&str],
+    files: I,
+) -> (std::process::Output, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut c = dcmtk("storescu");
+    c.args(options)
+        .args(["-aec", aec, "127.0.0.1", &port.to_string()])
+        .args(files);
+    run(c)
+}
+
 fn test_node(out: &Path, extra: &[&str]) -> NodeProcess {
     let mut args = vec!["--port", "0", "--out", out.to_str().expect("utf-8 path")];
     args.extend_from_slice(extra);
@@ -114,23 +139,8 @@ fn storescu_two_patients_two_series_processed_once_and_written_equal() {
         sent.extend(ct.write_to(&input.path().join(patient)).unwrap());
         sent.extend(mr.write_to(&input.path().join(patient)).unwrap());
     }
-    let mut node = NodeProcess::start(
-        &example_exe("store_node"),
-        &["--port", "0", "--out", out.path().to_str().unwrap()],
-    );
-    let (output, text) = run({
-        let mut c = dcmtk("storescu");
-        c.args([
-            "-aec",
-            "STORE_NODE",
-            "+sd",
-            "+r",
-            "127.0.0.1",
-            &node.port.to_string(),
-        ])
-        .arg(input.path());
-        c
-    });
+    let mut node = store_node(out.path());
+    let (output, text) = storescu(node.port, "STORE_NODE", &["+sd", "+r"], [input.path()]);
     assert!(output.status.success(), "storescu failed: {text}");
     let finished = node.wait_for_count("processing finished", 2, WAIT);
 
@@ -241,19 +251,7 @@ fn instance_without_patient_id_is_refused_and_the_rest_is_processed() {
     bad.write_to_file(&paths[1]).unwrap();
 
     let mut node = test_node(out.path(), &[]);
-    let (_output, text) = run({
-        let mut c = dcmtk("storescu");
-        c.args([
-            "-v",
-            "--no-halt",
-            "-aec",
-            "TEST_NODE",
-            "127.0.0.1",
-            &node.port.to_string(),
-        ])
-        .args(&paths);
-        c
-    });
+    let (_output, text) = storescu(node.port, "TEST_NODE", &["-v", "--no-halt"], &paths);
     assert!(
         text.contains("Received Store Response (Error: DataSetDoesNotMatchSOPClass)"),
         "storescu should see status A900: {text}"
@@ -410,6 +408,43 @@ fn ct_contexts() -> Vec<(String, String)> {
     )]
 }
 
+/// A dicom-ul association proposing CT Image Storage in Explicit VR LE as context 1, for
+/// tests that need to send what a well-behaved SCU never would.
+fn raw_ct_association(
+    node: &NodeProcess,
+    calling: &str,
+) -> dicomnode_server::dicom_ul::ClientAssociation<std::net::TcpStream> {
+    dicomnode_server::dicom_ul::ClientAssociationOptions::new()
+        .calling_ae_title(calling.to_string())
+        .called_ae_title("TEST_NODE")
+        .with_presentation_context("1.2.840.10008.5.1.4.1.1.2", vec!["1.2.840.10008.1.2.1"])
+        .establish(("127.0.0.1", node.port))
+        .unwrap()
+}
+
+/// One P-DATA PDU holding a C-STORE request for `sop` and `data` as its data set fragment.
+fn store_pdu(
+    id: u16,
+    sop: &str,
+    data: Vec<u8>,
+    data_is_last: bool,
+) -> dicomnode_server::dicom_ul::Pdu {
+    use dicomnode_server::dicom_ul::pdu::{PDataValue, PDataValueType};
+    let command = dicomnode_server::dimse::store_request(id, "1.2.840.10008.5.1.4.1.1.2", sop);
+    let fragment = |value_type, is_last, data| PDataValue {
+        presentation_context_id: 1,
+        value_type,
+        is_last,
+        data,
+    };
+    dicomnode_server::dicom_ul::Pdu::PData {
+        data: vec![
+            fragment(PDataValueType::Command, true, command),
+            fragment(PDataValueType::Data, data_is_last, data),
+        ],
+    }
+}
+
 #[test]
 fn sixteen_associations_at_once_are_all_served() {
     let out = tempfile::tempdir().unwrap();
@@ -456,24 +491,9 @@ fn datasets_split_over_many_small_pdus_arrive_whole() {
         .size(128, 128)
         .write_to(input.path())
         .unwrap();
-    let mut node = NodeProcess::start(
-        &example_exe("store_node"),
-        &["--port", "0", "--out", out.path().to_str().unwrap()],
-    );
+    let mut node = store_node(out.path());
     // 32 KiB of pixel data per instance in PDUs of at most 4 KiB.
-    let (output, text) = run({
-        let mut c = dcmtk("storescu");
-        c.args([
-            "--max-send-pdu",
-            "4096",
-            "-aec",
-            "STORE_NODE",
-            "127.0.0.1",
-            &node.port.to_string(),
-        ])
-        .args(&paths);
-        c
-    });
+    let (output, text) = storescu(node.port, "STORE_NODE", &["--max-send-pdu", "4096"], &paths);
     assert!(output.status.success(), "{text}");
     node.wait_for_log("processing finished", WAIT);
     for path in &paths {
@@ -523,26 +543,10 @@ fn encapsulated_transfer_syntaxes_are_kept_as_received() {
         c
     });
     assert!(o.status.success(), "{t}");
-    let mut node = NodeProcess::start(
-        &example_exe("store_node"),
-        &["--port", "0", "--out", out.path().to_str().unwrap()],
-    );
+    let mut node = store_node(out.path());
     // One association each, proposing the file's own compressed transfer syntax.
     for (option, file) in [("-xr", &rle), ("-xs", &jpeg)] {
-        let (output, text) = run({
-            let mut c = dcmtk("storescu");
-            c.args([
-                "-v",
-                "-R",
-                option,
-                "-aec",
-                "STORE_NODE",
-                "127.0.0.1",
-                &node.port.to_string(),
-            ])
-            .arg(file);
-            c
-        });
+        let (output, text) = storescu(node.port, "STORE_NODE", &["-v", "-R", option], [file]);
         assert!(output.status.success(), "{text}");
         assert!(
             !text.contains("-> Little Endian"),
@@ -588,9 +592,6 @@ fn encapsulated_transfer_syntaxes_are_kept_as_received() {
 
 #[test]
 fn a_peer_dropping_mid_transfer_disturbs_nothing_else() {
-    use dicomnode_server::dicom_ul::pdu::{PDataValue, PDataValueType};
-    use dicomnode_server::dicom_ul::{ClientAssociationOptions, Pdu};
-
     let out = tempfile::tempdir().unwrap();
     let mut node = test_node(out.path(), &[]);
     let address = node.address("TEST_NODE");
@@ -612,33 +613,12 @@ fn a_peer_dropping_mid_transfer_disturbs_nothing_else() {
     assert_eq!(dropper.store(&instances[0]).unwrap(), status::SUCCESS);
     assert_eq!(dropper.store(&instances[1]).unwrap(), status::SUCCESS);
     drop(dropper);
-    let mut raw = ClientAssociationOptions::new()
-        .calling_ae_title("DROPPER")
-        .called_ae_title("TEST_NODE")
-        .with_presentation_context("1.2.840.10008.5.1.4.1.1.2", vec!["1.2.840.10008.1.2.1"])
-        .establish(("127.0.0.1", node.port))
-        .unwrap();
+    let mut raw = raw_ct_association(&node, "DROPPER");
     let sop = sop_uid(&instances[2]);
-    let command = dicomnode_server::dimse::store_request(1, "1.2.840.10008.5.1.4.1.1.2", &sop);
     let mut dataset = Vec::new();
     instances[2].write_dataset(&mut dataset).unwrap();
-    raw.send(&Pdu::PData {
-        data: vec![
-            PDataValue {
-                presentation_context_id: 1,
-                value_type: PDataValueType::Command,
-                is_last: true,
-                data: command,
-            },
-            PDataValue {
-                presentation_context_id: 1,
-                value_type: PDataValueType::Data,
-                is_last: false,
-                data: dataset[..dataset.len() / 2].to_vec(),
-            },
-        ],
-    })
-    .unwrap();
+    dataset.truncate(dataset.len() / 2);
+    raw.send(&store_pdu(1, &sop, dataset, false)).unwrap();
     drop(raw);
 
     node.wait_for_count("association ended: connection lost", 2, WAIT);
@@ -659,40 +639,17 @@ fn a_peer_dropping_mid_transfer_disturbs_nothing_else() {
 
 #[test]
 fn an_unparseable_data_set_gets_c000_and_the_association_goes_on() {
-    use dicomnode_server::dicom_ul::pdu::{PDataValue, PDataValueType};
-    use dicomnode_server::dicom_ul::{ClientAssociationOptions, Pdu};
+    use dicomnode_server::dicom_ul::Pdu;
     use dicomnode_server::dimse::Command;
 
     let out = tempfile::tempdir().unwrap();
     let mut node = test_node(out.path(), &[]);
-    let mut raw = ClientAssociationOptions::new()
-        .calling_ae_title("GARBAGE")
-        .called_ae_title("TEST_NODE")
-        .with_presentation_context("1.2.840.10008.5.1.4.1.1.2", vec!["1.2.840.10008.1.2.1"])
-        .establish(("127.0.0.1", node.port))
-        .unwrap();
+    let mut raw = raw_ct_association(&node, "GARBAGE");
     let store = |raw: &mut dicomnode_server::dicom_ul::ClientAssociation<_>,
                  id: u16,
                  sop: &str,
                  data: Vec<u8>| {
-        let command = dicomnode_server::dimse::store_request(id, "1.2.840.10008.5.1.4.1.1.2", sop);
-        raw.send(&Pdu::PData {
-            data: vec![
-                PDataValue {
-                    presentation_context_id: 1,
-                    value_type: PDataValueType::Command,
-                    is_last: true,
-                    data: command,
-                },
-                PDataValue {
-                    presentation_context_id: 1,
-                    value_type: PDataValueType::Data,
-                    is_last: true,
-                    data,
-                },
-            ],
-        })
-        .unwrap();
+        raw.send(&store_pdu(id, sop, data, true)).unwrap();
         match raw.receive().unwrap() {
             Pdu::PData { data } => Command::decode(&data[0].data).unwrap().status.unwrap(),
             other => panic!("unexpected {other:?}"),
