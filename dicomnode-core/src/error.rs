@@ -69,9 +69,42 @@ pub enum ExportError {
     /// An instance lacks an attribute the output needs (e.g. a UID to name its file).
     #[error("instance lacks {0}")]
     MissingAttribute(&'static str),
+    /// Sending to a DICOM destination failed.
+    #[error("sending to {destination} failed ({kind}) after {attempts} attempt(s): {message}")]
+    Send {
+        /// The destination, `AE@host:port`.
+        destination: String,
+        /// Whether trying again later may help.
+        kind: SendFailure,
+        /// How many attempts were made.
+        attempts: u32,
+        /// What went wrong, with its causes.
+        message: String,
+    },
+    /// Several outputs failed (a [`MultiOutput`](crate::MultiOutput)).
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Several(Vec<ExportError>),
     /// Any other failure, described.
     #[error("{0}")]
     Other(String),
+}
+
+/// Whether a failed send may succeed if tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendFailure {
+    /// Connection refused, timed out, aborted: worth retrying later.
+    Transient,
+    /// Association rejected, failure status: retrying the same will fail the same way.
+    Permanent,
+}
+
+impl fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SendFailure::Transient => "transient",
+            SendFailure::Permanent => "permanent",
+        })
+    }
 }
 
 /// Why synthetic test data could not be made or written.

@@ -15,14 +15,16 @@ pub mod error;
 pub mod input;
 pub mod output;
 pub mod pipeline;
+pub mod pixels;
 pub mod sanitize;
+pub mod series;
 pub mod synthetic;
 
 pub use address::{Address, AddressError};
 pub use container::{InputContainer, Sender};
-pub use error::{ExportError, ProcessError, SyntheticError};
+pub use error::{ExportError, ProcessError, SendFailure, SyntheticError};
 pub use input::{Enough, Input, Matcher, Rejection};
-pub use output::{Export, FileOutput, NoOutput, Output};
+pub use output::{Export, FileOutput, MultiOutput, NoOutput, Output};
 pub use pipeline::{Pipeline, Processor};
 
 /// A DICOM object with its file meta group, as processors receive and outputs write it.

@@ -99,3 +99,41 @@ impl Export for FileOutput {
         Ok(format!("wrote {count} files under {}", self.dir.display()))
     }
 }
+
+/// Several outputs exported one after the other (e.g. send to a PACS and write files).
+/// Every output is tried; if any fails, the export fails with all their errors.
+#[derive(Default)]
+pub struct MultiOutput {
+    outputs: Vec<Output>,
+}
+
+impl MultiOutput {
+    /// An empty combination.
+    pub fn new() -> Self {
+        MultiOutput::default()
+    }
+
+    /// Adds an output.
+    pub fn with(mut self, output: impl Into<Output>) -> Self {
+        self.outputs.push(output.into());
+        self
+    }
+}
+
+impl Export for MultiOutput {
+    fn export(self: Box<Self>) -> Result<String, ExportError> {
+        let mut summaries = Vec::new();
+        let mut errors = Vec::new();
+        for output in self.outputs {
+            match output.export() {
+                Ok(summary) => summaries.push(summary),
+                Err(error) => errors.push(error),
+            }
+        }
+        match errors.len() {
+            0 => Ok(summaries.join("; ")),
+            1 => Err(errors.remove(0)),
+            _ => Err(ExportError::Several(errors)),
+        }
+    }
+}
