@@ -8,16 +8,25 @@ use dicom_dictionary_std::uids;
 use dicom_ul::association::client::ClientAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use dicom_ul::{ClientAssociationOptions, Pdu};
-use dicomnode_core::{Address, DicomInstance};
-use std::io::Write;
+use dicomnode_core::{Address, DicomInstance, Export, ExportError, SendFailure};
 use std::net::TcpStream;
 use std::time::Duration;
 
 /// Why sending failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DispatchError {
+    /// The peer answered a C-STORE with a failure status.
+    #[error("{address} refused {sop_instance} with status {status:#06x}")]
+    Refused {
+        /// The destination.
+        address: String,
+        /// The instance.
+        sop_instance: String,
+        /// The status.
+        status: u16,
+    },
     /// The association could not be established (refused, rejected, timed out).
-    #[error("cannot associate with {address}: {source}")]
+    #[error("cannot associate with {address}: {}", with_causes(source.as_ref()))]
     Associate {
         /// The destination.
         address: String,
@@ -44,6 +53,44 @@ pub enum DispatchError {
         /// What went wrong.
         message: String,
     },
+}
+
+impl DispatchError {
+    /// Whether trying again later may help: a refused connection, a time-out, an abort
+    /// may pass; a rejected association or a failure status will not.
+    pub fn kind(&self) -> SendFailure {
+        use dicom_ul::association::Error as Ul;
+        use dicom_ul::pdu::AssociationRJResult;
+        match self {
+            DispatchError::Associate { source, .. } => match source.as_ref() {
+                Ul::Rejected { association_rj, .. }
+                    if association_rj.result == AssociationRJResult::Transient =>
+                {
+                    SendFailure::Transient
+                }
+                Ul::Rejected { .. }
+                | Ul::NoAcceptedPresentationContexts { .. }
+                | Ul::ProtocolVersionMismatch { .. } => SendFailure::Permanent,
+                _ => SendFailure::Transient,
+            },
+            DispatchError::NoContext { .. } | DispatchError::Refused { .. } => {
+                SendFailure::Permanent
+            }
+            DispatchError::Transfer { .. } => SendFailure::Transient,
+        }
+    }
+}
+
+/// An error's message followed by its causes (dicom-ul's top-level messages are terse).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// An open association for C-STORE (and C-ECHO) to one destination.
@@ -192,15 +239,15 @@ impl StoreAssociation {
                     sop_class: sop_class.to_string(),
                     transfer_syntax: ts.to_string(),
                 })?;
-        let mut dataset = Vec::new();
-        instance
-            .write_dataset(&mut dataset)
-            .map_err(|e| self.transfer_error(format!("cannot encode {sop_instance}: {e}")))?;
         let id = self.next_message_id();
         self.send_command(pc, dimse::store_request(id, sop_class, sop_instance))?;
+        // Encoded straight into P-DATA PDUs sized for the peer: no intermediate copy.
         let mut writer = self.association.send_pdata(pc);
-        let written = writer.write_all(&dataset).and_then(|()| writer.finish());
-        written.map_err(|e| self.transfer_error(e))?;
+        let written = instance
+            .write_dataset(&mut writer)
+            .map_err(|e| e.to_string())
+            .and_then(|()| writer.finish().map_err(|e| e.to_string()));
+        written.map_err(|e| self.transfer_error(format!("sending {sop_instance}: {e}")))?;
         self.read_response()
     }
 
@@ -213,5 +260,169 @@ impl StoreAssociation {
                 address,
                 message: e.to_string(),
             })
+    }
+}
+
+/// How often and how patiently a transient failure is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (at least 1).
+    pub attempts: u32,
+    /// Wait before the second attempt; doubled before each further one.
+    pub first_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 3 attempts, waiting 1 s then 2 s.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 3,
+            first_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Sends a processor's result to one or more DICOM destinations (C-STORE), one association
+/// per destination.
+///
+/// Each destination gets presentation contexts for the instances' SOP classes in their own
+/// transfer syntaxes. Every response status is checked. A transient failure (refused
+/// connection, time-out, abort) is retried with backoff, resending only what was not yet
+/// acknowledged; a permanent one (rejected association, failure status) is not retried.
+/// Any failure fails the export, so the node keeps the patient's data.
+pub struct DicomOutput {
+    destinations: Vec<Address>,
+    calling_ae_title: String,
+    instances: Vec<DicomInstance>,
+    retry: RetryPolicy,
+}
+
+impl DicomOutput {
+    /// Sends `instances` to each of `destinations`, calling as `DICOMNODE`.
+    pub fn new(destinations: Vec<Address>, instances: Vec<DicomInstance>) -> Self {
+        DicomOutput {
+            destinations,
+            calling_ae_title: "DICOMNODE".to_string(),
+            instances,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Sets the calling AE title.
+    pub fn calling_ae_title(mut self, ae_title: impl Into<String>) -> Self {
+        self.calling_ae_title = ae_title.into();
+        self
+    }
+
+    /// Sets the retry policy for transient failures.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    fn contexts(&self) -> Vec<(String, String)> {
+        let mut contexts: Vec<(String, String)> = self
+            .instances
+            .iter()
+            .map(|i| {
+                let meta = i.meta();
+                (
+                    meta.media_storage_sop_class_uid().trim_end_matches('\0').to_string(),
+                    meta.transfer_syntax().trim_end_matches('\0').to_string(),
+                )
+            })
+            .collect();
+        contexts.sort();
+        contexts.dedup();
+        contexts
+    }
+
+    /// Sends to one destination with retries; returns how many instances it stored.
+    fn send_to(
+        &self,
+        destination: &Address,
+        contexts: &[(String, String)],
+    ) -> Result<usize, ExportError> {
+        let mut acknowledged = vec![false; self.instances.len()];
+        let mut backoff = self.retry.first_backoff;
+        let attempts = self.retry.attempts.max(1);
+        for attempt in 1..=attempts {
+            match self.attempt(destination, contexts, &mut acknowledged) {
+                Ok(()) => return Ok(acknowledged.len()),
+                Err(error) => {
+                    let kind = error.kind();
+                    tracing::warn!(
+                        destination = %destination,
+                        attempt,
+                        attempts,
+                        %kind,
+                        error = %error,
+                        "sending failed"
+                    );
+                    if kind == SendFailure::Permanent || attempt == attempts {
+                        return Err(ExportError::Send {
+                            destination: destination.to_string(),
+                            kind,
+                            attempts: attempt,
+                            message: error.to_string(),
+                        });
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = backoff.saturating_mul(2);
+                }
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    fn attempt(
+        &self,
+        destination: &Address,
+        contexts: &[(String, String)],
+        acknowledged: &mut [bool],
+    ) -> Result<(), DispatchError> {
+        let mut association = StoreAssociation::open(destination, &self.calling_ae_title, contexts)?;
+        let mut refused = None;
+        for (instance, done) in self.instances.iter().zip(acknowledged.iter_mut()) {
+            if *done {
+                continue;
+            }
+            let status = association.store(instance)?;
+            if dimse::status::is_stored(status) {
+                *done = true;
+            } else if refused.is_none() {
+                // Keep sending the rest: the peer may take them; the export fails anyway.
+                refused = Some(DispatchError::Refused {
+                    address: destination.to_string(),
+                    sop_instance: instance
+                        .meta()
+                        .media_storage_sop_instance_uid()
+                        .trim_end_matches('\0')
+                        .to_string(),
+                    status,
+                });
+            }
+        }
+        association.release()?;
+        refused.map_or(Ok(()), Err)
+    }
+}
+
+impl Export for DicomOutput {
+    fn export(self: Box<Self>) -> Result<String, ExportError> {
+        let contexts = self.contexts();
+        let mut errors = Vec::new();
+        let mut sent = Vec::new();
+        for destination in &self.destinations {
+            match self.send_to(destination, &contexts) {
+                Ok(count) => sent.push(format!("{count} instances to {destination}")),
+                Err(error) => errors.push(error),
+            }
+        }
+        match errors.len() {
+            0 => Ok(format!("sent {}", sent.join(", "))),
+            1 => Err(errors.remove(0)),
+            _ => Err(ExportError::Several(errors)),
+        }
     }
 }

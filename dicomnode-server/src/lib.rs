@@ -148,11 +148,16 @@ pub fn init_logging_at(default_filter: &str) {
 /// Call it first thing in `main` when the program does more than serve (a demo, a test
 /// harness); [`run`] calls it for you.
 pub fn child_entry<P: Pipeline>() -> Option<ExitCode> {
+    child_entry_among(&[runner::ChildEntry::of::<P>()])
+}
+
+/// Like [`child_entry`], for a program that runs nodes of several pipelines.
+pub fn child_entry_among(entries: &[runner::ChildEntry]) -> Option<ExitCode> {
     if !runner::is_child() {
         return None;
     }
     init_logging();
-    Some(runner::child_main::<P>())
+    runner::child_entry_among(entries)
 }
 
 /// The whole `main` of a node.

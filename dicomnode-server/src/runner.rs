@@ -23,8 +23,8 @@ use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Set in the environment of a processing child. A process that has it runs one job and
-/// exits; it never binds a port.
+/// Set in the environment of a processing child, to the type name of the pipeline whose job
+/// it runs. A process that has it runs one job and exits; it never binds a port.
 pub const CHILD_ENV: &str = "DICOMNODE_CHILD";
 
 /// A child's stdout/stderr line longer than this is logged in pieces.
@@ -158,6 +158,7 @@ fn unix_micros(t: SystemTime) -> u64 {
 /// Starts a child per patient and supervises it, on a thread of its own.
 pub struct ChildRunner {
     exe: PathBuf,
+    pipeline_name: &'static str,
     pipeline: Vec<u8>,
     work_root: PathBuf,
     storage: Arc<MemoryStorage>,
@@ -177,6 +178,7 @@ impl ChildRunner {
         };
         Ok(ChildRunner {
             exe,
+            pipeline_name: std::any::type_name::<P>(),
             pipeline: postcard::to_allocvec(pipeline).map_err(RunnerError::EncodePipeline)?,
             work_root: work_root.unwrap_or_else(std::env::temp_dir),
             storage,
@@ -233,7 +235,7 @@ impl ChildRunner {
             Err(e) => return Outcome::NotRun(format!("cannot create a socket pair: {e}")),
         };
         let mut child = match Command::new(&self.exe)
-            .env(CHILD_ENV, "1")
+            .env(CHILD_ENV, self.pipeline_name)
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -395,6 +397,39 @@ fn pump_lines(stream: Box<dyn Read + Send>, pid: u32, name: &'static str) {
 /// Whether this process is a processing child.
 pub fn is_child() -> bool {
     std::env::var_os(CHILD_ENV).is_some()
+}
+
+/// A pipeline a program can run jobs of, when it is re-executed as a child.
+#[derive(Debug, Clone, Copy)]
+pub struct ChildEntry {
+    name: &'static str,
+    main: fn() -> ExitCode,
+}
+
+impl ChildEntry {
+    /// The entry for jobs of pipeline `P`.
+    pub fn of<P: Pipeline>() -> Self {
+        ChildEntry {
+            name: std::any::type_name::<P>(),
+            main: child_main::<P>,
+        }
+    }
+}
+
+/// In a processing child, runs the job with the entry its pipeline names and returns the
+/// exit code; otherwise `None`. For programs that run several pipelines (a demo, a test).
+pub fn child_entry_among(entries: &[ChildEntry]) -> Option<ExitCode> {
+    let wanted = std::env::var(CHILD_ENV).ok()?;
+    match entries.iter().find(|e| e.name == wanted) {
+        Some(entry) => Some((entry.main)()),
+        None => {
+            let known: Vec<&str> = entries.iter().map(|e| e.name).collect();
+            eprintln!(
+                "dicomnode child: this program has no child entry for pipeline {wanted:?} (it has {known:?})"
+            );
+            Some(ExitCode::from(3))
+        }
+    }
 }
 
 static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
