@@ -14,6 +14,7 @@ pub mod container;
 pub mod error;
 pub mod input;
 pub mod output;
+pub mod part10;
 pub mod pipeline;
 pub mod pixels;
 pub mod sanitize;

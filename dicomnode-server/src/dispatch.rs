@@ -9,6 +9,7 @@ use dicom_ul::association::client::ClientAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use dicom_ul::{ClientAssociationOptions, Pdu};
 use dicomnode_core::{Address, DicomInstance, Export, ExportError, SendFailure};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -232,21 +233,44 @@ impl StoreAssociation {
         let sop_class = meta.media_storage_sop_class_uid().trim_end_matches('\0');
         let sop_instance = meta.media_storage_sop_instance_uid().trim_end_matches('\0');
         let ts = meta.transfer_syntax().trim_end_matches('\0');
-        let pc =
-            self.accepted_context(sop_class, Some(ts))
-                .ok_or_else(|| DispatchError::NoContext {
-                    address: self.address.clone(),
-                    sop_class: sop_class.to_string(),
-                    transfer_syntax: ts.to_string(),
-                })?;
+        // Encoded straight into P-DATA PDUs sized for the peer: no intermediate copy.
+        self.send_store(sop_class, sop_instance, ts, |writer| {
+            instance.write_dataset(writer).map_err(|e| e.to_string())
+        })
+    }
+
+    /// Sends a data set already encoded in `transfer_syntax` (e.g. read from a file after its
+    /// meta group), as it is; returns the C-STORE status.
+    pub fn store_encoded(
+        &mut self,
+        sop_class: &str,
+        sop_instance: &str,
+        transfer_syntax: &str,
+        dataset: &[u8],
+    ) -> Result<u16, DispatchError> {
+        self.send_store(sop_class, sop_instance, transfer_syntax, |writer| {
+            writer.write_all(dataset).map_err(|e| e.to_string())
+        })
+    }
+
+    fn send_store(
+        &mut self,
+        sop_class: &str,
+        sop_instance: &str,
+        ts: &str,
+        write: impl FnOnce(&mut dyn Write) -> Result<(), String>,
+    ) -> Result<u16, DispatchError> {
+        let pc = self
+            .accepted_context(sop_class, Some(ts))
+            .ok_or_else(|| DispatchError::NoContext {
+                address: self.address.clone(),
+                sop_class: sop_class.to_string(),
+                transfer_syntax: ts.to_string(),
+            })?;
         let id = self.next_message_id();
         self.send_command(pc, dimse::store_request(id, sop_class, sop_instance))?;
-        // Encoded straight into P-DATA PDUs sized for the peer: no intermediate copy.
         let mut writer = self.association.send_pdata(pc);
-        let written = instance
-            .write_dataset(&mut writer)
-            .map_err(|e| e.to_string())
-            .and_then(|()| writer.finish().map_err(|e| e.to_string()));
+        let written = write(&mut writer).and_then(|()| writer.finish().map_err(|e| e.to_string()));
         written.map_err(|e| self.transfer_error(format!("sending {sop_instance}: {e}")))?;
         self.read_response()
     }

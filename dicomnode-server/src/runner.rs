@@ -93,6 +93,10 @@ pub struct Report {
     pub workdir_removed: bool,
     /// When the child entered `process`, microseconds since the Unix epoch.
     pub entered_process_us: Option<u64>,
+    /// How long `process` took, in microseconds.
+    pub process_us: Option<u64>,
+    /// How long the export took, in microseconds.
+    pub export_us: Option<u64>,
     /// How it ended.
     pub outcome: ChildOutcome,
 }
@@ -148,6 +152,10 @@ impl std::fmt::Display for Outcome {
             Outcome::NotRun(m) => write!(f, "child could not run: {m}"),
         }
     }
+}
+
+fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn unix_micros(t: SystemTime) -> u64 {
@@ -287,11 +295,13 @@ impl ChildRunner {
             (Ok(bytes), _) if !bytes.is_empty() => match postcard::from_bytes::<Report>(bytes) {
                 Ok(report) => {
                     if let Some(entered) = report.entered_process_us {
+                        let ms = |us: u64| us as f64 / 1000.0;
                         tracing::info!(
                             pid,
-                            trigger_to_process_ms =
-                                entered.saturating_sub(triggered) as f64 / 1000.0,
-                            "child entered process"
+                            trigger_to_process_ms = ms(entered.saturating_sub(triggered)),
+                            process_ms = report.process_us.map(ms),
+                            export_ms = report.export_us.map(ms),
+                            "child timings"
                         );
                     }
                     tracing::info!(
@@ -454,6 +464,8 @@ pub fn child_main<P: Pipeline>() -> ExitCode {
             workdir: String::new(),
             workdir_removed: true,
             entered_process_us: None,
+            process_us: None,
+            export_us: None,
             outcome: ChildOutcome::Setup(format!("cannot decode the job: {e}")),
         },
     };
@@ -477,6 +489,8 @@ fn run_job<P: Pipeline>(job: Job<'_>) -> Report {
         workdir: String::new(),
         workdir_removed: false,
         entered_process_us: None,
+        process_us: None,
+        export_us: None,
         outcome: ChildOutcome::Setup(String::new()),
     };
     let workdir = match tempfile::Builder::new()
@@ -515,7 +529,7 @@ fn run_job<P: Pipeline>(job: Job<'_>) -> Report {
     }));
 
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        process_in_child::<P>(&job, &mut report.entered_process_us)
+        process_in_child::<P>(&job, &mut report)
     }));
     report.outcome = match result {
         Ok(outcome) => outcome,
@@ -533,7 +547,7 @@ fn run_job<P: Pipeline>(job: Job<'_>) -> Report {
     report
 }
 
-fn process_in_child<P: Pipeline>(job: &Job<'_>, entered: &mut Option<u64>) -> ChildOutcome {
+fn process_in_child<P: Pipeline>(job: &Job<'_>, report: &mut Report) -> ChildOutcome {
     let pipeline: P = match postcard::from_bytes(job.pipeline) {
         Ok(p) => p,
         Err(e) => return ChildOutcome::Setup(format!("cannot decode the pipeline's state: {e}")),
@@ -554,12 +568,18 @@ fn process_in_child<P: Pipeline>(job: &Job<'_>, entered: &mut Option<u64>) -> Ch
         Ok(p) => p,
         Err(e) => return ChildOutcome::BuildFailed(e.to_string()),
     };
-    *entered = Some(unix_micros(SystemTime::now()));
-    let output = match processor.process(&pipeline, container) {
+    let started = std::time::Instant::now();
+    report.entered_process_us = Some(unix_micros(SystemTime::now()));
+    let output = processor.process(&pipeline, container);
+    report.process_us = Some(micros(started.elapsed()));
+    let output = match output {
         Ok(output) => output,
         Err(e) => return ChildOutcome::ProcessFailed(e.to_string()),
     };
-    match output.export() {
+    let started = std::time::Instant::now();
+    let exported = output.export();
+    report.export_us = Some(micros(started.elapsed()));
+    match exported {
         Ok(summary) => ChildOutcome::Success(summary),
         Err(e) => ChildOutcome::ExportFailed(e.to_string()),
     }

@@ -1,29 +1,39 @@
 //! The end-to-end demo: no set-up, no external tools.
 //!
-//! Starts a `store_node` pipeline on a free loopback port, generates two patients' CT and
-//! MR series with the project's generator, sends them with the project's C-STORE SCU,
-//! waits until each patient's child has written its files, checks them against what was
-//! sent, and prints a summary.
+//! Starts two nodes on free loopback ports: `plus_one` (adds 1 to every CT pixel value
+//! and sends the derived series on) and a receiving `store_node` (writes what it gets to
+//! files). Generates CT series for two patients with the project's generator, sends them to
+//! `plus_one` with the project's C-STORE SCU, waits for the derived series to arrive at the
+//! receiver, checks them (values +1, new UIDs, same patient and study) and prints a summary.
 //!
 //! ```text
 //! cargo run --release --example demo
+//! RUST_LOG=info cargo run --release --example demo   # with the nodes' logs and child timings
 //! ```
 
+use dicomnode_examples::plus_one::PlusOneNode;
 use dicomnode_examples::store::StoreNode;
 use dicomnode_server::dicom_dictionary_std::tags;
-use dicomnode_server::dispatch::StoreAssociation;
-use dicomnode_server::synthetic::{Modality, SyntheticSeries};
-use dicomnode_server::{DicomInstance, FileOutput, Node, NodeConfig};
+use dicomnode_server::dispatch::{RetryPolicy, StoreAssociation};
+use dicomnode_server::input::value_of;
+use dicomnode_server::runner::ChildEntry;
+use dicomnode_server::synthetic::SyntheticSeries;
+use dicomnode_server::{pixels, Address, DicomInstance, Node, NodeConfig, Pipeline};
+use std::collections::HashMap;
 use std::error::Error;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 const PATIENTS: [&str; 2] = ["DEMO-PATIENT-1", "DEMO-PATIENT-2"];
+const SLICES: u32 = 50;
 
 fn main() -> ExitCode {
-    // The node re-executes this binary for each patient: that child runs here and exits.
-    if let Some(code) = dicomnode_server::child_entry::<StoreNode>() {
+    // Both nodes re-execute this binary for each patient: that child runs here and exits.
+    if let Some(code) = dicomnode_server::child_entry_among(&[
+        ChildEntry::of::<PlusOneNode>(),
+        ChildEntry::of::<StoreNode>(),
+    ]) {
         return code;
     }
     dicomnode_server::init_logging_at("warn");
@@ -36,64 +46,56 @@ fn main() -> ExitCode {
     }
 }
 
+/// Starts a node on a free loopback port, serving on a thread of its own.
+fn start<P: Pipeline>(pipeline: P, ae_title: &str) -> Result<Address, Box<dyn Error>> {
+    let node = Node::bind(
+        pipeline,
+        NodeConfig::new(ae_title).bind("127.0.0.1:0".parse()?),
+    )?;
+    let address = Address {
+        ae_title: ae_title.into(),
+        host: "127.0.0.1".into(),
+        port: node.local_addr()?.port(),
+    };
+    std::thread::spawn(move || node.serve());
+    Ok(address)
+}
+
 fn demo() -> Result<(), Box<dyn Error>> {
     let out = tempfile::Builder::new()
         .prefix("dicomnode-demo-")
         .tempdir()?
         .keep();
-    let node = Node::bind(
-        StoreNode { out: out.clone() },
-        NodeConfig::new("DEMO_NODE").bind("127.0.0.1:0".parse()?),
+    let receiver = start(StoreNode { out: out.clone() }, "RECEIVER")?;
+    let plus_one = start(
+        PlusOneNode {
+            destination: receiver.clone(),
+            calling_ae_title: "PLUS_ONE".into(),
+            slices: None,
+            retry: RetryPolicy::default(),
+        },
+        "PLUS_ONE",
     )?;
-    let address = dicomnode_server::Address {
-        ae_title: "DEMO_NODE".into(),
-        host: "127.0.0.1".into(),
-        port: node.local_addr()?.port(),
-    };
-    std::thread::spawn(move || node.serve());
-    println!(
-        "node DEMO_NODE listening on {}:{}",
-        address.host, address.port
-    );
+    println!("nodes: {plus_one} -> {receiver}");
 
     let mut sent: Vec<DicomInstance> = Vec::new();
     for patient in PATIENTS {
-        let ct = SyntheticSeries::ct(patient, 40);
-        let mr = ct.next_series(Modality::Mr, 20);
-        sent.extend(ct.build()?);
-        sent.extend(mr.build()?);
+        sent.extend(SyntheticSeries::ct(patient, SLICES).build()?);
     }
     println!(
-        "generated {} instances (512x512, 16-bit) for {} patients",
+        "generated {} CT instances (512x512, 16-bit) for {} patients",
         sent.len(),
         PATIENTS.len()
     );
 
-    let start = Instant::now();
+    let start_time = Instant::now();
+    let contexts = vec![(
+        "1.2.840.10008.5.1.4.1.1.2".to_string(),
+        "1.2.840.10008.1.2.1".to_string(),
+    )];
     for patient in PATIENTS {
-        let instances: Vec<&DicomInstance> = sent
-            .iter()
-            .filter(|i| text(i, tags::PATIENT_ID) == patient)
-            .collect();
-        let mut contexts: Vec<(String, String)> = instances
-            .iter()
-            .map(|i| {
-                (
-                    i.meta()
-                        .media_storage_sop_class_uid()
-                        .trim_end_matches('\0')
-                        .to_string(),
-                    i.meta()
-                        .transfer_syntax()
-                        .trim_end_matches('\0')
-                        .to_string(),
-                )
-            })
-            .collect();
-        contexts.sort();
-        contexts.dedup();
-        let mut association = StoreAssociation::open(&address, "DEMO_SCU", &contexts)?;
-        for instance in instances {
+        let mut association = StoreAssociation::open(&plus_one, "DEMO_SCU", &contexts)?;
+        for instance in sent.iter().filter(|i| text(i, tags::PATIENT_ID) == patient) {
             let status = association.store(instance)?;
             if status != 0 {
                 return Err(format!("C-STORE answered {status:#06x}").into());
@@ -101,60 +103,87 @@ fn demo() -> Result<(), Box<dyn Error>> {
         }
         association.release()?;
     }
-    let sent_in = start.elapsed();
-    println!("sent {} instances in {:.0} ms", sent.len(), ms(sent_in));
+    let sent_in = start_time.elapsed();
+    println!("sent {} instances to PLUS_ONE in {:.0} ms", sent.len(), ms(sent_in));
 
-    // Each patient is processed in its own child once its association is released.
-    let paths: Vec<_> = sent
-        .iter()
-        .map(|i| FileOutput::path_for(&out, i))
-        .collect::<Result<_, _>>()?;
+    // plus_one's child derives and sends each patient's series; the receiver's child
+    // writes it to files once its association is released.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !paths.iter().all(|p| p.exists()) {
-        if Instant::now() > deadline {
-            return Err("timed out waiting for the node's output".into());
+    let mut first_seen = None;
+    let files = loop {
+        let files = dicom_files(&out);
+        if first_seen.is_none() && !files.is_empty() {
+            first_seen = Some(start_time.elapsed());
         }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let done_in = start.elapsed();
+        if files.len() >= sent.len() {
+            break files;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out: {} of {} derived files", files.len(), sent.len()).into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let done_in = start_time.elapsed();
 
-    let mut checked = 0;
-    for (instance, path) in sent.iter().zip(&paths) {
-        check_equal(instance, path)?;
-        checked += 1;
-    }
+    check(&sent, &files)?;
     println!(
-        "all {} files written by the patients' children {:.0} ms after the first C-STORE ({:.0} ms after the last release)",
-        checked,
+        "received {} derived instances at RECEIVER: first {:.0} ms, all {:.0} ms after the first C-STORE ({:.0} ms after the last release)",
+        files.len(),
+        ms(first_seen.unwrap_or(done_in)),
         ms(done_in),
         ms(done_in - sent_in)
     );
-    println!("checked: every file equals the instance sent, pixel data byte for byte");
+    println!("checked: every pixel value +1 (Hounsfield units), new series and instance UIDs, same patient and study");
     println!("output: {}", out.display());
     Ok(())
 }
 
-fn check_equal(sent: &DicomInstance, path: &Path) -> Result<(), Box<dyn Error>> {
-    let written = dicomnode_server::dicom_object::open_file(path)?;
-    for tag in [
-        tags::SOP_INSTANCE_UID,
-        tags::PATIENT_ID,
-        tags::SERIES_INSTANCE_UID,
-    ] {
-        if text(sent, tag) != text(&written, tag) {
-            return Err(format!("{}: {tag} differs", path.display()).into());
+/// The finished `.dcm` files under `dir`.
+fn dicom_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "dcm") {
+                found.push(path);
+            }
         }
     }
-    let a = sent.element(tags::PIXEL_DATA)?.to_bytes()?;
-    let b = written.element(tags::PIXEL_DATA)?.to_bytes()?;
-    if a != b {
-        return Err(format!("{}: pixel data differs", path.display()).into());
+    found
+}
+
+fn check(sent: &[DicomInstance], files: &[PathBuf]) -> Result<(), Box<dyn Error>> {
+    let key = |i: &DicomInstance| (text(i, tags::PATIENT_ID), text(i, tags::INSTANCE_NUMBER));
+    let originals: HashMap<_, &DicomInstance> = sent.iter().map(|i| (key(i), i)).collect();
+    for path in files {
+        let derived = dicomnode_server::dicom_object::open_file(path)?;
+        let original = originals
+            .get(&key(&derived))
+            .ok_or_else(|| format!("{}: matches no instance sent", path.display()))?;
+        for tag in [tags::STUDY_INSTANCE_UID, tags::PATIENT_NAME] {
+            if text(original, tag) != text(&derived, tag) {
+                return Err(format!("{}: {tag} changed", path.display()).into());
+            }
+        }
+        for tag in [tags::SERIES_INSTANCE_UID, tags::SOP_INSTANCE_UID] {
+            if text(original, tag) == text(&derived, tag) {
+                return Err(format!("{}: {tag} not new", path.display()).into());
+            }
+        }
+        let before = pixels::rescaled(original)?;
+        let after = pixels::rescaled(&derived)?;
+        if before.len() != after.len() || before.iter().zip(&after).any(|(b, a)| *a != b + 1.0) {
+            return Err(format!("{}: pixel values are not the originals + 1", path.display()).into());
+        }
     }
     Ok(())
 }
 
 fn text(obj: &DicomInstance, tag: dicomnode_server::dicom_core::Tag) -> String {
-    dicomnode_server::input::value_of(obj, tag).unwrap_or_default()
+    value_of(obj, tag).unwrap_or_default()
 }
 
 fn ms(d: Duration) -> f64 {

@@ -1,0 +1,190 @@
+//! `dicomnode`: what a user reaches for to test a node.
+//!
+//! ```text
+//! dicomnode echo NODE@127.0.0.1:11112
+//! dicomnode store NODE@127.0.0.1:11112 study/ more.dcm
+//! ```
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dicomnode_server::dimse::status;
+use dicomnode_server::dispatch::StoreAssociation;
+use dicomnode_server::part10::Part10;
+use dicomnode_server::Address;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(version, about = "Talk DICOM to a node: C-ECHO and C-STORE")]
+struct Cli {
+    /// The AE title to call from.
+    #[arg(long, global = true, default_value = "DICOMNODE")]
+    calling_ae_title: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Verify a node with C-ECHO.
+    Echo {
+        /// The node: AE@host:port.
+        address: Address,
+    },
+    /// Send DICOM files (folders are searched recursively) with C-STORE, as they are.
+    Store {
+        /// The node: AE@host:port.
+        address: Address,
+        /// Files or folders.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Echo { address } => echo(&address, &cli.calling_ae_title),
+        Command::Store {
+            address,
+            paths,
+            quiet,
+        } => store(&address, &cli.calling_ae_title, &paths, quiet),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("dicomnode: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn echo(address: &Address, calling: &str) -> anyhow::Result<bool> {
+    let start = Instant::now();
+    let mut association = StoreAssociation::open(address, calling, &[])?;
+    let code = association.echo()?;
+    association.release()?;
+    println!(
+        "C-ECHO {address}: status {code:#06x} in {:.1} ms",
+        start.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(code == status::SUCCESS)
+}
+
+/// What happened to one file.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Result {
+    Status(u16),
+    NotSent(String),
+}
+
+fn store(address: &Address, calling: &str, paths: &[PathBuf], quiet: bool) -> anyhow::Result<bool> {
+    // First pass: every file's SOP class and transfer syntax, for the presentation contexts.
+    let mut files = Vec::new();
+    let mut results: BTreeMap<PathBuf, Result> = BTreeMap::new();
+    let mut contexts = Vec::new();
+    for root in paths {
+        for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
+            let entry = entry.with_context(|| format!("cannot list {}", root.display()))?;
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            match Part10::read_meta(entry.path()) {
+                Ok(meta) => {
+                    contexts.push((
+                        meta.media_storage_sop_class_uid().trim_end_matches('\0').to_string(),
+                        meta.transfer_syntax().trim_end_matches('\0').to_string(),
+                    ));
+                    files.push(entry.into_path());
+                }
+                Err(error) => {
+                    results.insert(entry.into_path(), Result::NotSent(error.to_string()));
+                }
+            }
+        }
+    }
+    contexts.sort();
+    contexts.dedup();
+    if contexts.len() > 127 {
+        anyhow::bail!(
+            "{} SOP class and transfer syntax pairs: more than one association can propose",
+            contexts.len()
+        );
+    }
+
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(files.len() as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let start = Instant::now();
+    let mut bytes = 0u64;
+    if !files.is_empty() {
+        let mut association = StoreAssociation::open(address, calling, &contexts)?;
+        for path in files {
+            let result = match Part10::read(&path) {
+                Ok(file) => {
+                    let (class, instance, ts) = file.uids();
+                    bytes += file.dataset().len() as u64;
+                    match association.store_encoded(class, instance, ts, file.dataset()) {
+                        Ok(code) => Result::Status(code),
+                        Err(error) => Result::NotSent(error.to_string()),
+                    }
+                }
+                Err(error) => Result::NotSent(error.to_string()),
+            };
+            if let Result::NotSent(why) = &result {
+                bar.println(format!("{}: {why}", path.display()));
+            } else if let Result::Status(code) = result {
+                if !status::is_stored(code) {
+                    bar.println(format!("{}: refused with status {code:#06x}", path.display()));
+                }
+            }
+            results.insert(path, result);
+            bar.inc(1);
+        }
+        association.release()?;
+    }
+    bar.finish_and_clear();
+    let elapsed = start.elapsed().as_secs_f64();
+
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut failed = 0;
+    for result in results.values() {
+        let label = match result {
+            Result::Status(code) if *code == status::SUCCESS => "success (0x0000)".to_string(),
+            Result::Status(code) if status::is_stored(*code) => format!("warning ({code:#06x})"),
+            Result::Status(code) => {
+                failed += 1;
+                format!("failure ({code:#06x})")
+            }
+            Result::NotSent(_) => {
+                failed += 1;
+                "not sent".to_string()
+            }
+        };
+        *counts.entry(label).or_default() += 1;
+    }
+    println!(
+        "C-STORE {address}: {} files, {:.1} MB in {:.2} s",
+        results.len(),
+        bytes as f64 / 1e6,
+        elapsed
+    );
+    for (label, count) in counts {
+        println!("  {count:6}  {label}");
+    }
+    Ok(failed == 0)
+}
