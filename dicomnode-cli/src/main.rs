@@ -100,7 +100,9 @@ fn store(address: &Address, calling: &str, paths: &[PathBuf], quiet: bool) -> an
             match Part10::read_meta(entry.path()) {
                 Ok(meta) => {
                     contexts.push((
-                        meta.media_storage_sop_class_uid().trim_end_matches('\0').to_string(),
+                        meta.media_storage_sop_class_uid()
+                            .trim_end_matches('\0')
+                            .to_string(),
                         meta.transfer_syntax().trim_end_matches('\0').to_string(),
                     ));
                     files.push(entry.into_path());
@@ -149,7 +151,10 @@ fn store(address: &Address, calling: &str, paths: &[PathBuf], quiet: bool) -> an
                 bar.println(format!("{}: {why}", path.display()));
             } else if let Result::Status(code) = result {
                 if !status::is_stored(code) {
-                    bar.println(format!("{}: refused with status {code:#06x}", path.display()));
+                    bar.println(format!(
+                        "{}: refused with status {code:#06x}",
+                        path.display()
+                    ));
                 }
             }
             results.insert(path, result);

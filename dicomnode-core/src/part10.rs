@@ -69,7 +69,9 @@ impl Part10 {
             source,
         })?;
         let (meta, start) = meta_of(path, std::io::Cursor::new(&bytes))?;
-        let dataset_start = usize::try_from(start).unwrap_or(bytes.len()).min(bytes.len());
+        let dataset_start = usize::try_from(start)
+            .unwrap_or(bytes.len())
+            .min(bytes.len());
         Ok(Part10 {
             meta,
             bytes,
@@ -104,7 +106,10 @@ mod tests {
     #[test]
     fn splits_meta_and_dataset() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = SyntheticSeries::ct("P", 1).size(4, 4).write_to(dir.path()).unwrap();
+        let paths = SyntheticSeries::ct("P", 1)
+            .size(4, 4)
+            .write_to(dir.path())
+            .unwrap();
         let file = Part10::read(&paths[0]).unwrap();
         let (class, _, ts) = file.uids();
         assert_eq!(class, "1.2.840.10008.5.1.4.1.1.2");
@@ -114,6 +119,9 @@ mod tests {
         assert_eq!(Part10::read_meta(&paths[0]).unwrap().transfer_syntax(), ts);
         let junk = dir.path().join("junk");
         std::fs::write(&junk, b"not dicom").unwrap();
-        assert!(matches!(Part10::read(&junk), Err(Part10Error::NotPart10 { .. })));
+        assert!(matches!(
+            Part10::read(&junk),
+            Err(Part10Error::NotPart10 { .. })
+        ));
     }
 }

@@ -55,9 +55,15 @@ impl PixelBuffer {
             PixelBuffer::U16(v) => (v.clone(), 0, 1.0, 0.0),
             PixelBuffer::F32(v) => {
                 let finite = v.iter().copied().filter(|x| x.is_finite());
-                let min = finite.clone().fold(f64::INFINITY, |m, x| m.min(f64::from(x)));
+                let min = finite
+                    .clone()
+                    .fold(f64::INFINITY, |m, x| m.min(f64::from(x)));
                 let max = finite.fold(f64::NEG_INFINITY, |m, x| m.max(f64::from(x)));
-                let (min, max) = if min.is_finite() { (min, max) } else { (0.0, 0.0) };
+                let (min, max) = if min.is_finite() {
+                    (min, max)
+                } else {
+                    (0.0, 0.0)
+                };
                 let integral = v.iter().all(|x| x.fract() == 0.0);
                 let slope = if integral && max - min <= 65535.0 {
                     1.0
@@ -176,13 +182,23 @@ impl DerivedSeries {
         let sop_uid = self.new_uid();
         let sop_class = value_of(source, tags::SOP_CLASS_UID)
             .ok_or_else(|| ProcessError::new("source instance lacks SOPClassUID"))?;
-        let instance_number = value_of(source, tags::INSTANCE_NUMBER)
-            .unwrap_or_else(|| (index + 1).to_string());
+        let instance_number =
+            value_of(source, tags::INSTANCE_NUMBER).unwrap_or_else(|| (index + 1).to_string());
         let put = |obj: &mut InMemDicomObject, tag, vr, value: PrimitiveValue| {
             obj.put(DataElement::new(tag, vr, value));
         };
-        put(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, sop_uid.clone().into());
-        put(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, series_uid.into());
+        put(
+            &mut obj,
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            sop_uid.clone().into(),
+        );
+        put(
+            &mut obj,
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            series_uid.into(),
+        );
         put(
             &mut obj,
             tags::SERIES_NUMBER,
@@ -195,7 +211,12 @@ impl DerivedSeries {
             VR::LO,
             self.description.clone().into(),
         );
-        put(&mut obj, tags::INSTANCE_NUMBER, VR::IS, instance_number.into());
+        put(
+            &mut obj,
+            tags::INSTANCE_NUMBER,
+            VR::IS,
+            instance_number.into(),
+        );
         put(
             &mut obj,
             tags::IMAGE_TYPE,
@@ -212,8 +233,18 @@ impl DerivedSeries {
         put(&mut obj, tags::BITS_ALLOCATED, VR::US, 16u16.into());
         put(&mut obj, tags::BITS_STORED, VR::US, 16u16.into());
         put(&mut obj, tags::HIGH_BIT, VR::US, 15u16.into());
-        put(&mut obj, tags::PIXEL_REPRESENTATION, VR::US, representation.into());
-        put(&mut obj, tags::RESCALE_SLOPE, VR::DS, format_ds(slope).into());
+        put(
+            &mut obj,
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            representation.into(),
+        );
+        put(
+            &mut obj,
+            tags::RESCALE_SLOPE,
+            VR::DS,
+            format_ds(slope).into(),
+        );
         put(
             &mut obj,
             tags::RESCALE_INTERCEPT,

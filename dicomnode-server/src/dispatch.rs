@@ -260,13 +260,13 @@ impl StoreAssociation {
         ts: &str,
         write: impl FnOnce(&mut dyn Write) -> Result<(), String>,
     ) -> Result<u16, DispatchError> {
-        let pc = self
-            .accepted_context(sop_class, Some(ts))
-            .ok_or_else(|| DispatchError::NoContext {
-                address: self.address.clone(),
-                sop_class: sop_class.to_string(),
-                transfer_syntax: ts.to_string(),
-            })?;
+        let pc =
+            self.accepted_context(sop_class, Some(ts))
+                .ok_or_else(|| DispatchError::NoContext {
+                    address: self.address.clone(),
+                    sop_class: sop_class.to_string(),
+                    transfer_syntax: ts.to_string(),
+                })?;
         let id = self.next_message_id();
         self.send_command(pc, dimse::store_request(id, sop_class, sop_instance))?;
         let mut writer = self.association.send_pdata(pc);
@@ -351,7 +351,9 @@ impl DicomOutput {
             .map(|i| {
                 let meta = i.meta();
                 (
-                    meta.media_storage_sop_class_uid().trim_end_matches('\0').to_string(),
+                    meta.media_storage_sop_class_uid()
+                        .trim_end_matches('\0')
+                        .to_string(),
                     meta.transfer_syntax().trim_end_matches('\0').to_string(),
                 )
             })
@@ -405,7 +407,8 @@ impl DicomOutput {
         contexts: &[(String, String)],
         acknowledged: &mut [bool],
     ) -> Result<(), DispatchError> {
-        let mut association = StoreAssociation::open(destination, &self.calling_ae_title, contexts)?;
+        let mut association =
+            StoreAssociation::open(destination, &self.calling_ae_title, contexts)?;
         let mut refused = None;
         for (instance, done) in self.instances.iter().zip(acknowledged.iter_mut()) {
             if *done {

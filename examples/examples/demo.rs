@@ -104,7 +104,11 @@ fn demo() -> Result<(), Box<dyn Error>> {
         association.release()?;
     }
     let sent_in = start_time.elapsed();
-    println!("sent {} instances to PLUS_ONE in {:.0} ms", sent.len(), ms(sent_in));
+    println!(
+        "sent {} instances to PLUS_ONE in {:.0} ms",
+        sent.len(),
+        ms(sent_in)
+    );
 
     // plus_one's child derives and sends each patient's series; the receiver's child
     // writes it to files once its association is released.
@@ -119,7 +123,9 @@ fn demo() -> Result<(), Box<dyn Error>> {
             break files;
         }
         if Instant::now() > deadline {
-            return Err(format!("timed out: {} of {} derived files", files.len(), sent.len()).into());
+            return Err(
+                format!("timed out: {} of {} derived files", files.len(), sent.len()).into(),
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -176,7 +182,9 @@ fn check(sent: &[DicomInstance], files: &[PathBuf]) -> Result<(), Box<dyn Error>
         let before = pixels::rescaled(original)?;
         let after = pixels::rescaled(&derived)?;
         if before.len() != after.len() || before.iter().zip(&after).any(|(b, a)| *a != b + 1.0) {
-            return Err(format!("{}: pixel values are not the originals + 1", path.display()).into());
+            return Err(
+                format!("{}: pixel values are not the originals + 1", path.display()).into(),
+            );
         }
     }
     Ok(())

@@ -116,7 +116,9 @@ pub mod plus_one {
             });
             let derived = DerivedSeries::new("PLUS ONE", 1001).build(&ct, |instance| {
                 let values = pixels::rescaled(instance)?;
-                Ok(PixelBuffer::F32(values.into_iter().map(|v| v + 1.0).collect()))
+                Ok(PixelBuffer::F32(
+                    values.into_iter().map(|v| v + 1.0).collect(),
+                ))
             })?;
             println!(
                 "patient {}: derived {} instances, sending to {}",

@@ -79,20 +79,101 @@ pub fn profile_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The path of an example binary, built once per test process (a no-op when fresh).
-pub fn example_exe(name: &str) -> PathBuf {
+/// Builds the examples and the `dicomnode` tool once per test process (a no-op when fresh).
+fn build_workspace_programs() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut command = Command::new(cargo);
-        command.args(["build", "--quiet", "-p", "dicomnode-examples", "--examples"]);
+        command.args([
+            "build",
+            "--quiet",
+            "-p",
+            "dicomnode-examples",
+            "--examples",
+            "-p",
+            "dicomnode-cli",
+            "--bins",
+        ]);
         if profile_dir().ends_with("release") {
             command.arg("--release");
         }
         let status = command.status().expect("cargo runs");
         assert!(status.success(), "building the examples failed");
     });
+}
+
+/// The path of an example binary of `dicomnode-examples`.
+pub fn example_exe(name: &str) -> PathBuf {
+    build_workspace_programs();
     profile_dir().join("examples").join(name)
+}
+
+/// The path of the `dicomnode` command-line tool.
+pub fn cli_exe() -> PathBuf {
+    build_workspace_programs();
+    profile_dir().join("dicomnode")
+}
+
+/// Moves the calling thread (and every process and thread it starts from now on) into a
+/// network namespace of its own, with only a loopback interface, up.
+///
+/// For peers that cannot be told to listen on 127.0.0.1 only (DCMTK's storescp, Orthanc):
+/// inside, "all interfaces" is the loopback interface. Needs root (CI runs as root).
+pub fn isolated_network() {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("unshare(CLONE_NEWNET): these tests need root for a private network namespace");
+    let status = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("ip (iproute2) runs");
+    assert!(status.success(), "cannot bring the loopback interface up");
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; a peer that cannot take port 0 uses it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, timeout: Duration) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < timeout, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A peer process other than our node (storescp, Orthanc); killed by its PID when dropped.
+pub struct PeerProcess {
+    child: Child,
+    /// Its DICOM port.
+    pub port: u16,
+}
+
+impl PeerProcess {
+    /// Starts `command`, which listens on `port`, and waits for the port.
+    pub fn start(mut command: Command, port: u16) -> PeerProcess {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the peer starts");
+        let peer = PeerProcess { child, port };
+        wait_for_port(port, Duration::from_secs(30));
+        peer
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A node started as a real process; killed (by its PID) when dropped.
