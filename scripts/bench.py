@@ -3,6 +3,7 @@
 
   scripts/bench.py latency   # release -> child entering process, over 20 patients
   scripts/bench.py ingest    # DCMTK storescu, 300 CT 512x512 16-bit: store_node vs storescp, interleaved
+  scripts/bench.py scu       # 300 CT 512x512 16-bit to storescp: `dicomnode store` vs DCMTK storescu, interleaved
 
 Every process started here is ended here, by PID.
 """
@@ -108,9 +109,46 @@ def ingest(rounds=5, slices=300):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def scu(rounds=7, slices=300):
+    work = tempfile.mkdtemp(prefix="bench-scu-")
+    try:
+        data = os.path.join(work, "in")
+        subprocess.run([os.path.join(REL, "gen_series"), "--out", data, "--slices", str(slices), "--size", "512",
+                        "--prefix", "SCU-"], check=True)
+        port = free_port()
+        out = os.path.join(work, "out")
+        os.makedirs(out)
+        with open(os.path.join(work, "storescp.log"), "w") as log:
+            scp = start(["/usr/bin/storescp", "-aet", "STORESCP", "-od", out, str(port)], log)
+            try:
+                wait_port(port)
+                times = {"dicomnode store": [], "storescu": []}
+                for r in range(rounds):
+                    for which in (["dicomnode store", "storescu"] if r % 2 == 0 else ["storescu", "dicomnode store"]):
+                        if which == "storescu":
+                            times[which].append(storescu(port, "STORESCP", [data]))
+                        else:
+                            t = time.perf_counter()
+                            subprocess.run([os.path.join(REL, "dicomnode"), "store", "--quiet",
+                                            f"STORESCP@127.0.0.1:{port}", data], env=ENV, check=True,
+                                           stdout=subprocess.DEVNULL)
+                            times[which].append(time.perf_counter() - t)
+            finally:
+                stop(scp)
+        a, b = statistics.median(times["dicomnode store"]), statistics.median(times["storescu"])
+        print(f"{slices} CT 512x512 16-bit to storescp, {rounds} interleaved rounds:")
+        for k, v in times.items():
+            print(f"  {k:16s} median {statistics.median(v)*1000:.0f} ms  runs {[round(x*1000) for x in v]}")
+        print(f"  ratio dicomnode/storescu = {a/b:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     if what in ("latency", "all"):
         latency()
     if what in ("ingest", "all"):
         ingest()
+    if what in ("scu", "all"):
+        scu()
