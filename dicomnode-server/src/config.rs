@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::storage::ExpiryAction;
+
 /// How a node serves. Build it with [`NodeConfig::new`] and the setters.
 ///
 /// ```
@@ -32,6 +34,40 @@ pub struct NodeConfig {
     pub worker_exe: Option<PathBuf>,
     /// Where children make their temporary working directories (the system's by default).
     pub work_root: Option<PathBuf>,
+    /// Durable storage: every accepted instance is written here (and fsynced) before its
+    /// success status is sent, and the node rebuilds its state from it at start-up.
+    /// `None`: in memory.
+    pub data_dir: Option<PathBuf>,
+    /// What happens when processing fails.
+    pub failure: FailurePolicy,
+    /// A patient that gets no new instance for this long without having enough expires.
+    pub expiry: Option<Duration>,
+    /// Whether an expired patient is removed or quarantined.
+    pub expiry_action: ExpiryAction,
+    /// With a data directory: above this fraction of its file system in use, new
+    /// associations are refused (transiently) until space is freed.
+    pub disk_watermark: f64,
+    /// How often expiry and requeued batches are looked at.
+    pub maintenance_interval: Duration,
+}
+
+/// How often a failed processing is tried again before the patient is quarantined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailurePolicy {
+    /// Attempts in all, the first included.
+    pub attempts: u32,
+    /// Wait before the second attempt; doubled before each further one.
+    pub backoff: Duration,
+}
+
+impl Default for FailurePolicy {
+    /// 3 attempts, 30 s then 60 s apart.
+    fn default() -> Self {
+        FailurePolicy {
+            attempts: 3,
+            backoff: Duration::from_secs(30),
+        }
+    }
 }
 
 impl NodeConfig {
@@ -46,7 +82,19 @@ impl NodeConfig {
             association_timeout: Duration::from_secs(120),
             worker_exe: None,
             work_root: None,
+            data_dir: None,
+            failure: FailurePolicy::default(),
+            expiry: Some(Duration::from_secs(14 * 24 * 3600)),
+            expiry_action: ExpiryAction::Remove,
+            disk_watermark: 0.95,
+            maintenance_interval: Duration::from_secs(5),
         }
+    }
+
+    /// Stores instances durably in `dir`.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
     }
 
     /// Sets the listening address.

@@ -39,13 +39,14 @@
 pub mod config;
 pub mod dimse;
 pub mod dispatch;
+pub mod maintenance;
 pub mod runner;
 pub mod scp;
 pub mod storage;
 mod storage_classes;
 pub mod trigger;
 
-pub use config::NodeConfig;
+pub use config::{FailurePolicy, NodeConfig};
 pub use dicomnode_core::*;
 pub use dicomnode_derive::Pipeline;
 pub use storage_classes::STORAGE_SOP_CLASSES;
@@ -58,7 +59,7 @@ use scp::Scp;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use storage::MemoryStorage;
+use storage::Storage;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,9 @@ pub enum NodeError {
     /// The runner could not be prepared.
     #[error(transparent)]
     Runner(#[from] runner::RunnerError),
+    /// The storage could not be opened or restored.
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -93,17 +97,37 @@ impl Node {
         if runner::is_child() {
             return Err(NodeError::IsChild);
         }
-        let storage = Arc::new(MemoryStorage::new(pipeline.inputs()));
+        let (storage, restored) = Storage::for_config(pipeline.inputs(), &config)?;
+        let storage = Arc::new(storage);
+        if let Some(dir) = storage.data_dir() {
+            tracing::info!(
+                dir = %dir.display(),
+                patients = restored.patients,
+                instances = restored.instances,
+                temp_files_removed = restored.temp_files_removed,
+                interrupted_batches = restored.interrupted_batches,
+                ready = restored.ready.len(),
+                "data directory restored"
+            );
+        }
         let runner = Arc::new(ChildRunner::new(
             &pipeline,
             config.worker_exe.clone(),
             config.work_root.clone(),
             Arc::clone(&storage),
+            config.failure,
         )?);
-        let scp = Scp::bind(&config, storage, runner).map_err(|source| NodeError::Bind {
-            addr: config.bind,
-            source,
-        })?;
+        let scp = Scp::bind(&config, Arc::clone(&storage), Arc::clone(&runner)).map_err(
+            |source| NodeError::Bind {
+                addr: config.bind,
+                source,
+            },
+        )?;
+        // Patients that were complete when the node stopped are processed at once.
+        for batch in restored.ready {
+            runner.submit(batch);
+        }
+        maintenance::start(storage, runner, &config);
         Ok(Node { scp })
     }
 

@@ -7,7 +7,9 @@
 //! postcard-encoded [`Report`] back on the same socket. The child's stdout and stderr are
 //! read line by line, as they come, into the node's log.
 
-use crate::storage::{MemoryStorage, PatientBatch};
+use crate::storage::{InstanceData, PatientBatch, Storage};
+use crate::config::FailurePolicy;
+use std::collections::VecDeque;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::InMemDicomObject;
@@ -79,9 +81,11 @@ pub struct JobInstance<'a> {
     pub sop_instance_uid: &'a str,
     /// Transfer syntax of `dataset`.
     pub transfer_syntax: &'a str,
-    /// The data set.
+    /// The data set, when it is in memory (else empty).
     #[serde(with = "serde_bytes")]
     pub dataset: &'a [u8],
+    /// The Part-10 file holding the instance, when it is on disk.
+    pub file: Option<String>,
 }
 
 /// What the child reports back.
@@ -169,7 +173,8 @@ pub struct ChildRunner {
     pipeline_name: &'static str,
     pipeline: Vec<u8>,
     work_root: PathBuf,
-    storage: Arc<MemoryStorage>,
+    storage: Arc<Storage>,
+    failure: FailurePolicy,
 }
 
 impl ChildRunner {
@@ -178,7 +183,8 @@ impl ChildRunner {
         pipeline: &P,
         exe: Option<PathBuf>,
         work_root: Option<PathBuf>,
-        storage: Arc<MemoryStorage>,
+        storage: Arc<Storage>,
+        failure: FailurePolicy,
     ) -> Result<Self, RunnerError> {
         let exe = match exe {
             Some(exe) => exe,
@@ -190,6 +196,7 @@ impl ChildRunner {
             pipeline: postcard::to_allocvec(pipeline).map_err(RunnerError::EncodePipeline)?,
             work_root: work_root.unwrap_or_else(std::env::temp_dir),
             storage,
+            failure,
         })
     }
 
@@ -204,26 +211,50 @@ impl ChildRunner {
         }
     }
 
-    /// Runs the batch in a child and logs the outcome; a failed batch is kept.
-    pub fn process(&self, batch: PatientBatch) -> Outcome {
+    /// Runs the batch in a child and logs the outcome. Success deletes the batch's data;
+    /// a failure is recorded beside the data and retried after the policy's backoff; after
+    /// the last attempt the batch goes to the quarantine. Nothing is dropped silently.
+    pub fn process(&self, mut batch: PatientBatch) -> Outcome {
         let span = tracing::info_span!("patient", key = %batch.patient_key);
         let _entered = span.enter();
-        let outcome = self.run_child(&batch);
-        match &outcome {
-            Outcome::Success(_) => tracing::info!(%outcome, "processing finished"),
-            _ => {
-                tracing::error!(
-                    %outcome,
-                    instances = batch.instance_count(),
-                    "processing failed; the patient's instances are kept"
-                );
-                self.storage.keep_failed(batch);
+        let attempts = self.failure.attempts.max(1);
+        let mut backoff = self.failure.backoff;
+        loop {
+            let (outcome, log_tail) = self.run_child(&batch);
+            if let Outcome::Success(_) = outcome {
+                tracing::info!(%outcome, attempt = batch.attempt, "processing finished");
+                self.storage.batch_succeeded(batch);
+                return outcome;
             }
+            tracing::error!(
+                %outcome,
+                instances = batch.instance_count(),
+                attempt = batch.attempt,
+                attempts,
+                "processing failed; the patient's instances are kept"
+            );
+            let record = format!(
+                "attempt {} of {attempts} failed at {} (unix time): {outcome}\nlast lines of the child's output:\n{}\n\n",
+                batch.attempt,
+                unix_micros(SystemTime::now()) / 1_000_000,
+                log_tail.join("\n")
+            );
+            self.storage.record_failure(&batch, &record);
+            if batch.attempt >= attempts {
+                let place = self.storage.quarantine(batch);
+                tracing::error!(%place, "every attempt failed: the patient is quarantined (put it back with `dicomnode requeue`)");
+                return outcome;
+            }
+            tracing::warn!(retry_in = ?backoff, "processing will be retried");
+            std::thread::sleep(backoff);
+            backoff = backoff.saturating_mul(2);
+            batch.attempt += 1;
+            batch.triggered_at = SystemTime::now();
         }
-        outcome
     }
 
-    fn run_child(&self, batch: &PatientBatch) -> Outcome {
+    /// Runs one attempt; returns its outcome and the last lines the child printed.
+    fn run_child(&self, batch: &PatientBatch) -> (Outcome, Vec<String>) {
         // The parent owns a directory for the job: whatever the child leaves behind (it may
         // be killed before it cleans up) goes when this guard drops.
         let job_dir = match tempfile::Builder::new()
@@ -232,15 +263,23 @@ impl ChildRunner {
         {
             Ok(dir) => dir,
             Err(e) => {
-                return Outcome::NotRun(format!(
-                    "cannot create a job directory in {}: {e}",
-                    self.work_root.display()
-                ))
+                return (
+                    Outcome::NotRun(format!(
+                        "cannot create a job directory in {}: {e}",
+                        self.work_root.display()
+                    )),
+                    Vec::new(),
+                )
             }
         };
         let (ours, theirs) = match UnixStream::pair() {
             Ok(pair) => pair,
-            Err(e) => return Outcome::NotRun(format!("cannot create a socket pair: {e}")),
+            Err(e) => {
+                return (
+                    Outcome::NotRun(format!("cannot create a socket pair: {e}")),
+                    Vec::new(),
+                )
+            }
         };
         let mut child = match Command::new(&self.exe)
             .env(CHILD_ENV, self.pipeline_name)
@@ -250,12 +289,18 @@ impl ChildRunner {
             .spawn()
         {
             Ok(child) => child,
-            Err(e) => return Outcome::NotRun(format!("cannot start {}: {e}", self.exe.display())),
+            Err(e) => {
+                return (
+                    Outcome::NotRun(format!("cannot start {}: {e}", self.exe.display())),
+                    Vec::new(),
+                )
+            }
         };
         let pid = child.id();
         tracing::info!(pid, node_pid = std::process::id(), "child started");
 
         let span = tracing::Span::current();
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
         let pumps: Vec<_> = [
             child
                 .stdout
@@ -270,9 +315,10 @@ impl ChildRunner {
         .flatten()
         .map(|(stream, name)| {
             let span = span.clone();
+            let tail = Arc::clone(&tail);
             std::thread::spawn(move || {
                 let _entered = span.enter();
-                pump_lines(stream, pid, name)
+                pump_lines(stream, pid, name, &tail)
             })
         })
         .collect();
@@ -327,7 +373,11 @@ impl ChildRunner {
         if let Err(e) = job_dir.close() {
             tracing::warn!(error = %e, "cannot remove the job directory");
         }
-        outcome
+        let tail = tail
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default();
+        (outcome, tail)
     }
 }
 
@@ -362,7 +412,14 @@ fn send_job(
                         sop_class_uid: &i.sop_class_uid,
                         sop_instance_uid: &i.sop_instance_uid,
                         transfer_syntax: &i.transfer_syntax,
-                        dataset: &i.dataset,
+                        dataset: match &i.data {
+                            InstanceData::Memory(bytes) => bytes,
+                            InstanceData::Disk => &[],
+                        },
+                        // A path, not a copy of the data.
+                        file: batch
+                            .file_of(name, i)
+                            .map(|p| p.to_string_lossy().into_owned()),
                     })
                     .collect(),
             })
@@ -380,8 +437,17 @@ fn send_job(
         .map_err(|e| format!("cannot finish sending the job: {e}"))
 }
 
-/// Logs a child's output line by line as it comes; never blocks the child for long.
-fn pump_lines(stream: Box<dyn Read + Send>, pid: u32, name: &'static str) {
+/// Lines of a child's output kept for its failure record.
+const TAIL_LINES: usize = 40;
+
+/// Logs a child's output line by line as it comes; never blocks the child for long. Keeps
+/// the last lines in `tail`.
+fn pump_lines(
+    stream: Box<dyn Read + Send>,
+    pid: u32,
+    name: &'static str,
+    tail: &Mutex<VecDeque<String>>,
+) {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut line = Vec::new();
     loop {
@@ -395,6 +461,12 @@ fn pump_lines(stream: Box<dyn Read + Send>, pid: u32, name: &'static str) {
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);
                 tracing::info!(target: "dicomnode::child", pid, stream = name, "{text}");
+                if let Ok(mut tail) = tail.lock() {
+                    if tail.len() == TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(format!("{name}: {text}"));
+                }
             }
             Err(e) => {
                 tracing::warn!(pid, stream = name, error = %e, "cannot read the child's output");
@@ -585,8 +657,11 @@ fn process_in_child<P: Pipeline>(job: &Job<'_>, report: &mut Report) -> ChildOut
     }
 }
 
-/// Turns received bytes into a DICOM object with its file meta group.
+/// Turns received bytes (or a stored file) into a DICOM object with its file meta group.
 pub fn decode_instance(instance: &JobInstance<'_>) -> Result<DicomInstance, String> {
+    if let Some(file) = &instance.file {
+        return dicom_object::open_file(file).map_err(|e| format!("cannot read {file}: {e}"));
+    }
     let ts = TransferSyntaxRegistry
         .get(instance.transfer_syntax)
         .ok_or_else(|| format!("unknown transfer syntax {}", instance.transfer_syntax))?;

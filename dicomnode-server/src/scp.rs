@@ -6,15 +6,13 @@
 
 use crate::dimse::{self, status, Command};
 use crate::runner::ChildRunner;
-use crate::storage::{MemoryStorage, Offer, ReceivedInstance};
+use crate::storage::{Incoming, Offer, ReceiveError, Storage};
 use crate::storage_classes::STORAGE_SOP_CLASSES;
 use crate::trigger::PatientsTouched;
 use crate::NodeConfig;
 use dicom_core::Tag;
 use dicom_dictionary_std::uids;
 use dicom_encoding::TransferSyntaxIndex;
-use dicom_object::collector::DicomCollector;
-use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::server::{AccessControl, DefaultNegotiation, ServerAssociationOptions};
 use dicom_ul::association::Association;
@@ -62,7 +60,7 @@ impl AccessControl for CalledAeTitle {
 pub struct Scp {
     listener: TcpListener,
     options: Arc<ServerAssociationOptions<'static, CalledAeTitle, DefaultNegotiation>>,
-    storage: Arc<MemoryStorage>,
+    storage: Arc<Storage>,
     runner: Arc<ChildRunner>,
     patient_key: Tag,
     live: Arc<AtomicUsize>,
@@ -72,7 +70,7 @@ impl Scp {
     /// Binds the listening socket.
     pub fn bind(
         config: &NodeConfig,
-        storage: Arc<MemoryStorage>,
+        storage: Arc<Storage>,
         runner: Arc<ChildRunner>,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.bind)?;
@@ -134,7 +132,7 @@ impl Scp {
 /// What one association's thread needs.
 struct AssociationSession {
     options: Arc<ServerAssociationOptions<'static, CalledAeTitle, DefaultNegotiation>>,
-    storage: Arc<MemoryStorage>,
+    storage: Arc<Storage>,
     runner: Arc<ChildRunner>,
     patient_key: Tag,
     live: Arc<AtomicUsize>,
@@ -146,7 +144,8 @@ struct Gathering {
     command: Vec<u8>,
     /// A command that announced a data set, and its presentation context.
     pending: Option<(Command, u8)>,
-    data: Vec<u8>,
+    /// The data set, written where it will be stored as it arrives.
+    data: Option<Incoming>,
 }
 
 impl AssociationSession {
@@ -273,7 +272,7 @@ impl AssociationSession {
                     }
                     dimse::C_STORE_RQ if command.has_data_set => {
                         gathering.pending = Some((command, pc_id));
-                        gathering.data.clear();
+                        gathering.data = None;
                         None
                     }
                     field => {
@@ -292,22 +291,27 @@ impl AssociationSession {
                 }
             }
             PDataValueType::Data => {
-                if gathering.data.is_empty() {
-                    gathering.data = pdv.data;
-                } else {
-                    gathering.data.extend_from_slice(&pdv.data);
-                }
-                if !pdv.is_last {
-                    return None;
-                }
-                let data = std::mem::take(&mut gathering.data);
-                let Some((command, command_pc)) = gathering.pending.take() else {
-                    tracing::warn!("data set without a C-STORE command; ignored");
+                let Some((command, _)) = &gathering.pending else {
+                    tracing::warn!("data set fragment without a C-STORE command; ignored");
                     return None;
                 };
                 // The data set's transfer syntax is that of its own presentation context.
-                let transfer_syntax = contexts.get(&pc_id).map(|(_, ts)| ts.as_str());
-                let (code, comment) = self.store(&command, transfer_syntax, data, touched);
+                let transfer_syntax = contexts.get(&pc_id).map(|(_, ts)| ts.clone());
+                let incoming = gathering.data.get_or_insert_with(|| {
+                    self.storage.incoming(
+                        &command.sop_class_uid,
+                        &command.sop_instance_uid,
+                        transfer_syntax.as_deref().unwrap_or_default(),
+                    )
+                });
+                incoming.push(pdv.data);
+                if !pdv.is_last {
+                    return None;
+                }
+                let incoming = gathering.data.take()?;
+                let (command, command_pc) = gathering.pending.take()?;
+                let (code, comment) =
+                    self.store(&command, transfer_syntax.as_deref(), incoming, touched);
                 Some((
                     dimse::response(&command, dimse::C_STORE_RSP, code, comment.as_deref()),
                     command_pc,
@@ -322,7 +326,7 @@ impl AssociationSession {
         &self,
         command: &Command,
         transfer_syntax: Option<&str>,
-        dataset: Vec<u8>,
+        incoming: Incoming,
         touched: &mut PatientsTouched,
     ) -> (u16, Option<String>) {
         let uid = &command.sop_instance_uid;
@@ -330,29 +334,29 @@ impl AssociationSession {
             tracing::warn!(sop_instance = %uid, status = format!("{code:#06x}"), "C-STORE refused: {why}");
             (code, Some(why))
         };
-        let Some(ts_uid) = transfer_syntax else {
+        let Some(ts_uid) = transfer_syntax.filter(|ts| TransferSyntaxRegistry.get(ts).is_some())
+        else {
             return refuse(
                 status::CANNOT_UNDERSTAND,
-                "data set on a presentation context that was not accepted".into(),
+                format!("no known transfer syntax for the data set ({transfer_syntax:?})"),
             );
         };
-        if TransferSyntaxRegistry.get(ts_uid).is_none() {
-            return refuse(
-                status::CANNOT_UNDERSTAND,
-                format!("unknown transfer syntax {ts_uid}"),
-            );
-        }
-        // Only the header is read here: the pixel data stay bytes, as received.
-        let header = match read_header(&dataset, ts_uid) {
-            Ok(obj) => obj,
-            Err(error) => {
-                return refuse(
-                    status::CANNOT_UNDERSTAND,
-                    format!("cannot parse the data set: {error}"),
-                )
+        let received = self
+            .storage
+            .receive(incoming, &command.sop_class_uid, uid, ts_uid);
+        let (instance, temp) = match received {
+            Ok(received) => received,
+            Err(error @ ReceiveError::Resources(_)) => {
+                return refuse(status::OUT_OF_RESOURCES, error.to_string())
+            }
+            Err(error @ ReceiveError::Unreadable(_)) => {
+                return refuse(status::CANNOT_UNDERSTAND, error.to_string())
             }
         };
-        let Some(key) = value_of(&header, self.patient_key) else {
+        let Some(key) = value_of(&instance.header, self.patient_key) else {
+            if let Some(temp) = temp {
+                let _ = std::fs::remove_file(temp);
+            }
             return refuse(
                 status::DATA_SET_DOES_NOT_MATCH,
                 format!(
@@ -362,14 +366,7 @@ impl AssociationSession {
             );
         };
         touched.touch(&self.storage, &key);
-        let instance = ReceivedInstance {
-            sop_class_uid: command.sop_class_uid.clone(),
-            sop_instance_uid: uid.clone(),
-            transfer_syntax: ts_uid.to_string(),
-            dataset,
-            header,
-        };
-        match self.storage.offer(&key, instance) {
+        match self.storage.offer(&key, instance, temp.as_deref()) {
             Offer::Stored(inputs) => {
                 tracing::debug!(patient = %key, sop_instance = %uid, ?inputs, "stored");
                 (status::SUCCESS, None)
@@ -386,18 +383,11 @@ impl AssociationSession {
                     Some("accepted by no input".into()),
                 )
             }
+            Offer::Failed(why) => refuse(
+                status::OUT_OF_RESOURCES,
+                format!("cannot store for patient {key}: {why}"),
+            ),
         }
     }
 }
 
-/// Reads the elements before Pixel Data: all the rules need, without decoding the pixels.
-fn read_header(
-    dataset: &[u8],
-    ts_uid: &str,
-) -> Result<InMemDicomObject, dicom_object::collector::Error> {
-    let reader = std::io::BufReader::new(std::io::Cursor::new(dataset));
-    let mut collector = DicomCollector::new_with_ts(reader, ts_uid.to_string());
-    let mut header = InMemDicomObject::new_empty();
-    collector.read_dataset_up_to_pixeldata(&mut header)?;
-    Ok(header)
-}

@@ -2,7 +2,7 @@
 //! and those that have enough (and no other association still adding) go to the runner.
 
 use crate::runner::ChildRunner;
-use crate::storage::MemoryStorage;
+use crate::storage::Storage;
 use dicomnode_core::Sender;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ pub struct PatientsTouched {
 impl PatientsTouched {
     /// Records that the association adds to `patient_key`; the first time, the storage is
     /// told, so that no other association's end takes the patient out meanwhile.
-    pub fn touch(&mut self, storage: &MemoryStorage, patient_key: &str) {
+    pub fn touch(&mut self, storage: &Storage, patient_key: &str) {
         if !self.keys.contains(patient_key) {
             storage.begin_adding(patient_key);
             self.keys.insert(patient_key.to_string());
@@ -27,7 +27,7 @@ impl PatientsTouched {
     /// has enough to the runner. Never waits for processing.
     pub fn association_ended(
         self,
-        storage: &MemoryStorage,
+        storage: &Storage,
         runner: &Arc<ChildRunner>,
         sender: &Sender,
     ) {
