@@ -36,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod config;
 pub mod dimse;
 pub mod dispatch;

@@ -8,22 +8,16 @@
 use clap::Parser;
 use dicomnode_examples::plus_one::PlusOneNode;
 use dicomnode_server::dispatch::RetryPolicy;
-use dicomnode_server::{Address, NodeConfig};
+use dicomnode_server::cli::NodeArgs;
+use dicomnode_server::Address;
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// Receive CT series, add 1 to every pixel value, send the derived series to --dest.
 #[derive(Parser)]
 struct Args {
-    /// TCP port to listen on (0 picks a free one; the log says which).
-    #[arg(long, default_value_t = 11112)]
-    port: u16,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: std::net::IpAddr,
-    /// The node's AE title; associations must call it, and it calls the destination with it.
-    #[arg(long, default_value = "PLUS_ONE")]
-    ae_title: String,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Where the derived series goes: AE@host:port.
     #[arg(long)]
     dest: Address,
@@ -32,26 +26,25 @@ struct Args {
     slices: Option<u32>,
     /// Attempts to send, when the destination fails transiently.
     #[arg(long, default_value_t = 3)]
-    attempts: u32,
-    /// Seconds before the second attempt (doubled each time).
+    send_attempts: u32,
+    /// Seconds before the second send attempt (doubled each time).
     #[arg(long, default_value_t = 1.0)]
-    backoff: f64,
+    send_backoff: f64,
 }
 
 fn main() -> ExitCode {
     dicomnode_server::run(|| {
         let args = Args::parse();
+        let config = args.node.config("PLUS_ONE");
         let node = PlusOneNode {
             destination: args.dest,
-            calling_ae_title: args.ae_title.clone(),
+            calling_ae_title: config.ae_title.clone(),
             slices: args.slices,
             retry: RetryPolicy {
-                attempts: args.attempts,
-                first_backoff: Duration::from_secs_f64(args.backoff.max(0.0)),
+                attempts: args.send_attempts.max(1),
+                first_backoff: Duration::from_secs_f64(args.send_backoff.max(0.0)),
             },
         };
-        let config =
-            NodeConfig::new(args.ae_title).bind(std::net::SocketAddr::new(args.host, args.port));
         (node, config)
     })
 }

@@ -1,28 +1,21 @@
 //! A node that writes every patient's instances to a directory, from inside the child.
 //!
 //! ```text
-//! cargo run --release --example store_node -- --port 11112 --ae-title STORE_NODE --out ./received
+//! cargo run --release --example store_node -- --port 11112 --ae-title STORE_NODE --out ./received --data-dir ./data
 //! TCP_NODELAY=1 /usr/bin/storescu -aec STORE_NODE +sd +r 127.0.0.1 11112 some/folder
 //! ```
 
 use clap::Parser;
 use dicomnode_examples::store::StoreNode;
-use dicomnode_server::NodeConfig;
+use dicomnode_server::cli::NodeArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Receive DICOM instances and write each patient's to OUT/<study>/<series>/<sop>.dcm.
 #[derive(Parser)]
 struct Args {
-    /// TCP port to listen on (0 picks a free one; the log says which).
-    #[arg(long, default_value_t = 11112)]
-    port: u16,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: std::net::IpAddr,
-    /// The node's AE title; associations must call it.
-    #[arg(long, default_value = "STORE_NODE")]
-    ae_title: String,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Where the files go.
     #[arg(long, default_value = "received")]
     out: PathBuf,
@@ -33,8 +26,6 @@ fn main() -> ExitCode {
     dicomnode_server::run(|| {
         let args = Args::parse();
         let out = std::path::absolute(&args.out).unwrap_or(args.out);
-        let config =
-            NodeConfig::new(args.ae_title).bind(std::net::SocketAddr::new(args.host, args.port));
-        (StoreNode { out }, config)
+        (StoreNode { out }, args.node.config("STORE_NODE"))
     })
 }

@@ -121,7 +121,7 @@ fn a_destination_that_is_down_is_retried_then_reported_and_the_data_kept() {
     let closed = free_port();
     let mut node = plus_one(
         &format!("NOBODY@127.0.0.1:{closed}"),
-        &["--attempts", "3", "--backoff", "0.05"],
+        &["--send-attempts", "3", "--send-backoff", "0.05"],
     );
     let instances = SyntheticSeries::ct("DOWN-1", 2).size(16, 16);
     let input = tempfile::tempdir().unwrap();
@@ -157,7 +157,7 @@ fn a_destination_that_rejects_the_association_is_not_retried() {
     // The store node only answers to STORE_NODE.
     let mut node = plus_one(
         &format!("WRONG_TITLE@127.0.0.1:{}", destination.port),
-        &["--attempts", "5", "--backoff", "0.05"],
+        &["--send-attempts", "5", "--send-backoff", "0.05"],
     );
     let input = tempfile::tempdir().unwrap();
     let paths = SyntheticSeries::ct("REJECT-1", 2)

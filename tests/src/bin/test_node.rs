@@ -7,9 +7,10 @@
 //! child abort; `LOUD` makes it print megabytes on stdout and stderr.
 
 use clap::Parser;
+use dicomnode_server::cli::NodeArgs;
 use dicomnode_server::dicom_dictionary_std::tags;
 use dicomnode_server::{
-    Enough, Input, InputContainer, NoOutput, NodeConfig, Output, Pipeline, ProcessError, Processor,
+    Enough, Input, InputContainer, NoOutput, Output, Pipeline, ProcessError, Processor,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -17,10 +18,8 @@ use std::process::ExitCode;
 
 #[derive(Parser)]
 struct Args {
-    #[arg(long, default_value_t = 0)]
-    port: u16,
-    #[arg(long, default_value = "TEST_NODE")]
-    ae_title: String,
+    #[command(flatten)]
+    node: NodeArgs,
     #[arg(long)]
     out: PathBuf,
     /// Instances a patient needs before it is processed.
@@ -107,8 +106,7 @@ impl Processor for Recorder {
 fn main() -> ExitCode {
     dicomnode_server::run(|| {
         let args = Args::parse();
-        let config = NodeConfig::new(args.ae_title)
-            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], args.port)));
+        let config = args.node.config("TEST_NODE");
         (
             TestNode {
                 out: args.out,

@@ -1,0 +1,88 @@
+//! Command-line flags every node binary shares, for clap: flatten [`NodeArgs`] into your
+//! own `Parser` and turn it into a [`NodeConfig`].
+//!
+//! ```
+//! use clap::Parser;
+//! use dicomnode_server::cli::NodeArgs;
+//!
+//! #[derive(Parser)]
+//! struct Args {
+//!     #[command(flatten)]
+//!     node: NodeArgs,
+//! }
+//!
+//! let args = Args::parse_from(["node", "--port", "104", "--ae-title", "MY_NODE", "--data-dir", "/var/lib/node"]);
+//! let config = args.node.config("DEFAULT_AE");
+//! assert_eq!(config.ae_title, "MY_NODE");
+//! assert_eq!(config.bind.port(), 104);
+//! ```
+
+use crate::config::{ExpiryAction, FailurePolicy, NodeConfig};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The flags of a node: address, AE title, storage, failure policy, expiry.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// TCP port to listen on (0 picks a free one; the log says which).
+    #[arg(long, default_value_t = 11112)]
+    pub port: u16,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// The node's AE title; associations must call it (default: the program's own).
+    #[arg(long)]
+    pub ae_title: Option<String>,
+    /// Store instances durably here (default: in memory).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Processing attempts per patient before it is quarantined.
+    #[arg(long, default_value_t = 3)]
+    pub attempts: u32,
+    /// Seconds before the second attempt (doubled before each further one).
+    #[arg(long, default_value_t = 30.0)]
+    pub retry_backoff: f64,
+    /// Days without a new instance after which a patient without enough expires.
+    #[arg(long, default_value_t = 14.0)]
+    pub expiry_days: f64,
+    /// What happens to an expired patient.
+    #[arg(long, value_enum, default_value_t = ExpiryChoice::Remove)]
+    pub expiry_action: ExpiryChoice,
+    /// Seconds between maintenance rounds (expiry, requeued batches).
+    #[arg(long, default_value_t = 5.0)]
+    pub maintenance_secs: f64,
+}
+
+/// `--expiry-action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExpiryChoice {
+    /// Delete the patient's instances.
+    Remove,
+    /// Move them to the quarantine.
+    Quarantine,
+}
+
+fn seconds(value: f64) -> Duration {
+    Duration::try_from_secs_f64(value.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+impl NodeArgs {
+    /// The node configuration the flags describe; `default_ae_title` unless `--ae-title`.
+    pub fn config(&self, default_ae_title: &str) -> NodeConfig {
+        let ae_title = self.ae_title.as_deref().unwrap_or(default_ae_title);
+        let mut config = NodeConfig::new(ae_title).bind(SocketAddr::new(self.host, self.port));
+        config.data_dir = self.data_dir.as_ref().map(|d| std::path::absolute(d).unwrap_or(d.clone()));
+        config.failure = FailurePolicy {
+            attempts: self.attempts.max(1),
+            backoff: seconds(self.retry_backoff),
+        };
+        config.expiry = Some(seconds(self.expiry_days * 24.0 * 3600.0));
+        config.expiry_action = match self.expiry_action {
+            ExpiryChoice::Remove => ExpiryAction::Remove,
+            ExpiryChoice::Quarantine => ExpiryAction::Quarantine,
+        };
+        config.maintenance_interval = seconds(self.maintenance_secs);
+        config
+    }
+}
