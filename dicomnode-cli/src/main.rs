@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use dicomnode_server::dimse::status;
 use dicomnode_server::dispatch::StoreAssociation;
 use dicomnode_server::part10::Part10;
+use dicomnode_server::storage::disk::{self, DiskLayout};
 use dicomnode_server::Address;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -45,6 +46,21 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// List the batches in a data directory's quarantine, with their failures.
+    Quarantine {
+        /// The node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Put quarantined batches back for processing (all, or those of the given patients).
+    /// A running node picks them up within its maintenance interval; a stopped one at start.
+    Requeue {
+        /// The node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Patient keys (default: every quarantined batch).
+        patients: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +72,8 @@ fn main() -> ExitCode {
             paths,
             quiet,
         } => store(&address, &cli.calling_ae_title, &paths, quiet),
+        Command::Quarantine { data_dir } => quarantine(&data_dir),
+        Command::Requeue { data_dir, patients } => requeue(&data_dir, &patients),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -192,4 +210,55 @@ fn store(address: &Address, calling: &str, paths: &[PathBuf], quiet: bool) -> an
         println!("  {count:6}  {label}");
     }
     Ok(failed == 0)
+}
+
+/// The quarantined batches: (directory, patient key).
+fn quarantined(data_dir: &std::path::Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let layout = DiskLayout::open(data_dir)
+        .with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
+    let mut batches = Vec::new();
+    for dir in DiskLayout::subdirs(&layout.quarantine())? {
+        let key = std::fs::read(dir.join(disk::KEY_FILE))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        batches.push((dir, key));
+    }
+    Ok(batches)
+}
+
+fn quarantine(data_dir: &std::path::Path) -> anyhow::Result<bool> {
+    let batches = quarantined(data_dir)?;
+    for (dir, key) in &batches {
+        let files = DiskLayout::files_of(dir).map(|f| f.len()).unwrap_or(0);
+        println!("{key:?}: {files} files in {}", dir.display());
+        if let Ok(log) = std::fs::read_to_string(dir.join(disk::FAILURES_FILE)) {
+            for line in log.lines().filter(|l| l.starts_with("attempt ")) {
+                println!("    {line}");
+            }
+        }
+    }
+    println!("{} quarantined batches", batches.len());
+    Ok(true)
+}
+
+fn requeue(data_dir: &std::path::Path, patients: &[String]) -> anyhow::Result<bool> {
+    let layout = DiskLayout::open(data_dir)?;
+    let mut moved = 0;
+    for (dir, key) in quarantined(data_dir)? {
+        if !patients.is_empty() && !patients.contains(&key) {
+            continue;
+        }
+        let name = dir
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        let target = layout.requeue().join(name);
+        std::fs::rename(&dir, &target)
+            .with_context(|| format!("cannot move {} to {}", dir.display(), target.display()))?;
+        disk::fsync_dir(&layout.requeue())?;
+        println!("requeued {key:?}");
+        moved += 1;
+    }
+    println!("{moved} batches requeued");
+    Ok(moved > 0 || patients.is_empty())
 }

@@ -49,6 +49,10 @@ pub struct NodeArgs {
     /// What happens to an expired patient.
     #[arg(long, value_enum, default_value_t = ExpiryChoice::Remove)]
     pub expiry_action: ExpiryChoice,
+    /// With --data-dir: refuse new associations (transiently) above this fraction of the
+    /// data directory's file system in use.
+    #[arg(long, default_value_t = 0.95)]
+    pub disk_watermark: f64,
     /// Seconds between maintenance rounds (expiry, requeued batches).
     #[arg(long, default_value_t = 5.0)]
     pub maintenance_secs: f64,
@@ -72,7 +76,10 @@ impl NodeArgs {
     pub fn config(&self, default_ae_title: &str) -> NodeConfig {
         let ae_title = self.ae_title.as_deref().unwrap_or(default_ae_title);
         let mut config = NodeConfig::new(ae_title).bind(SocketAddr::new(self.host, self.port));
-        config.data_dir = self.data_dir.as_ref().map(|d| std::path::absolute(d).unwrap_or(d.clone()));
+        config.data_dir = self
+            .data_dir
+            .as_ref()
+            .map(|d| std::path::absolute(d).unwrap_or(d.clone()));
         config.failure = FailurePolicy {
             attempts: self.attempts.max(1),
             backoff: seconds(self.retry_backoff),
@@ -83,6 +90,7 @@ impl NodeArgs {
             ExpiryChoice::Quarantine => ExpiryAction::Quarantine,
         };
         config.maintenance_interval = seconds(self.maintenance_secs);
+        config.disk_watermark = self.disk_watermark;
         config
     }
 }

@@ -235,7 +235,7 @@ impl StoreAssociation {
         let ts = meta.transfer_syntax().trim_end_matches('\0');
         // Encoded straight into P-DATA PDUs sized for the peer: no intermediate copy.
         self.send_store(sop_class, sop_instance, ts, |writer| {
-            instance.write_dataset(writer).map_err(|e| e.to_string())
+            instance.write_dataset(writer).map_err(|e| with_causes(&e))
         })
     }
 

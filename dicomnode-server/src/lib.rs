@@ -118,12 +118,13 @@ impl Node {
             Arc::clone(&storage),
             config.failure,
         )?);
-        let scp = Scp::bind(&config, Arc::clone(&storage), Arc::clone(&runner)).map_err(
-            |source| NodeError::Bind {
-                addr: config.bind,
-                source,
-            },
-        )?;
+        let scp =
+            Scp::bind(&config, Arc::clone(&storage), Arc::clone(&runner)).map_err(|source| {
+                NodeError::Bind {
+                    addr: config.bind,
+                    source,
+                }
+            })?;
         // Patients that were complete when the node stopped are processed at once.
         for batch in restored.ready {
             runner.submit(batch);

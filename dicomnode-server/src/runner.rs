@@ -7,15 +7,15 @@
 //! postcard-encoded [`Report`] back on the same socket. The child's stdout and stderr are
 //! read line by line, as they come, into the node's log.
 
-use crate::storage::{InstanceData, PatientBatch, Storage};
 use crate::config::FailurePolicy;
-use std::collections::VecDeque;
+use crate::storage::{InstanceData, PatientBatch, Storage};
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicomnode_core::{DicomInstance, InputContainer, Pipeline, Processor, Sender};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;

@@ -64,6 +64,7 @@ pub struct Scp {
     runner: Arc<ChildRunner>,
     patient_key: Tag,
     live: Arc<AtomicUsize>,
+    disk_watermark: f64,
 }
 
 impl Scp {
@@ -93,6 +94,7 @@ impl Scp {
             runner,
             patient_key: config.patient_key,
             live: Arc::new(AtomicUsize::new(0)),
+            disk_watermark: config.disk_watermark,
         })
     }
 
@@ -111,6 +113,11 @@ impl Scp {
                     continue;
                 }
             };
+            if let Some(used) = self.disk_over_watermark() {
+                let watermark = self.disk_watermark;
+                std::thread::spawn(move || refuse_transiently(stream, used, watermark));
+                continue;
+            }
             let session = AssociationSession {
                 options: Arc::clone(&self.options),
                 storage: Arc::clone(&self.storage),
@@ -126,6 +133,60 @@ impl Scp {
             }
         }
         Ok(())
+    }
+}
+
+impl Scp {
+    /// The data directory's file system use, when it is above the watermark.
+    fn disk_over_watermark(&self) -> Option<f64> {
+        let dir = self.storage.data_dir()?;
+        let stat = nix::sys::statvfs::statvfs(dir).ok()?;
+        let total = stat.blocks() as f64;
+        if total <= 0.0 {
+            return None;
+        }
+        let used = 1.0 - stat.blocks_available() as f64 / total;
+        (used > self.disk_watermark).then_some(used)
+    }
+}
+
+/// Answers an association request with a transient rejection (the peer may try later):
+/// the data directory is too full to promise that what it sends will be kept.
+fn refuse_transiently(mut stream: TcpStream, used: f64, watermark: f64) {
+    use dicom_ul::pdu::{
+        AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
+        AssociationRJSource,
+    };
+    use std::io::{Read, Write};
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
+    tracing::warn!(
+        %peer,
+        used = format!("{:.1}%", used * 100.0),
+        watermark = format!("{:.1}%", watermark * 100.0),
+        "association refused (transient): the data directory's disk is above the watermark"
+    );
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    // Read the A-ASSOCIATE-RQ first, so that the rejection is not lost in a reset.
+    let mut header = [0u8; 6];
+    if stream.read_exact(&mut header).is_ok() {
+        let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]);
+        let _ = std::io::copy(
+            &mut (&mut stream).take(u64::from(length)),
+            &mut std::io::sink(),
+        );
+    }
+    let rejection = Pdu::AssociationRJ(AssociationRJ {
+        result: AssociationRJResult::Transient,
+        source: AssociationRJSource::ServiceProviderPresentation(
+            AssociationRJServiceProviderPresentationReason::TemporaryCongestion,
+        ),
+    });
+    let mut bytes = Vec::new();
+    if dicom_ul::pdu::write_pdu(&mut bytes, &rejection).is_ok() {
+        let _ = stream.write_all(&bytes);
+        let _ = stream.flush();
     }
 }
 
@@ -390,4 +451,3 @@ impl AssociationSession {
         }
     }
 }
-

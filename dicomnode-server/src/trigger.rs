@@ -25,12 +25,7 @@ impl PatientsTouched {
 
     /// The association ended (released, aborted or dropped): hands every patient that now
     /// has enough to the runner. Never waits for processing.
-    pub fn association_ended(
-        self,
-        storage: &Storage,
-        runner: &Arc<ChildRunner>,
-        sender: &Sender,
-    ) {
+    pub fn association_ended(self, storage: &Storage, runner: &Arc<ChildRunner>, sender: &Sender) {
         for key in self.keys {
             if let Some(batch) = storage.finish_adding(&key, sender) {
                 tracing::info!(

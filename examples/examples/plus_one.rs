@@ -7,8 +7,8 @@
 
 use clap::Parser;
 use dicomnode_examples::plus_one::PlusOneNode;
-use dicomnode_server::dispatch::RetryPolicy;
 use dicomnode_server::cli::NodeArgs;
+use dicomnode_server::dispatch::RetryPolicy;
 use dicomnode_server::Address;
 use std::process::ExitCode;
 use std::time::Duration;

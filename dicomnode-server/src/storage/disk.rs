@@ -85,9 +85,10 @@ impl DiskLayout {
     /// Creates a temporary Part-10 file with its preamble and meta group written; the data
     /// set is appended by the caller as it arrives.
     pub fn new_temp_file(&self, meta: &FileMetaTable) -> io::Result<(BufWriter<File>, PathBuf)> {
-        let path = self
-            .tmp()
-            .join(format!("{}.tmp", uuid_like(meta.media_storage_sop_instance_uid())));
+        let path = self.tmp().join(format!(
+            "{}.tmp",
+            uuid_like(meta.media_storage_sop_instance_uid())
+        ));
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -107,7 +108,13 @@ impl DiskLayout {
 
     /// Moves a received file (fsynced) into the patient's input directories: renamed into
     /// the first, hard-linked into the others; each directory fsynced.
-    pub fn place(&self, key: &str, temp: &Path, inputs: &[&str], file_name: &str) -> io::Result<()> {
+    pub fn place(
+        &self,
+        key: &str,
+        temp: &Path,
+        inputs: &[&str],
+        file_name: &str,
+    ) -> io::Result<()> {
         let patient = self.ensure_patient_dir(key)?;
         let mut first: Option<PathBuf> = None;
         for input in inputs {
@@ -169,7 +176,12 @@ impl DiskLayout {
     }
 
     /// Moves a batch directory to the quarantine; returns where it went.
-    pub fn quarantine_batch(&self, batch_dir: &Path, key: &str, suffix: &str) -> io::Result<PathBuf> {
+    pub fn quarantine_batch(
+        &self,
+        batch_dir: &Path,
+        key: &str,
+        suffix: &str,
+    ) -> io::Result<PathBuf> {
         let target = self
             .quarantine()
             .join(format!("{}.{suffix}", patient_dir_name(key)));
@@ -201,8 +213,8 @@ impl DiskLayout {
     /// Moves every file of a batch directory (from `processing/` or `requeue/`) back into
     /// its patient's directory; returns the patient key.
     pub fn merge_back(&self, batch_dir: &Path) -> io::Result<String> {
-        let key = fs::read(batch_dir.join(KEY_FILE))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())?;
+        let key =
+            fs::read(batch_dir.join(KEY_FILE)).map(|b| String::from_utf8_lossy(&b).into_owned())?;
         let patient = self.ensure_patient_dir(&key)?;
         for input in fs::read_dir(batch_dir)? {
             let input = input?;

@@ -275,7 +275,10 @@ impl Storage {
     }
 
     /// The storage for a node's configuration.
-    pub fn for_config(inputs: Vec<Input>, config: &NodeConfig) -> Result<(Self, Restored), StorageError> {
+    pub fn for_config(
+        inputs: Vec<Input>,
+        config: &NodeConfig,
+    ) -> Result<(Self, Restored), StorageError> {
         match &config.data_dir {
             Some(dir) => Storage::on_disk(inputs, dir),
             None => Ok((Storage::in_memory(inputs), Restored::default())),
@@ -309,7 +312,10 @@ impl Storage {
         };
         let mut seen: HashMap<String, PathBuf> = HashMap::new();
         for (_, path) in DiskLayout::files_of(patient_dir)? {
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             seen.entry(name).or_insert(path);
         }
         let mut entry = PatientEntry::new(self.inputs.len());
@@ -342,8 +348,9 @@ impl Storage {
                     "{}.rejected-at-restart",
                     names::patient_dir_name(&key)
                 ));
-                std::fs::create_dir_all(&aside)?;
-                std::fs::rename(&path, aside.join(&file_name))?;
+                std::fs::create_dir_all(aside.join("rejected"))?;
+                std::fs::write(aside.join(disk::KEY_FILE), key.as_bytes())?;
+                std::fs::rename(&path, aside.join("rejected").join(&file_name))?;
                 tracing::warn!(patient = %key, file = %file_name, "no input admits this stored instance any more; moved to the quarantine");
             }
             for input_dir in DiskLayout::subdirs(patient_dir)? {
@@ -481,7 +488,12 @@ impl Storage {
     /// Offers a received instance to every input; stores it in each that admits it (on
     /// disk: durably, before returning). An instance with a SOP Instance UID already held
     /// for the patient replaces the old one.
-    pub fn offer(&self, patient_key: &str, mut instance: ReceivedInstance, temp: Option<&Path>) -> Offer {
+    pub fn offer(
+        &self,
+        patient_key: &str,
+        mut instance: ReceivedInstance,
+        temp: Option<&Path>,
+    ) -> Offer {
         let mut admitted = Vec::new();
         let mut rejected = Vec::new();
         for (index, input) in self.inputs.iter().enumerate() {
@@ -634,8 +646,7 @@ impl Storage {
         let expired: Vec<String> = patients
             .iter()
             .filter(|(_, e)| {
-                e.live_adders == 0
-                    && now.duration_since(e.last_added).unwrap_or_default() > max_age
+                e.live_adders == 0 && now.duration_since(e.last_added).unwrap_or_default() > max_age
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -686,7 +697,9 @@ impl Storage {
                     }
                     tracing::info!(patient = %key, "requeued batch adopted");
                 }
-                Err(error) => tracing::error!(dir = %dir.display(), %error, "cannot adopt a requeued batch"),
+                Err(error) => {
+                    tracing::error!(dir = %dir.display(), %error, "cannot adopt a requeued batch")
+                }
             }
         }
         self.take_ready()
@@ -728,8 +741,14 @@ fn read_stored(path: &Path) -> Result<ReceivedInstance, String> {
     let obj = options.open_file(path).map_err(|e| e.to_string())?;
     let meta = obj.meta().clone();
     Ok(ReceivedInstance {
-        sop_class_uid: meta.media_storage_sop_class_uid().trim_end_matches('\0').to_string(),
-        sop_instance_uid: meta.media_storage_sop_instance_uid().trim_end_matches('\0').to_string(),
+        sop_class_uid: meta
+            .media_storage_sop_class_uid()
+            .trim_end_matches('\0')
+            .to_string(),
+        sop_instance_uid: meta
+            .media_storage_sop_instance_uid()
+            .trim_end_matches('\0')
+            .to_string(),
         transfer_syntax: meta.transfer_syntax().trim_end_matches('\0').to_string(),
         data: InstanceData::Disk,
         header: obj.into_inner(),

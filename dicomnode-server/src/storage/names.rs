@@ -67,8 +67,20 @@ mod tests {
     fn hostile_keys_are_safe_and_distinct() {
         let long = "é".repeat(300);
         let keys = [
-            "../../etc", "/", "..", ".", "", "a\0b", "a\nb", "\u{7}", &long, "PAT 1", "PAT_1",
-            "患者", "C:\\x", "a/b",
+            "../../etc",
+            "/",
+            "..",
+            ".",
+            "",
+            "a\0b",
+            "a\nb",
+            "\u{7}",
+            &long,
+            "PAT 1",
+            "PAT_1",
+            "患者",
+            "C:\\x",
+            "a/b",
         ];
         let mut seen = HashSet::new();
         for key in keys {

@@ -3,7 +3,8 @@
 //!
 //! For each patient it writes `<out>/runs/<patient>-<pid>-<n>.txt` with the child's PID,
 //! its working directory and the SOP Instance UIDs it saw. A patient whose ID starts with
-//! `PANIC` makes the processor panic; `FAIL` makes it return an error; `ABORT` makes the
+//! `SLOW` makes it take 0.7 s; `PANIC` makes the processor panic; `FAIL` makes it return an error (until `<out>/heal`
+//! exists); `FLAKY` fails on its first two runs; `ABORT` makes the
 //! child abort; `LOUD` makes it print megabytes on stdout and stderr.
 
 use clap::Parser;
@@ -53,6 +54,8 @@ impl Processor for Recorder {
 
     fn process(&mut self, node: &TestNode, input: InputContainer) -> Result<Output, ProcessError> {
         let key = input.patient_key().to_string();
+        // The key comes from the network: never a raw path.
+        let name = dicomnode_server::sanitize::path_component(&key);
         let cwd = std::env::current_dir()?;
         // Litter the working directory: it must be gone afterwards.
         std::fs::write(cwd.join("scratch.bin"), vec![0u8; 4096])?;
@@ -65,7 +68,7 @@ impl Processor for Recorder {
         std::fs::create_dir_all(&runs)?;
         let mut n = 0;
         let path = loop {
-            let path = runs.join(format!("{key}-{}-{n}.txt", std::process::id()));
+            let path = runs.join(format!("{name}-{}-{n}.txt", std::process::id()));
             if !path.exists() {
                 break path;
             }
@@ -79,6 +82,9 @@ impl Processor for Recorder {
             uids.join("\n")
         );
         std::fs::write(&path, record)?;
+        if key.starts_with("SLOW") {
+            std::thread::sleep(std::time::Duration::from_millis(700));
+        }
         if key.starts_with("LOUD") {
             // Far more than a pipe buffer, on both streams, with and without newlines.
             let line = "x".repeat(1000);
@@ -94,7 +100,23 @@ impl Processor for Recorder {
         if key.starts_with("PANIC") {
             panic!("deliberate panic for patient {key}");
         }
-        if key.starts_with("FAIL") {
+        if key.starts_with("FLAKY") {
+            // Fails on its first two runs (each run leaves a record), then succeeds.
+            let runs_so_far = std::fs::read_dir(&runs)?
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{name}-"))
+                })
+                .count();
+            if runs_so_far <= 2 {
+                return Err(ProcessError::new(format!(
+                    "flaky failure {runs_so_far} for {key}"
+                )));
+            }
+        }
+        if key.starts_with("FAIL") && !node.out.join("heal").exists() {
             return Err(ProcessError::new(format!(
                 "deliberate failure for patient {key}"
             )));
