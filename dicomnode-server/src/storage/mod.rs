@@ -754,3 +754,122 @@ fn read_stored(path: &Path) -> Result<ReceivedInstance, String> {
         header: obj.into_inner(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::{DataElement, VR};
+    use dicomnode_core::synthetic::SyntheticSeries;
+    use dicomnode_core::{Enough, Matcher};
+
+    fn inputs() -> Vec<Input> {
+        vec![Input::new("ct")
+            .matching(tags::MODALITY, Matcher::exact("CT"))
+            .enough_when(Enough::at_least(2))]
+    }
+
+    fn sender() -> Sender {
+        Sender {
+            ae_title: "SCU".into(),
+            address: "127.0.0.1:1".into(),
+        }
+    }
+
+    /// Receives a synthetic instance through `storage` as the SCP would.
+    fn receive(
+        storage: &Storage,
+        obj: &dicomnode_core::DicomInstance,
+    ) -> (ReceivedInstance, Option<PathBuf>) {
+        let mut bytes = Vec::new();
+        obj.write_dataset(&mut bytes).unwrap();
+        let meta = obj.meta();
+        let (class, uid, ts) = (
+            meta.media_storage_sop_class_uid().trim_end_matches('\0'),
+            meta.media_storage_sop_instance_uid().trim_end_matches('\0'),
+            meta.transfer_syntax().trim_end_matches('\0'),
+        );
+        let mut incoming = storage.incoming(class, uid, ts);
+        let half = bytes.len() / 2;
+        incoming.push(bytes[..half].to_vec());
+        incoming.push(bytes[half..].to_vec());
+        storage.receive(incoming, class, uid, ts).unwrap()
+    }
+
+    fn exercise(storage: &Storage) -> PatientBatch {
+        let series = SyntheticSeries::ct("P", 3).size(4, 4).build().unwrap();
+        let mut mr = series[2].clone();
+        mr.put(DataElement::new(tags::MODALITY, VR::CS, "MR"));
+        storage.begin_adding("P");
+        storage.begin_adding("P");
+        let (a, temp) = receive(storage, &series[0]);
+        assert!(matches!(
+            storage.offer("P", a, temp.as_deref()),
+            Offer::Stored(_)
+        ));
+        let (again, temp) = receive(storage, &series[0]);
+        assert!(matches!(
+            storage.offer("P", again, temp.as_deref()),
+            Offer::Stored(_)
+        ));
+        assert_eq!(
+            storage.held_for("P"),
+            1,
+            "the same SOP instance is stored once"
+        );
+        let (rejected, temp) = receive(storage, &mr);
+        assert!(matches!(
+            storage.offer("P", rejected, temp.as_deref()),
+            Offer::Rejected(_)
+        ));
+        let (b, temp) = receive(storage, &series[1]);
+        assert!(matches!(
+            storage.offer("P", b, temp.as_deref()),
+            Offer::Stored(_)
+        ));
+        assert!(
+            storage.finish_adding("P", &sender()).is_none(),
+            "one association still live"
+        );
+        let batch = storage.finish_adding("P", &sender()).expect("complete");
+        assert!(
+            storage.finish_adding("P", &sender()).is_none(),
+            "taken once"
+        );
+        assert_eq!(batch.instance_count(), 2);
+        batch
+    }
+
+    #[test]
+    fn in_memory_batches_wait_for_live_associations_and_are_taken_once() {
+        let storage = Storage::in_memory(inputs());
+        let batch = exercise(&storage);
+        assert!(batch.dir.is_none());
+        assert!(matches!(batch.inputs[0].1[0].data, InstanceData::Memory(_)));
+    }
+
+    #[test]
+    fn on_disk_batches_are_files_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, restored) = Storage::on_disk(inputs(), dir.path()).unwrap();
+        assert_eq!(restored.patients, 0);
+        let batch = exercise(&storage);
+        let batch_dir = batch.dir.clone().unwrap();
+        for (input, instances) in &batch.inputs {
+            for instance in instances {
+                let file = batch.file_of(input, instance).unwrap();
+                assert!(file.starts_with(&batch_dir));
+                dicom_object::open_file(&file).unwrap();
+            }
+        }
+        assert!(std::fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none());
+        // A crash now: the next start puts the interrupted batch back and takes it out again.
+        drop(storage);
+        let (_storage, restored) = Storage::on_disk(inputs(), dir.path()).unwrap();
+        assert_eq!(restored.interrupted_batches, 1);
+        assert_eq!(restored.ready.len(), 1);
+        assert_eq!(restored.ready[0].instance_count(), 2);
+    }
+}
