@@ -3,6 +3,7 @@
 
   scripts/bench.py latency   # release -> child entering process, over 20 patients
   scripts/bench.py ingest    # DCMTK storescu, 300 CT 512x512 16-bit: store_node vs storescp, interleaved
+  scripts/bench.py durable   # storescu 300 CT: store_node --data-dir vs in memory vs storescp, with peak RSS
   scripts/bench.py scu       # 300 CT 512x512 16-bit to storescp: `dicomnode store` vs DCMTK storescu, interleaved
 
 Every process started here is ended here, by PID.
@@ -109,6 +110,59 @@ def ingest(rounds=5, slices=300):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def peak_rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def durable(rounds=5, slices=300):
+    work = tempfile.mkdtemp(prefix="bench-durable-")
+    try:
+        data = os.path.join(work, "in")
+        subprocess.run([os.path.join(REL, "gen_series"), "--out", data, "--slices", str(slices), "--size", "512",
+                        "--prefix", "DUR-"], check=True)
+        kinds = ["data-dir", "memory", "storescp"]
+        times = {k: [] for k in kinds}
+        rss = {k: [] for k in kinds}
+        for r in range(rounds):
+            order = kinds[r % 3:] + kinds[:r % 3]
+            for which in order:
+                port = free_port()
+                out = os.path.join(work, f"out-{which}-{r}")
+                os.makedirs(out)
+                with open(os.path.join(work, f"{which}-{r}.log"), "w") as log:
+                    if which == "storescp":
+                        proc = start(["/usr/bin/storescp", "-aet", "STORESCP", "-od", out, str(port)], log)
+                        aec = "STORESCP"
+                    else:
+                        cmd = [os.path.join(REL, "examples", "store_node"), "--port", str(port), "--out", out,
+                               "--ae-title", "STORE_NODE"]
+                        if which == "data-dir":
+                            cmd += ["--data-dir", os.path.join(work, f"data-{r}")]
+                        proc = start(cmd, log)
+                        aec = "STORE_NODE"
+                    try:
+                        wait_port(port)
+                        times[which].append(storescu(port, aec, [data]))
+                        rss[which].append(peak_rss_mib(proc.pid))
+                        time.sleep(1.5)
+                    finally:
+                        stop(proc)
+                shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(os.path.join(work, f"data-{r}"), ignore_errors=True)
+        print(f"storescu {slices} CT 512x512 16-bit, {rounds} rounds, order rotated:")
+        for k in kinds:
+            print(f"  {k:9s} median {statistics.median(times[k])*1000:.0f} ms  runs {[round(x*1000) for x in times[k]]}"
+                  f"  peak RSS median {statistics.median(rss[k]):.0f} MiB")
+        ref = statistics.median(times["storescp"])
+        for k in ("data-dir", "memory"):
+            print(f"  ratio {k}/storescp = {statistics.median(times[k])/ref:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def scu(rounds=7, slices=300):
     work = tempfile.mkdtemp(prefix="bench-scu-")
     try:
@@ -152,3 +206,5 @@ if __name__ == "__main__":
         ingest()
     if what in ("scu", "all"):
         scu()
+    if what in ("durable", "all"):
+        durable()

@@ -451,7 +451,9 @@ impl Storage {
                 let finished = writer
                     .into_inner()
                     .map_err(|e| e.into_error())
-                    .and_then(|file| file.sync_all());
+                    // The data and the size it needs; the rename into place and its
+                    // directory's fsync make the name durable.
+                    .and_then(|file| file.sync_data());
                 if let Err(error) = finished {
                     let _ = std::fs::remove_file(&path);
                     return Err(ReceiveError::Resources(error.to_string()));
