@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::runner::ChildPolicy;
 pub use crate::storage::ExpiryAction;
 
 /// How a node serves. Build it with [`NodeConfig::new`] and the setters.
@@ -49,6 +50,10 @@ pub struct NodeConfig {
     pub disk_watermark: f64,
     /// How often expiry and requeued batches are looked at.
     pub maintenance_interval: Duration,
+    /// How many children at once, their limits, warm workers.
+    pub children: ChildPolicy,
+    /// On SIGINT/SIGTERM: how long running associations and children may take to finish.
+    pub shutdown_grace: Duration,
 }
 
 /// How often a failed processing is tried again before the patient is quarantined.
@@ -88,6 +93,8 @@ impl NodeConfig {
             expiry_action: ExpiryAction::Remove,
             disk_watermark: 0.95,
             maintenance_interval: Duration::from_secs(5),
+            children: ChildPolicy::default(),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 

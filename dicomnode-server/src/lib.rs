@@ -111,13 +111,7 @@ impl Node {
                 "data directory restored"
             );
         }
-        let runner = Arc::new(ChildRunner::new(
-            &pipeline,
-            config.worker_exe.clone(),
-            config.work_root.clone(),
-            Arc::clone(&storage),
-            config.failure,
-        )?);
+        let runner = ChildRunner::start(&pipeline, &config, Arc::clone(&storage))?;
         let scp =
             Scp::bind(&config, Arc::clone(&storage), Arc::clone(&runner)).map_err(|source| {
                 NodeError::Bind {

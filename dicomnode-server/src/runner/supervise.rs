@@ -1,0 +1,308 @@
+//! The parent's side of one child process: start it in a process group of its own, send it
+//! jobs, relay its logs and output, enforce the time limit, and end it with everything it
+//! started.
+
+use super::wire::{read_frame, write_frame, ChildMessage, Job, LogRecord, Report};
+use super::{CHILD_ENV, MEMORY_LIMIT_ENV};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, BufWriter, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Lines of a child's output kept for its failure record.
+pub const TAIL_LINES: usize = 40;
+/// A child's stdout/stderr line longer than this is logged in pieces.
+const MAX_LINE: usize = 8 * 1024;
+
+/// What a child needs to start.
+pub struct Launch<'a> {
+    /// The executable.
+    pub exe: &'a Path,
+    /// The pipeline's type name (the child's entry).
+    pub pipeline_name: &'a str,
+    /// RLIMIT_AS for the child, in bytes.
+    pub memory_limit: Option<u64>,
+    /// Where job directories go.
+    pub work_root: &'a Path,
+}
+
+/// A running child, possibly a warm worker that takes several jobs.
+pub struct ChildProcess {
+    child: Child,
+    pid: u32,
+    channel: UnixStream,
+    pumps: Vec<JoinHandle<()>>,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    patient: Arc<Mutex<String>>,
+    job_dir: tempfile::TempDir,
+    /// Jobs this process has run.
+    pub jobs: u32,
+}
+
+/// The end of one job as the parent saw it.
+pub struct JobEnd {
+    /// The child's report, if it sent one.
+    pub report: Option<Report>,
+    /// Whether the time limit killed the child.
+    pub timed_out: bool,
+}
+
+impl ChildProcess {
+    /// Starts a child in a new process group.
+    pub fn spawn(launch: &Launch<'_>) -> Result<ChildProcess, String> {
+        // The parent owns a directory for the child's jobs: whatever a killed child leaves
+        // behind goes when this guard drops.
+        let job_dir = tempfile::Builder::new()
+            .prefix("dicomnode-job-")
+            .tempdir_in(launch.work_root)
+            .map_err(|e| {
+                format!(
+                    "cannot create a job directory in {}: {e}",
+                    launch.work_root.display()
+                )
+            })?;
+        let (ours, theirs) =
+            UnixStream::pair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
+        let mut command = Command::new(launch.exe);
+        command
+            .env(CHILD_ENV, launch.pipeline_name)
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a time-out or a shutdown kills it with everything
+            // it started.
+            .process_group(0);
+        if let Some(limit) = launch.memory_limit {
+            command.env(MEMORY_LIMIT_ENV, limit.to_string());
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", launch.exe.display()))?;
+        let pid = child.id();
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        let patient = Arc::new(Mutex::new(String::new()));
+        let streams: [Option<(Box<dyn Read + Send>, &'static str)>; 2] = [
+            child
+                .stdout
+                .take()
+                .map(|s| (Box::new(s) as Box<dyn Read + Send>, "stdout")),
+            child
+                .stderr
+                .take()
+                .map(|s| (Box::new(s) as Box<dyn Read + Send>, "stderr")),
+        ];
+        let pumps = streams
+            .into_iter()
+            .flatten()
+            .map(|(stream, name)| {
+                let tail = Arc::clone(&tail);
+                let patient = Arc::clone(&patient);
+                std::thread::spawn(move || pump_lines(stream, pid, name, &tail, &patient))
+            })
+            .collect();
+        tracing::info!(pid, node_pid = std::process::id(), "child started");
+        Ok(ChildProcess {
+            child,
+            pid,
+            channel: ours,
+            pumps,
+            tail,
+            patient,
+            job_dir,
+            jobs: 0,
+        })
+    }
+
+    /// The child's PID (and process group).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The last lines the child printed.
+    pub fn tail(&self) -> Vec<String> {
+        self.tail
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Where this child's jobs make their working directories.
+    pub fn job_root(&self) -> String {
+        self.job_dir.path().to_string_lossy().into_owned()
+    }
+
+    /// Sends a job and relays the child's log records until its report, killing the
+    /// child's process group if `time_limit` passes first.
+    pub fn run(&mut self, patient: &str, job: &Job<'_>, time_limit: Option<Duration>) -> JobEnd {
+        if let Ok(mut current) = self.patient.lock() {
+            *current = patient.to_string();
+        }
+        self.jobs += 1;
+        let watchdog = time_limit.map(|limit| Watchdog::start(self.pid, limit));
+        let report = self.exchange(job);
+        let timed_out = watchdog.is_some_and(Watchdog::stop);
+        JobEnd { report, timed_out }
+    }
+
+    fn exchange(&mut self, job: &Job<'_>) -> Option<Report> {
+        let bytes = match postcard::to_allocvec(job) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode the job");
+                return None;
+            }
+        };
+        if let Err(error) = write_frame(BufWriter::new(&self.channel), &bytes) {
+            tracing::warn!(%error, "cannot send the job to the child");
+            return None;
+        }
+        loop {
+            let frame = match read_frame(&self.channel) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read from the child");
+                    return None;
+                }
+            };
+            match postcard::from_bytes::<ChildMessage>(&frame) {
+                Ok(ChildMessage::Log(record)) => relay(&record, self.pid),
+                Ok(ChildMessage::Report(report)) => return Some(report),
+                Err(error) => {
+                    tracing::warn!(%error, "unreadable message from the child");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Ends the child: no more jobs (it exits), then whatever is left of its process group
+    /// is killed. Returns its exit status.
+    pub fn finish(mut self) -> Option<ExitStatus> {
+        let _ = self.channel.shutdown(std::net::Shutdown::Both);
+        let status = self.child.wait().ok();
+        // Grandchildren it left behind would keep its output open and live on.
+        kill_group(self.pid);
+        for pump in self.pumps.drain(..) {
+            let _ = pump.join();
+        }
+        if let Err(error) = std::fs::remove_dir_all(self.job_dir.path()) {
+            if error.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(%error, "cannot remove the job directory");
+            }
+        }
+        if let Some(status) = status {
+            tracing::info!(pid = self.pid, %status, "child exited");
+        }
+        status
+    }
+}
+
+/// Kills a process group, ignoring that it is already gone.
+pub fn kill_group(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// Kills a child's process group when its time is up, unless stopped first.
+struct Watchdog {
+    state: Arc<(Mutex<bool>, Condvar)>,
+    fired: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Watchdog {
+    fn start(pid: u32, limit: Duration) -> Watchdog {
+        let state = Arc::new((Mutex::new(false), Condvar::new()));
+        let fired = Arc::new(AtomicBool::new(false));
+        let (s, f) = (Arc::clone(&state), Arc::clone(&fired));
+        let thread = std::thread::spawn(move || {
+            let (done, wake) = &*s;
+            let Ok(guard) = done.lock() else { return };
+            let Ok((guard, _)) = wake.wait_timeout_while(guard, limit, |done| !*done) else {
+                return;
+            };
+            if !*guard {
+                f.store(true, Ordering::SeqCst);
+                tracing::warn!(pid, ?limit, "time limit reached: killing the child's process group");
+                kill_group(pid);
+            }
+        });
+        Watchdog {
+            state,
+            fired,
+            thread,
+        }
+    }
+
+    /// Stops the watchdog; returns whether it had fired.
+    fn stop(self) -> bool {
+        let (done, wake) = &*self.state;
+        if let Ok(mut done) = done.lock() {
+            *done = true;
+        }
+        wake.notify_all();
+        let _ = self.thread.join();
+        self.fired.load(Ordering::SeqCst)
+    }
+}
+
+/// Re-emits a child's log record in the current (patient's) span.
+fn relay(record: &LogRecord, pid: u32) {
+    let (target, message, fields) = (&record.target, &record.message, &record.fields);
+    match record.level {
+        0 => tracing::error!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}"),
+        1 => tracing::warn!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}"),
+        2 => tracing::info!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}"),
+        3 => tracing::debug!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}"),
+        _ => tracing::trace!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}"),
+    }
+}
+
+/// Logs a child's output line by line as it comes; never blocks the child for long. Keeps
+/// the last lines in `tail`.
+fn pump_lines(
+    stream: Box<dyn Read + Send>,
+    pid: u32,
+    name: &'static str,
+    tail: &Mutex<VecDeque<String>>,
+    patient: &Mutex<String>,
+) {
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut line);
+        match read {
+            Ok(0) => return,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                let key = patient.lock().map(|p| p.clone()).unwrap_or_default();
+                tracing::info!(target: "dicomnode::child", pid, patient = %key, stream = name, "{text}");
+                if let Ok(mut tail) = tail.lock() {
+                    if tail.len() == TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(format!("{name}: {text}"));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(pid, stream = name, error = %e, "cannot read the child's output");
+                return;
+            }
+        }
+    }
+}
