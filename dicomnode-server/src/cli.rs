@@ -53,6 +53,27 @@ pub struct NodeArgs {
     /// data directory's file system in use.
     #[arg(long, default_value_t = 0.95)]
     pub disk_watermark: f64,
+    /// At most this many processing children at once (default: the number of cores);
+    /// 1 processes strictly one patient at a time (e.g. for one GPU).
+    #[arg(long)]
+    pub max_children: Option<usize>,
+    /// Seconds a patient's processing may take before its child (and everything it
+    /// started) is killed.
+    #[arg(long)]
+    pub time_limit: Option<f64>,
+    /// Memory limit of each child (address space), in MiB.
+    #[arg(long)]
+    pub memory_limit_mb: Option<u64>,
+    /// Warm workers: a child processes up to this many patients, one after another,
+    /// before it is replaced (default: a fresh child per patient).
+    #[arg(long)]
+    pub warm_patients: Option<u32>,
+    /// Seconds running associations and children get to finish on SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 30.0)]
+    pub shutdown_grace: f64,
+    /// Also write the log to daily rolling files in this directory.
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
     /// Seconds between maintenance rounds (expiry, requeued batches).
     #[arg(long, default_value_t = 5.0)]
     pub maintenance_secs: f64,
@@ -91,6 +112,14 @@ impl NodeArgs {
         };
         config.maintenance_interval = seconds(self.maintenance_secs);
         config.disk_watermark = self.disk_watermark;
+        if let Some(max) = self.max_children {
+            config.children.max_children = max.max(1);
+        }
+        config.children.time_limit = self.time_limit.map(seconds);
+        config.children.memory_limit = self.memory_limit_mb.map(|mb| mb.saturating_mul(1 << 20));
+        config.children.warm_patients = self.warm_patients.filter(|n| *n > 0);
+        config.shutdown_grace = seconds(self.shutdown_grace);
+        config.log_dir = self.log_dir.clone();
         config
     }
 }

@@ -54,6 +54,8 @@ pub struct NodeConfig {
     pub children: ChildPolicy,
     /// On SIGINT/SIGTERM: how long running associations and children may take to finish.
     pub shutdown_grace: Duration,
+    /// Also log to daily rolling files here (the log goes to stdout either way).
+    pub log_dir: Option<PathBuf>,
 }
 
 /// How often a failed processing is tried again before the patient is quarantined.
@@ -95,6 +97,7 @@ impl NodeConfig {
             maintenance_interval: Duration::from_secs(5),
             children: ChildPolicy::default(),
             shutdown_grace: Duration::from_secs(30),
+            log_dir: None,
         }
     }
 

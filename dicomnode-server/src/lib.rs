@@ -90,6 +90,8 @@ pub enum NodeError {
 /// A node bound to its address, ready to serve.
 pub struct Node {
     scp: Scp,
+    runner: Arc<ChildRunner>,
+    grace: std::time::Duration,
 }
 
 impl Node {
@@ -123,8 +125,12 @@ impl Node {
         for batch in restored.ready {
             runner.submit(batch);
         }
-        maintenance::start(storage, runner, &config);
-        Ok(Node { scp })
+        maintenance::start(storage, Arc::clone(&runner), &config);
+        Ok(Node {
+            scp,
+            runner,
+            grace: config.shutdown_grace,
+        })
     }
 
     /// The address the node listens on.
@@ -132,35 +138,96 @@ impl Node {
         self.scp.local_addr()
     }
 
-    /// Serves until the listener fails.
+    /// Serves until the listener fails (or forever, in a thread of a bigger program).
     pub fn serve(self) -> Result<(), NodeError> {
         self.scp.serve().map_err(NodeError::Serve)
     }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down: stops accepting associations,
+    /// lets running associations and children finish within the grace period, kills the
+    /// process groups of children still running, and returns. A second signal kills the
+    /// children at once and exits the process.
+    pub fn serve_until_signalled(self) -> Result<(), NodeError> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let stop = self.scp.stop_handle().map_err(NodeError::Serve)?;
+        let mut signals =
+            signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(NodeError::Serve)?;
+        let runner = Arc::clone(&self.runner);
+        let grace = self.grace;
+        let on_signal = stop.clone();
+        std::thread::spawn(move || {
+            let mut received = 0;
+            for signal in signals.forever() {
+                received += 1;
+                if received == 1 {
+                    tracing::info!(signal, ?grace, "shutting down: no new associations; running work may finish within the grace period");
+                    on_signal.stop();
+                } else {
+                    tracing::warn!(
+                        signal,
+                        "second signal: killing the children and exiting now"
+                    );
+                    runner.kill_all();
+                    std::process::exit(1);
+                }
+            }
+        });
+        self.scp.serve().map_err(NodeError::Serve)?;
+        let deadline = std::time::Instant::now() + grace;
+        while stop.live() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if stop.live() > 0 {
+            tracing::warn!(
+                live = stop.live(),
+                "associations still open at the end of the grace period are dropped"
+            );
+        }
+        self.runner
+            .shutdown(deadline.saturating_duration_since(std::time::Instant::now()));
+        tracing::info!("node stopped");
+        Ok(())
+    }
 }
 
-/// Logs to stdout (the node) or stderr (a child), at `RUST_LOG` or `info`.
+/// Logs to stdout, at `RUST_LOG` or `info`. (A child sends its log records to the node.)
 pub fn init_logging() {
-    init_logging_at("info");
+    init_logging_to(None, "info");
 }
 
-/// Logs to stdout (the node) or stderr (a child), at `RUST_LOG` or else `default_filter`.
+/// Logs to stdout at `RUST_LOG` or else `default_filter`.
 pub fn init_logging_at(default_filter: &str) {
+    init_logging_to(None, default_filter);
+}
+
+/// Logs to stdout and, if `log_dir` is given, to daily rolling files `dicomnode.log.*`
+/// there; at `RUST_LOG` or else `default_filter`. A program that set up its own
+/// subscriber keeps it.
+pub fn init_logging_to(log_dir: Option<&std::path::Path>, default_filter: &str) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let result = if runner::is_child() {
-        builder
-            .with_ansi(false)
-            .with_writer(std::io::stderr)
-            .try_init()
-    } else {
-        builder
-            .with_ansi(std::io::stdout().is_terminal())
-            .try_init()
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+    static FILE_GUARD: std::sync::OnceLock<tracing_appender::non_blocking::WorkerGuard> =
+        std::sync::OnceLock::new();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter))
     };
+    let stdout = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stdout().is_terminal())
+        .with_filter(filter());
+    let files = log_dir.map(|dir| {
+        let (writer, guard) =
+            tracing_appender::non_blocking(tracing_appender::rolling::daily(dir, "dicomnode.log"));
+        let _ = FILE_GUARD.set(guard);
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(writer)
+            .with_filter(filter())
+    });
+    let subscriber = tracing_subscriber::registry().with(stdout).with(files);
     // Already initialised by the embedding program: keep theirs.
-    drop(result);
+    let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
 /// In a processing child, runs its job and returns the exit code; otherwise `None`.
@@ -176,7 +243,6 @@ pub fn child_entry_among(entries: &[runner::ChildEntry]) -> Option<ExitCode> {
     if !runner::is_child() {
         return None;
     }
-    init_logging();
     runner::child_entry_among(entries)
 }
 
@@ -193,8 +259,8 @@ where
     if let Some(code) = child_entry::<P>() {
         return code;
     }
-    init_logging();
     let (pipeline, config) = setup();
+    init_logging_to(config.log_dir.as_deref(), "info");
     let node = match Node::bind(pipeline, config.clone()) {
         Ok(node) => node,
         Err(error) => {
@@ -206,7 +272,7 @@ where
         Ok(addr) => tracing::info!(ae_title = %config.ae_title, "listening on {addr}"),
         Err(error) => tracing::warn!(%error, "listening, address unknown"),
     }
-    match node.serve() {
+    match node.serve_until_signalled() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "the node stopped");

@@ -65,6 +65,28 @@ pub struct Scp {
     patient_key: Tag,
     live: Arc<AtomicUsize>,
     disk_watermark: f64,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Stops an SCP from another thread (a signal handler's).
+#[derive(Clone)]
+pub struct StopHandle {
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    addr: SocketAddr,
+    live: Arc<AtomicUsize>,
+}
+
+impl StopHandle {
+    /// Stops accepting associations (the accept loop is woken by a connection to itself).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+
+    /// Associations still running.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
 }
 
 impl Scp {
@@ -95,6 +117,7 @@ impl Scp {
             patient_key: config.patient_key,
             live: Arc::new(AtomicUsize::new(0)),
             disk_watermark: config.disk_watermark,
+            stopping: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -103,9 +126,26 @@ impl Scp {
         self.listener.local_addr()
     }
 
-    /// Accepts associations forever, one thread each.
+    /// A handle that stops the accept loop.
+    pub fn stop_handle(&self) -> std::io::Result<StopHandle> {
+        let mut addr = self.listener.local_addr()?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Ok(StopHandle {
+            stopping: Arc::clone(&self.stopping),
+            addr,
+            live: Arc::clone(&self.live),
+        })
+    }
+
+    /// Accepts associations, one thread each, until stopped.
     pub fn serve(&self) -> std::io::Result<()> {
         for stream in self.listener.incoming() {
+            if self.stopping.load(Ordering::SeqCst) {
+                tracing::info!("no longer accepting associations");
+                return Ok(());
+            }
             let stream = match stream {
                 Ok(stream) => stream,
                 Err(error) => {

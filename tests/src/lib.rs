@@ -266,6 +266,20 @@ impl NodeProcess {
         }
     }
 
+    /// Waits for the node to exit by itself; panics with its log after `timeout`.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if start.elapsed() > timeout {
+                panic!("the node did not exit; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `AE@127.0.0.1:port` for the node.
     pub fn address(&self, ae_title: &str) -> dicomnode_server::Address {
         dicomnode_server::Address {

@@ -46,7 +46,7 @@ fn processed_uids(out: &Path) -> HashSet<String> {
         uids.extend(
             text.lines()
                 .skip(3)
-                .filter(|l| !l.is_empty())
+                .filter(|l| !l.is_empty() && !l.contains('='))
                 .map(str::to_string),
         );
     }
@@ -427,7 +427,7 @@ fn instances_arriving_during_processing_wait_for_the_next_batch() {
                 .unwrap()
                 .lines()
                 .skip(3)
-                .filter(|l| !l.is_empty())
+                .filter(|l| !l.is_empty() && !l.contains('='))
                 .count()
         })
         .collect();

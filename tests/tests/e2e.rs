@@ -66,7 +66,7 @@ fn runs_of(out: &Path, patient: &str) -> Vec<(u32, PathBuf, Vec<String>)> {
             .map(PathBuf::from);
         let _count = lines.next();
         let uids = lines
-            .filter(|l| !l.is_empty())
+            .filter(|l| !l.is_empty() && !l.contains('='))
             .map(str::to_string)
             .collect();
         runs.push((pid.expect("pid line"), cwd.expect("cwd line"), uids));

@@ -61,7 +61,9 @@ type Channel = Arc<Mutex<UnixStream>>;
 
 fn send(channel: &Channel, message: &ChildMessage) -> Result<(), String> {
     let bytes = postcard::to_allocvec(message).map_err(|e| e.to_string())?;
-    let stream = channel.lock().map_err(|_| "the channel lock is poisoned".to_string())?;
+    let stream = channel
+        .lock()
+        .map_err(|_| "the channel lock is poisoned".to_string())?;
     write_frame(&*stream, &bytes).map_err(|e| e.to_string())
 }
 

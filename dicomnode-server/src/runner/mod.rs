@@ -83,9 +83,17 @@ impl std::fmt::Display for Outcome {
             Outcome::Failed(ChildOutcome::Success(m)) => write!(f, "success: {m}"),
             Outcome::TimedOut(limit) => write!(f, "timed out after {} s", limit.as_secs_f64()),
             Outcome::OutOfMemory(limit) => {
-                write!(f, "killed for memory: exceeded its limit of {} MiB", limit >> 20)
+                write!(
+                    f,
+                    "killed for memory: exceeded its limit of {} MiB",
+                    limit >> 20
+                )
             }
-            Outcome::Signalled(signal) => write!(f, "child killed by signal {signal} ({})", signal_name(*signal)),
+            Outcome::Signalled(signal) => write!(
+                f,
+                "child killed by signal {signal} ({})",
+                signal_name(*signal)
+            ),
             Outcome::Exited(code) => write!(f, "child exited with code {code} without a report"),
             Outcome::NotRun(m) => write!(f, "child could not run: {m}"),
         }
@@ -204,7 +212,11 @@ impl ChildRunner {
         };
         let busy = self.busy.load(Ordering::SeqCst);
         if busy >= self.policy.max_children {
-            tracing::info!(waiting, running = busy, "all children busy: the patient waits its turn");
+            tracing::info!(
+                waiting,
+                running = busy,
+                "all children busy: the patient waits its turn"
+            );
         }
         self.wake.notify_one();
     }
@@ -285,7 +297,11 @@ impl ChildRunner {
     }
 
     /// One attempt: a child (fresh, or the warm one) runs the job.
-    fn attempt(&self, batch: &PatientBatch, warm: &mut Option<ChildProcess>) -> (Outcome, Vec<String>) {
+    fn attempt(
+        &self,
+        batch: &PatientBatch,
+        warm: &mut Option<ChildProcess>,
+    ) -> (Outcome, Vec<String>) {
         let mut child = match warm.take() {
             Some(child) => child,
             None => match ChildProcess::spawn(&Launch {

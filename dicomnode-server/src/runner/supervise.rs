@@ -234,7 +234,11 @@ impl Watchdog {
             };
             if !*guard {
                 f.store(true, Ordering::SeqCst);
-                tracing::warn!(pid, ?limit, "time limit reached: killing the child's process group");
+                tracing::warn!(
+                    pid,
+                    ?limit,
+                    "time limit reached: killing the child's process group"
+                );
                 kill_group(pid);
             }
         });
@@ -261,11 +265,21 @@ impl Watchdog {
 fn relay(record: &LogRecord, pid: u32) {
     let (target, message, fields) = (&record.target, &record.message, &record.fields);
     match record.level {
-        0 => tracing::error!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}"),
-        1 => tracing::warn!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}"),
-        2 => tracing::info!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}"),
-        3 => tracing::debug!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}"),
-        _ => tracing::trace!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}"),
+        0 => {
+            tracing::error!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}")
+        }
+        1 => {
+            tracing::warn!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}")
+        }
+        2 => {
+            tracing::info!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}")
+        }
+        3 => {
+            tracing::debug!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}")
+        }
+        _ => {
+            tracing::trace!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}")
+        }
     }
 }
 

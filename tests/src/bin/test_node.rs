@@ -3,7 +3,8 @@
 //!
 //! For each patient it writes `<out>/runs/<patient>-<pid>-<n>.txt` with the child's PID,
 //! its working directory and the SOP Instance UIDs it saw. A patient whose ID starts with
-//! `SLOW` makes it take 0.7 s; `PANIC` makes the processor panic; `FAIL` makes it return an error (until `<out>/heal`
+//! `SEGV` segfaults; `EXIT3` exits with code 3; `MEM` allocates 4 GiB; `HANG` starts a
+//! grandchild (its PID in `<out>/<patient>.grandchild`) and hangs; `SLOW` makes it take 0.7 s; `PANIC` makes the processor panic; `FAIL` makes it return an error (until `<out>/heal`
 //! exists); `FLAKY` fails on its first two runs; `ABORT` makes the
 //! child abort; `LOUD` makes it print megabytes on stdout and stderr.
 
@@ -26,6 +27,9 @@ struct Args {
     /// Instances a patient needs before it is processed.
     #[arg(long, default_value_t = 1)]
     enough: usize,
+    /// Milliseconds `Processor::build` takes (a stand-in for loading a model).
+    #[arg(long, default_value_t = 0)]
+    build_ms: u64,
 }
 
 #[derive(Pipeline, Serialize, Deserialize)]
@@ -33,6 +37,7 @@ struct Args {
 struct TestNode {
     out: PathBuf,
     enough: usize,
+    build_ms: u64,
 }
 
 impl TestNode {
@@ -48,11 +53,14 @@ struct Recorder;
 impl Processor for Recorder {
     type Pipeline = TestNode;
 
-    fn build(_: &TestNode) -> Result<Self, ProcessError> {
+    fn build(node: &TestNode) -> Result<Self, ProcessError> {
+        std::thread::sleep(std::time::Duration::from_millis(node.build_ms));
         Ok(Recorder)
     }
 
     fn process(&mut self, node: &TestNode, input: InputContainer) -> Result<Output, ProcessError> {
+        let started = unix_nanos();
+        tracing::info!(patient = %input.patient_key(), instances = input.instance_count(), "test processor starts");
         let key = input.patient_key().to_string();
         // The key comes from the network: never a raw path.
         let name = dicomnode_server::sanitize::path_component(&key);
@@ -74,14 +82,41 @@ impl Processor for Recorder {
             }
             n += 1;
         };
-        let record = format!(
-            "pid={}\ncwd={}\ncount={}\n{}\n",
-            std::process::id(),
-            cwd.display(),
-            uids.len(),
-            uids.join("\n")
-        );
-        std::fs::write(&path, record)?;
+        let write_record = |ended: u128| {
+            let record = format!(
+                "pid={}\ncwd={}\ncount={}\n{}\nstart={started}\nend={ended}\n",
+                std::process::id(),
+                cwd.display(),
+                uids.len(),
+                uids.join("\n")
+            );
+            std::fs::write(&path, record)
+        };
+        write_record(0)?;
+        if key.starts_with("SEGV") {
+            // A real invalid memory access, as a buggy native library would make.
+            unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
+        }
+        if key.starts_with("EXIT3") {
+            std::process::exit(3);
+        }
+        if key.starts_with("MEM") {
+            // Touch far more than any limit a test sets.
+            let mut hog: Vec<Vec<u8>> = Vec::new();
+            for _ in 0..64 {
+                hog.push(vec![1u8; 64 << 20]);
+            }
+            println!("allocated {} MiB", hog.len() * 64);
+        }
+        if key.starts_with("HANG") {
+            // A grandchild that would outlive us, then a hang.
+            let grandchild = std::process::Command::new("sleep").arg("1000").spawn()?;
+            std::fs::write(
+                node.out.join(format!("{name}.grandchild")),
+                grandchild.id().to_string(),
+            )?;
+            std::thread::sleep(std::time::Duration::from_secs(1000));
+        }
         if key.starts_with("SLOW") {
             std::thread::sleep(std::time::Duration::from_millis(700));
         }
@@ -117,12 +152,20 @@ impl Processor for Recorder {
             }
         }
         if key.starts_with("FAIL") && !node.out.join("heal").exists() {
+            write_record(unix_nanos())?;
             return Err(ProcessError::new(format!(
                 "deliberate failure for patient {key}"
             )));
         }
+        write_record(unix_nanos())?;
         Ok(NoOutput.into())
     }
+}
+
+fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 fn main() -> ExitCode {
@@ -133,6 +176,7 @@ fn main() -> ExitCode {
             TestNode {
                 out: args.out,
                 enough: args.enough,
+                build_ms: args.build_ms,
             },
             config,
         )
