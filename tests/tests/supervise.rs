@@ -254,9 +254,17 @@ fn at_most_n_children_run_at_once() {
 #[test]
 fn a_warm_worker_takes_ten_patients_in_fresh_directories() {
     let out = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
     let mut node = test_node(
         out.path(),
-        &["--max-children", "1", "--warm-patients", "20"],
+        &[
+            "--max-children",
+            "1",
+            "--warm-patients",
+            "20",
+            "--log-dir",
+            logs.path().to_str().unwrap(),
+        ],
     );
     for p in 0..10 {
         send_patient(&node, &format!("WARM-{p}"), 1);
@@ -273,6 +281,19 @@ fn a_warm_worker_takes_ten_patients_in_fresh_directories() {
         assert!(!dir.exists(), "{} should be removed", dir.display());
     }
     assert_eq!(node.log().matches("child started").count(), 1);
+    // The processor's own log events arrive as records, in the patient's span.
+    let log = node.log();
+    let relayed = log
+        .lines()
+        .find(|l| l.contains("test processor starts") && l.contains("patient{key=WARM-3}"))
+        .unwrap_or_else(|| panic!("no relayed record for WARM-3:\n{log}"));
+    assert!(relayed.contains("child_target=test_node"), "{relayed}");
+    assert!(relayed.contains("instances=1"), "{relayed}");
+    // And the log also went to a rolling file.
+    let files: Vec<_> = std::fs::read_dir(logs.path()).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1);
+    let text = std::fs::read_to_string(files[0].path()).unwrap();
+    assert!(text.contains("test processor starts"), "{text}");
 }
 
 #[test]
