@@ -4,6 +4,7 @@
   scripts/bench.py latency   # release -> child entering process, over 20 patients
   scripts/bench.py ingest    # DCMTK storescu, 300 CT 512x512 16-bit: store_node vs storescp, interleaved
   scripts/bench.py durable   # storescu 300 CT: store_node --data-dir vs in memory vs storescp, with peak RSS
+  scripts/bench.py children  # 100 tiny patients at concurrency 2: fresh child vs warm worker; 1 s set-up
   scripts/bench.py scu       # 300 CT 512x512 16-bit to storescp: `dicomnode store` vs DCMTK storescu, interleaved
 
 Every process started here is ended here, by PID.
@@ -198,6 +199,65 @@ def scu(rounds=7, slices=300):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def run_patients(work, data, patients, extra, label, senders_count=4):
+    """Starts test_node, sends each patient in its own association (`senders_count` senders
+    at once), waits for every processing; returns (latencies ms, wall seconds)."""
+    port = free_port()
+    out = os.path.join(work, f"out-{label}")
+    log_path = os.path.join(work, f"{label}.log")
+    with open(log_path, "w") as log:
+        node = start([os.path.join(REL, "test_node"), "--port", str(port), "--out", out] + extra, log)
+        try:
+            wait_port(port)
+            t = time.perf_counter()
+            dirs = [os.path.join(data, f"TINY-{p}") for p in range(1, patients + 1)]
+            senders = []
+            for k in range(senders_count):
+                chunk = dirs[k::senders_count]
+                script = " ; ".join(
+                    f"{os.path.join(REL, 'dicomnode')} store --quiet TEST_NODE@127.0.0.1:{port} {d} >/dev/null"
+                    for d in chunk)
+                senders.append(subprocess.Popen(["sh", "-c", script], env=ENV))
+            for sender in senders:
+                sender.wait()
+            end = time.time() + 300
+            while open(log_path).read().count("processing finished") < patients and time.time() < end:
+                time.sleep(0.01)
+            wall = time.perf_counter() - t
+        finally:
+            stop(node)
+    text = open(log_path).read()
+    latencies = [float(m) for m in re.findall(r"trigger_to_process_ms=([0-9.]+)", text)]
+    return latencies, wall
+
+
+def children(patients=100):
+    work = tempfile.mkdtemp(prefix="bench-children-")
+    try:
+        data = os.path.join(work, "in")
+        subprocess.run([os.path.join(REL, "gen_series"), "--out", data, "--patients", str(patients), "--slices", "1",
+                        "--size", "16", "--prefix", "TINY-"], check=True)
+        for label, extra in [("fresh", []), ("warm", ["--warm-patients", "1000"])]:
+            lat, wall = run_patients(work, data, patients, ["--max-children", "2"] + extra, label + "-seq", 1)
+            print(f"{label:5s} concurrency 2, {patients} tiny patients sent one after another: release->process "
+                  f"median {statistics.median(lat):.2f} ms, p95 {percentile(lat, 0.95):.2f} ms")
+            lat, wall = run_patients(work, data, patients, ["--max-children", "2"] + extra, label + "-burst", 4)
+            print(f"{label:5s} concurrency 2, {patients} tiny patients from 4 senders at once: "
+                  f"{patients / wall:.1f} patients/s ({wall:.2f} s); release->process (queueing included) "
+                  f"median {statistics.median(lat):.2f} ms, p95 {percentile(lat, 0.95):.2f} ms")
+        for label, extra in [("fresh", []), ("warm", ["--warm-patients", "1000"])]:
+            lat, wall = run_patients(work, data, 20, ["--max-children", "2", "--build-ms", "1000"] + extra,
+                                     label + "-setup")
+            print(f"{label:5s} with a 1 s set-up, 20 patients at concurrency 2: {wall:.2f} s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     if what in ("latency", "all"):
@@ -208,3 +268,5 @@ if __name__ == "__main__":
         scu()
     if what in ("durable", "all"):
         durable()
+    if what in ("children", "all"):
+        children()
