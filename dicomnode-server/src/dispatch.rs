@@ -5,6 +5,7 @@
 
 use crate::dimse::{self, Command};
 use dicom_dictionary_std::uids;
+use dicom_encoding::TransferSyntaxIndex;
 use dicom_ul::association::client::ClientAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use dicom_ul::{ClientAssociationOptions, Pdu};
@@ -74,6 +75,10 @@ impl DispatchError {
                 | Ul::ProtocolVersionMismatch { .. } => SendFailure::Permanent,
                 _ => SendFailure::Transient,
             },
+            // "Out of resources" (e.g. the peer's disk is full) may pass.
+            DispatchError::Refused { status, .. } if (0xA700..=0xA7FF).contains(status) => {
+                SendFailure::Transient
+            }
             DispatchError::NoContext { .. } | DispatchError::Refused { .. } => {
                 SendFailure::Permanent
             }
@@ -227,15 +232,35 @@ impl StoreAssociation {
         }
     }
 
-    /// Sends one instance in its own transfer syntax; returns the C-STORE status.
+    /// Sends one instance; returns the C-STORE status. It goes in its own transfer syntax,
+    /// or, when the peer accepted only the other native little endian one for its SOP
+    /// class, in that (a native data set converts without touching its pixel data).
     pub fn store(&mut self, instance: &DicomInstance) -> Result<u16, DispatchError> {
         let meta = instance.meta();
         let sop_class = meta.media_storage_sop_class_uid().trim_end_matches('\0');
         let sop_instance = meta.media_storage_sop_instance_uid().trim_end_matches('\0');
-        let ts = meta.transfer_syntax().trim_end_matches('\0');
+        let own = meta.transfer_syntax().trim_end_matches('\0');
+        let ts = if self.accepted_context(sop_class, Some(own)).is_some() {
+            own
+        } else {
+            [EXPLICIT_LE, IMPLICIT_LE]
+                .into_iter()
+                .filter(|_| own == EXPLICIT_LE || own == IMPLICIT_LE)
+                .find(|native| self.accepted_context(sop_class, Some(native)).is_some())
+                .unwrap_or(own)
+        };
+        let Some(syntax) = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(ts) else {
+            return Err(self.transfer_error(format!("unknown transfer syntax {ts}")));
+        };
         // Encoded straight into P-DATA PDUs sized for the peer: no intermediate copy.
         self.send_store(sop_class, sop_instance, ts, |writer| {
-            instance.write_dataset(writer).map_err(|e| with_causes(&e))
+            if ts == own {
+                instance.write_dataset(writer).map_err(|e| with_causes(&e))
+            } else {
+                instance
+                    .write_dataset_with_ts(writer, syntax)
+                    .map_err(|e| with_causes(&e))
+            }
         })
     }
 
@@ -430,7 +455,11 @@ impl DicomOutput {
                 });
             }
         }
-        association.release()?;
+        if let Err(error) = association.release() {
+            // Every instance was answered already: a peer that drops the connection instead
+            // of answering the release has still stored them.
+            tracing::warn!(destination = %destination, %error, "release not answered");
+        }
         refused.map_or(Ok(()), Err)
     }
 }

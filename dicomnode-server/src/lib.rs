@@ -96,9 +96,22 @@ pub struct Node {
 
 impl Node {
     /// Prepares the node: storage for the pipeline's inputs, the child runner, the socket.
-    pub fn bind<P: Pipeline>(pipeline: P, config: NodeConfig) -> Result<Node, NodeError> {
+    pub fn bind<P: Pipeline>(pipeline: P, mut config: NodeConfig) -> Result<Node, NodeError> {
         if runner::is_child() {
             return Err(NodeError::IsChild);
+        }
+        // Children work in other directories: every path they are given is absolute.
+        for path in [
+            &mut config.data_dir,
+            &mut config.work_root,
+            &mut config.worker_exe,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Ok(absolute) = std::path::absolute(&*path) {
+                *path = absolute;
+            }
         }
         let (storage, restored) = Storage::for_config(pipeline.inputs(), &config)?;
         let storage = Arc::new(storage);

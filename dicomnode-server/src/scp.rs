@@ -17,8 +17,8 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::server::{AccessControl, DefaultNegotiation, ServerAssociationOptions};
 use dicom_ul::association::Association;
 use dicom_ul::pdu::{
-    AssociationRJServiceUserReason, PDataValue, PDataValueType, PresentationContextResultReason,
-    UserIdentity,
+    AbortRQServiceProviderReason, AbortRQSource, AssociationRJServiceUserReason, PDataValue,
+    PDataValueType, PresentationContextResultReason, UserIdentity,
 };
 use dicom_ul::Pdu;
 use dicomnode_core::input::{tag_name, value_of};
@@ -149,7 +149,9 @@ impl Scp {
             let stream = match stream {
                 Ok(stream) => stream,
                 Err(error) => {
+                    // E.g. out of file descriptors: do not spin.
                     tracing::warn!(%error, "accept failed");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
                     continue;
                 }
             };
@@ -247,6 +249,21 @@ struct Gathering {
     pending: Option<(Command, u8)>,
     /// The data set, written where it will be stored as it arrives.
     data: Option<Incoming>,
+    /// Set when the association must be aborted (and why).
+    abort: Option<String>,
+}
+
+/// Sends an A-ABORT; the connection closes when the association is dropped.
+fn abort(
+    association: &mut dicom_ul::association::ServerAssociation<TcpStream>,
+    reason: AbortRQServiceProviderReason,
+) {
+    let pdu = Pdu::AbortRQ {
+        source: AbortRQSource::ServiceProvider(reason),
+    };
+    if let Err(error) = association.send(&pdu) {
+        tracing::warn!(%error, "cannot send the abort");
+    }
 }
 
 impl AssociationSession {
@@ -287,24 +304,42 @@ impl AssociationSession {
             .collect();
 
         let mut touched = PatientsTouched::default();
+        let mut counts = (0usize, 0usize);
+        // Whatever happens in the conversation (even a panic in a user's rule), the
+        // association's end is counted and its patients are checked.
+        let ending = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.converse(&mut association, &contexts, &mut touched, &mut counts)
+        }))
+        .unwrap_or_else(|_| "ended by a panic in the node (see the log above)".to_string());
+        let (stored, refused) = counts;
+        let live = self.live.fetch_sub(1, Ordering::SeqCst) - 1;
+        tracing::info!(stored, refused, live, "association ended: {ending}");
+        touched.association_ended(&self.storage, &self.runner, &sender);
+    }
+
+    /// Receives and answers until the association ends; returns how it ended.
+    fn converse(
+        &self,
+        association: &mut dicom_ul::association::ServerAssociation<TcpStream>,
+        contexts: &HashMap<u8, (String, String)>,
+        touched: &mut PatientsTouched,
+        counts: &mut (usize, usize),
+    ) -> String {
         let mut gathering = Gathering::default();
-        let (mut stored, mut refused) = (0usize, 0usize);
-        let ending = loop {
+        loop {
             let pdu = match association.receive() {
                 Ok(pdu) => pdu,
-                Err(error) => break format!("connection lost: {error}"),
+                Err(error) => return format!("connection lost: {error}"),
             };
             match pdu {
                 Pdu::PData { data } => {
                     for pdv in data {
-                        let reply = self.on_fragment(pdv, &mut gathering, &contexts, &mut touched);
+                        let reply = self.on_fragment(pdv, &mut gathering, contexts, touched);
                         if let Some((response, pc_id, stored_ok)) = reply {
-                            if let Some(ok) = stored_ok {
-                                if ok {
-                                    stored += 1;
-                                } else {
-                                    refused += 1;
-                                }
+                            match stored_ok {
+                                Some(true) => counts.0 += 1,
+                                Some(false) => counts.1 += 1,
+                                None => {}
                             }
                             let sent = association.send(&Pdu::PData {
                                 data: vec![PDataValue {
@@ -318,24 +353,29 @@ impl AssociationSession {
                                 tracing::warn!(%error, "cannot send a response");
                             }
                         }
+                        if let Some(why) = gathering.abort.take() {
+                            abort(
+                                association,
+                                AbortRQServiceProviderReason::InvalidPduParameter,
+                            );
+                            return format!("aborted by the node: {why}");
+                        }
                     }
                 }
                 Pdu::ReleaseRQ => {
                     if let Err(error) = association.send(&Pdu::ReleaseRP) {
                         tracing::warn!(%error, "cannot send the release response");
                     }
-                    break "released".to_string();
+                    return "released".to_string();
                 }
-                Pdu::AbortRQ { source } => break format!("aborted by the peer ({source:?})"),
+                Pdu::AbortRQ { source } => return format!("aborted by the peer ({source:?})"),
                 other => {
                     tracing::warn!(pdu = ?other, "unexpected PDU; aborting the association");
-                    break "aborted: unexpected PDU".to_string();
+                    abort(association, AbortRQServiceProviderReason::UnexpectedPdu);
+                    return "aborted by the node: unexpected PDU".to_string();
                 }
             }
-        };
-        let live = self.live.fetch_sub(1, Ordering::SeqCst) - 1;
-        tracing::info!(stored, refused, live, "association ended: {ending}");
-        touched.association_ended(&self.storage, &self.runner, &sender);
+        }
     }
 
     /// Handles one fragment; returns a response to send (bytes, presentation context,
@@ -358,7 +398,9 @@ impl AssociationSession {
                 let command = match Command::decode(&bytes) {
                     Ok(command) => command,
                     Err(error) => {
-                        tracing::warn!(%error, "unreadable command; ignored");
+                        // No message ID to answer: the peer would wait for ever.
+                        tracing::warn!(%error, "unreadable command");
+                        gathering.abort = Some(format!("unreadable command: {error}"));
                         return None;
                     }
                 };

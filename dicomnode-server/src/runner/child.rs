@@ -253,7 +253,7 @@ fn run_job<P: Pipeline>(job: &Job<'_>, processor: &mut Option<P::Processor>) -> 
         return report;
     }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        process_in_child::<P>(job, processor, &mut report)
+        process_in_child::<P>(job, processor, &mut report, &home)
     }));
     report.outcome = match result {
         Ok(outcome) => outcome,
@@ -280,6 +280,7 @@ fn process_in_child<P: Pipeline>(
     job: &Job<'_>,
     processor: &mut Option<P::Processor>,
     report: &mut Report,
+    home: &std::path::Path,
 ) -> ChildOutcome {
     let pipeline: P = match postcard::from_bytes(job.pipeline) {
         Ok(p) => p,
@@ -314,6 +315,15 @@ fn process_in_child<P: Pipeline>(
         Ok(output) => output,
         Err(e) => return ChildOutcome::ProcessFailed(e.to_string()),
     };
+    // The output is exported from the node's working directory, so that a relative path
+    // in an output (`FileOutput::new("out", ..)`) means what it means to the node's user,
+    // not a place inside the temporary directory that is about to be removed.
+    if let Err(e) = std::env::set_current_dir(home) {
+        return ChildOutcome::ExportFailed(format!(
+            "cannot return to the node's working directory {}: {e}",
+            home.display()
+        ));
+    }
     let started = std::time::Instant::now();
     let exported = output.export();
     report.export_us = Some(micros(started.elapsed()));

@@ -243,7 +243,7 @@ impl ChildRunner {
             self.busy.fetch_sub(1, Ordering::SeqCst);
         }
         if let Some(child) = warm.take() {
-            self.retire(child);
+            self.retire(child, false);
         }
     }
 
@@ -258,6 +258,11 @@ impl ChildRunner {
             let attempt = batch.attempt;
             self.storage.batch_succeeded(batch);
             tracing::info!(%outcome, attempt, "processing finished");
+            return;
+        }
+        if self.stopping.load(Ordering::SeqCst) {
+            // Killed or cut short by the shutdown: not the processor's failure.
+            tracing::warn!(%outcome, "processing interrupted by the shutdown; not counted as an attempt{}", if batch.dir.is_some() { ", kept for the next start" } else { "" });
             return;
         }
         let attempts = self.failure.attempts.max(1);
@@ -324,11 +329,11 @@ impl ChildRunner {
         let job = job_for(batch, &self.pipeline, &job_root);
         let end = child.run(&batch.patient_key, &job, self.policy.time_limit);
         let pid = child.pid();
-        let outcome = match (&end.report, end.timed_out) {
-            (_, true) => None,
-            (Some(report), false) => Some(self.outcome_of_report(batch, report, pid)),
-            (None, false) => None,
-        };
+        // A report that arrived counts, even if the time limit passed just after it.
+        let outcome = end
+            .report
+            .as_ref()
+            .map(|report| self.outcome_of_report(batch, report, pid));
         match outcome {
             Some(outcome @ Outcome::Success(_))
                 if self
@@ -345,13 +350,13 @@ impl ChildRunner {
                 // A fresh child's work is done; a warm one is replaced after a failure or
                 // after its last patient.
                 let tail = child.tail();
-                self.retire(child);
+                self.retire(child, end.timed_out);
                 (outcome, tail)
             }
             None => {
                 // No report: the child died or was killed. Its status says how.
                 let tail = child.tail();
-                let status = self.retire(child);
+                let status = self.retire(child, true);
                 let outcome = if end.timed_out {
                     Outcome::TimedOut(self.policy.time_limit.unwrap_or_default())
                 } else {
@@ -398,9 +403,9 @@ impl ChildRunner {
         }
     }
 
-    fn retire(&self, child: ChildProcess) -> Option<std::process::ExitStatus> {
+    fn retire(&self, child: ChildProcess, kill_now: bool) -> Option<std::process::ExitStatus> {
         let pid = child.pid();
-        let status = child.finish();
+        let status = child.finish(kill_now);
         self.alive
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -20,6 +20,8 @@ use std::time::Duration;
 
 /// Lines of a child's output kept for its failure record.
 pub const TAIL_LINES: usize = 40;
+/// How long a child may take to exit once it has no more jobs.
+const EXIT_WAIT: Duration = Duration::from_secs(10);
 /// A child's stdout/stderr line longer than this is logged in pieces.
 const MAX_LINE: usize = 8 * 1024;
 
@@ -185,15 +187,43 @@ impl ChildProcess {
         }
     }
 
-    /// Ends the child: no more jobs (it exits), then whatever is left of its process group
-    /// is killed. Returns its exit status.
-    pub fn finish(mut self) -> Option<ExitStatus> {
+    /// Ends the child: no more jobs (it exits; or, when `kill_now`, it is killed), then
+    /// whatever is left of its process group is killed. Never waits without bound.
+    /// Returns its exit status.
+    pub fn finish(mut self, kill_now: bool) -> Option<ExitStatus> {
         let _ = self.channel.shutdown(std::net::Shutdown::Both);
-        let status = self.child.wait().ok();
+        if kill_now {
+            kill_group(self.pid);
+        }
+        let deadline = std::time::Instant::now() + EXIT_WAIT;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
+                Ok(None) => {
+                    tracing::warn!(
+                        pid = self.pid,
+                        "child did not exit after its last job: killed"
+                    );
+                    kill_group(self.pid);
+                    break self.child.wait().ok();
+                }
+                Err(_) => break None,
+            }
+        };
         // Grandchildren it left behind would keep its output open and live on.
         kill_group(self.pid);
+        // A process that left the group may still hold the output: do not wait for ever.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while self.pumps.iter().any(|p| !p.is_finished()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         for pump in self.pumps.drain(..) {
-            let _ = pump.join();
+            if pump.is_finished() {
+                let _ = pump.join();
+            }
         }
         if let Err(error) = std::fs::remove_dir_all(self.job_dir.path()) {
             if error.kind() != std::io::ErrorKind::NotFound {

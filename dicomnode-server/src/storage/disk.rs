@@ -12,7 +12,7 @@
 //! Every instance is written to `tmp/`, fsynced, renamed into place and its directory
 //! fsynced before the node answers success.
 
-use super::names::{patient_dir_name, safe_name};
+use super::names::{input_dir_name, patient_dir_name, safe_name};
 use dicom_object::meta::FileMetaTable;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -118,10 +118,14 @@ impl DiskLayout {
         let patient = self.ensure_patient_dir(key)?;
         let mut first: Option<PathBuf> = None;
         for input in inputs {
-            let dir = patient.join(safe_name(input));
+            let dir = patient.join(input_dir_name(input));
             if !dir.exists() {
-                fs::create_dir(&dir)?;
-                fsync_dir(&patient)?;
+                // Another association may create it at the same moment.
+                match fs::create_dir(&dir) {
+                    Ok(()) => fsync_dir(&patient)?,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
             }
             let target = dir.join(file_name);
             match &first {
@@ -143,7 +147,8 @@ impl DiskLayout {
         let patient = self.patient_dir(key);
         if !patient.join(KEY_FILE).exists() {
             fs::create_dir_all(&patient)?;
-            let key_tmp = patient.join("key.tmp");
+            // Unique: two associations may create the same patient at once.
+            let key_tmp = patient.join(format!("key.{}.tmp", uuid::Uuid::new_v4().simple()));
             let mut file = File::create(&key_tmp)?;
             file.write_all(key.as_bytes())?;
             file.sync_all()?;
@@ -203,7 +208,12 @@ impl DiskLayout {
     pub fn clean_tmp(&self) -> io::Result<usize> {
         let mut removed = 0;
         for entry in fs::read_dir(self.tmp())? {
-            fs::remove_file(entry?.path())?;
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                fs::remove_dir_all(entry.path())?;
+            } else {
+                fs::remove_file(entry.path())?;
+            }
             removed += 1;
         }
         fsync_dir(&self.tmp())?;

@@ -18,7 +18,7 @@ use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::InMemDicomObject;
 use dicomnode_core::{Input, Rejection, Sender};
 use disk::DiskLayout;
-use names::safe_name;
+use names::{input_dir_name, safe_name};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -93,7 +93,7 @@ impl PatientBatch {
     pub fn file_of(&self, input: &str, instance: &ReceivedInstance) -> Option<PathBuf> {
         self.dir
             .as_ref()
-            .map(|dir| dir.join(safe_name(input)).join(instance.file_name()))
+            .map(|dir| dir.join(input_dir_name(input)).join(instance.file_name()))
     }
 }
 
@@ -185,8 +185,15 @@ impl Incoming {
 
     /// Removes what was written, if anything.
     fn discard(self) {
-        if let Sink::File { path, writer } = self.sink {
-            drop(writer);
+        drop(self);
+    }
+}
+
+impl Drop for Incoming {
+    /// A data set that was never completed (aborted association, a new command in the
+    /// middle, a refusal) leaves no file behind.
+    fn drop(&mut self) {
+        if let Sink::File { path, .. } = &self.sink {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -256,18 +263,31 @@ impl Storage {
             temp_files_removed: layout.clean_tmp().map_err(io)?,
             ..Restored::default()
         };
+        // One unreadable directory must not keep the node from starting: it is logged and
+        // left where it is for a person to look at.
         for batch_dir in DiskLayout::subdirs(&layout.processing()).map_err(io)? {
-            layout.merge_back(&batch_dir).map_err(io)?;
-            restored.interrupted_batches += 1;
+            match layout.merge_back(&batch_dir) {
+                Ok(_) => restored.interrupted_batches += 1,
+                Err(error) => {
+                    tracing::error!(dir = %batch_dir.display(), %error, "cannot put an interrupted batch back; left in place")
+                }
+            }
         }
         for batch_dir in DiskLayout::subdirs(&layout.requeue()).map_err(io)? {
-            layout.merge_back(&batch_dir).map_err(io)?;
+            if let Err(error) = layout.merge_back(&batch_dir) {
+                tracing::error!(dir = %batch_dir.display(), %error, "cannot adopt a requeued batch; left in place");
+            }
         }
         for patient_dir in DiskLayout::subdirs(&layout.patients()).map_err(io)? {
-            let count = storage.rescan(&patient_dir).map_err(io)?;
-            if count > 0 {
-                restored.patients += 1;
-                restored.instances += count;
+            match storage.rescan(&patient_dir) {
+                Ok(0) => {}
+                Ok(count) => {
+                    restored.patients += 1;
+                    restored.instances += count;
+                }
+                Err(error) => {
+                    tracing::error!(dir = %patient_dir.display(), %error, "cannot read a patient directory; left in place")
+                }
             }
         }
         restored.ready = storage.take_ready();
@@ -324,7 +344,19 @@ impl Storage {
             let instance = match read_stored(&path) {
                 Ok(instance) => instance,
                 Err(error) => {
-                    tracing::error!(file = %path.display(), %error, "stored file unreadable; left in place");
+                    // Set aside: it must not be swept out with a batch and deleted.
+                    let aside = layout
+                        .quarantine()
+                        .join(format!("{}.unreadable", names::patient_dir_name(&key)));
+                    std::fs::create_dir_all(aside.join("unreadable"))?;
+                    std::fs::write(aside.join(disk::KEY_FILE), key.as_bytes())?;
+                    for (_, linked) in DiskLayout::files_of(patient_dir)? {
+                        if linked.file_name() == path.file_name() && linked != path {
+                            std::fs::remove_file(&linked)?;
+                        }
+                    }
+                    std::fs::rename(&path, aside.join("unreadable").join(&file_name))?;
+                    tracing::error!(patient = %key, file = %file_name, %error, "stored file unreadable; moved to the quarantine");
                     continue;
                 }
             };
@@ -337,7 +369,9 @@ impl Storage {
                 .collect();
             // Links follow the rules as they are now.
             for (index, input) in self.inputs.iter().enumerate() {
-                let link = patient_dir.join(safe_name(input.name())).join(&file_name);
+                let link = patient_dir
+                    .join(input_dir_name(input.name()))
+                    .join(&file_name);
                 if admitted.contains(&index) && !link.exists() {
                     std::fs::create_dir_all(link.parent().unwrap_or(patient_dir))?;
                     std::fs::hard_link(&path, &link)?;
@@ -356,7 +390,7 @@ impl Storage {
             for input_dir in DiskLayout::subdirs(patient_dir)? {
                 let link = input_dir.join(&file_name);
                 let wanted = self.inputs.iter().enumerate().any(|(i, input)| {
-                    admitted.contains(&i) && input_dir.ends_with(safe_name(input.name()))
+                    admitted.contains(&i) && input_dir.ends_with(input_dir_name(input.name()))
                 });
                 if !wanted && link.exists() {
                     std::fs::remove_file(&link)?;
@@ -375,27 +409,44 @@ impl Storage {
             count += 1;
         }
         if count > 0 {
-            self.patients().insert(key, entry);
+            // Merge with what associations may be adding right now.
+            let mut patients = self.patients();
+            match patients.get_mut(&key) {
+                Some(existing) => {
+                    for (held, found) in existing.inputs.iter_mut().zip(entry.inputs) {
+                        for instance in found {
+                            if !held
+                                .iter()
+                                .any(|i| i.sop_instance_uid == instance.sop_instance_uid)
+                            {
+                                held.push(instance);
+                            }
+                        }
+                    }
+                }
+                None => {
+                    patients.insert(key, entry);
+                }
+            }
         }
         Ok(count)
     }
 
     /// Takes out every patient that has enough and no live association adding to it.
     pub fn take_ready(&self) -> Vec<PatientBatch> {
-        let keys: Vec<String> = {
-            let patients = self.patients();
-            patients
-                .iter()
-                .filter(|(_, e)| e.live_adders == 0 && self.has_enough(e))
-                .map(|(k, _)| k.clone())
-                .collect()
-        };
         let sender = Sender {
             ae_title: String::new(),
             address: "restored from the data directory".into(),
         };
+        // One critical section: no association can start adding in between.
+        let mut patients = self.patients();
+        let keys: Vec<String> = patients
+            .iter()
+            .filter(|(_, e)| e.live_adders == 0 && self.has_enough(e))
+            .map(|(k, _)| k.clone())
+            .collect();
         keys.iter()
-            .filter_map(|key| self.take_out(&mut self.patients(), key, &sender))
+            .filter_map(|key| self.take_out(&mut patients, key, &sender))
             .collect()
     }
 
@@ -437,11 +488,14 @@ impl Storage {
         sop_instance: &str,
         transfer_syntax: &str,
     ) -> Result<(ReceivedInstance, Option<PathBuf>), ReceiveError> {
+        let mut incoming = incoming;
         if let Some(error) = incoming.failed.clone() {
             incoming.discard();
             return Err(ReceiveError::Resources(error));
         }
-        let (data, header, temp) = match incoming.sink {
+        // Taken out: from here on, this function decides what happens to the file.
+        let sink = std::mem::replace(&mut incoming.sink, Sink::Memory(Vec::new()));
+        let (data, header, temp) = match sink {
             Sink::Memory(bytes) => {
                 let header = read_header(std::io::Cursor::new(&bytes), transfer_syntax)
                     .map_err(ReceiveError::Unreadable)?;
@@ -593,7 +647,15 @@ impl Storage {
     fn has_enough(&self, entry: &PatientEntry) -> bool {
         self.inputs.iter().zip(&entry.inputs).all(|(input, held)| {
             let headers: Vec<&InMemDicomObject> = held.iter().map(|i| &i.header).collect();
-            input.has_enough(&headers)
+            // A rule of the user's that panics must not take the node's state with it.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| input.has_enough(&headers)))
+                .unwrap_or_else(|_| {
+                    tracing::error!(
+                        input = input.name(),
+                        "the input's enough-rule panicked: counted as not enough"
+                    );
+                    false
+                })
         })
     }
 
@@ -620,7 +682,11 @@ impl Storage {
     pub fn quarantine(&self, batch: PatientBatch) -> String {
         match (&self.disk, &batch.dir) {
             (Some(layout), Some(dir)) => {
-                let suffix = unix_seconds(SystemTime::now()).to_string();
+                let suffix = format!(
+                    "{}-{}",
+                    unix_seconds(SystemTime::now()),
+                    self.sequence.fetch_add(1, Ordering::SeqCst)
+                );
                 match layout.quarantine_batch(dir, &batch.patient_key, &suffix) {
                     Ok(place) => place.display().to_string(),
                     Err(error) => {
@@ -680,22 +746,28 @@ impl Storage {
         let Some(layout) = &self.disk else {
             return Vec::new();
         };
-        let dirs = DiskLayout::subdirs(&layout.requeue()).unwrap_or_default();
-        if dirs.is_empty() {
-            return Vec::new();
-        }
-        for dir in dirs {
+        let sender = Sender {
+            ae_title: String::new(),
+            address: "requeued".into(),
+        };
+        let mut ready = Vec::new();
+        for dir in DiskLayout::subdirs(&layout.requeue()).unwrap_or_default() {
+            let key = match std::fs::read(dir.join(disk::KEY_FILE)) {
+                Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                Err(error) => {
+                    tracing::error!(dir = %dir.display(), %error, "requeued directory without a readable key; left in requeue/");
+                    continue;
+                }
+            };
+            // Held like an association would: the patient is not taken out meanwhile.
+            self.begin_adding(&key);
             match layout.merge_back(&dir) {
-                Ok(key) => {
-                    let live = self.patients().get(&key).map_or(0, |e| e.live_adders);
-                    if live == 0 {
-                        self.patients().remove(&key);
-                    }
+                Ok(_) => {
                     if let Err(error) = self.rescan(&layout.patient_dir(&key)) {
                         tracing::error!(patient = %key, %error, "cannot read the requeued patient");
                     }
                     if let Some(entry) = self.patients().get_mut(&key) {
-                        entry.live_adders = live;
+                        entry.last_added = SystemTime::now();
                     }
                     tracing::info!(patient = %key, "requeued batch adopted");
                 }
@@ -703,8 +775,10 @@ impl Storage {
                     tracing::error!(dir = %dir.display(), %error, "cannot adopt a requeued batch")
                 }
             }
+            ready.extend(self.finish_adding(&key, &sender));
         }
-        self.take_ready()
+        ready.extend(self.take_ready());
+        ready
     }
 
     /// Number of instances held for a patient (0 if unknown).

@@ -16,6 +16,12 @@ pub fn patient_dir_name(key: &str) -> String {
     format!("{}-{}", readable_prefix(key, 40), short_hash(key))
 }
 
+/// The directory of an input inside a patient's directory (prefixed, so that no input
+/// name can collide with the files beside it, such as `key`).
+pub fn input_dir_name(input: &str) -> String {
+    format!("in-{}", safe_name(input))
+}
+
 /// A file or directory name for a UID or an input name: the value itself when it is a
 /// plain UID-like token, else a sanitized prefix and a hash.
 pub fn safe_name(value: &str) -> String {
