@@ -587,3 +587,101 @@ fn a_one_gib_instance_is_streamed_to_disk_not_held_in_memory() {
         "the instance is on disk ({stored} bytes)"
     );
 }
+
+#[test]
+fn concurrent_first_instances_of_a_new_patient_are_all_stored() {
+    let out = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut node = test_node(out.path(), data.path(), &["--enough", "1000"]);
+    let address = node.address("TEST_NODE");
+    let series = SyntheticSeries::ct("TOGETHER", 8)
+        .size(8, 8)
+        .build()
+        .unwrap();
+    let threads: Vec<_> = series
+        .chunks(2)
+        .map(|chunk| {
+            let (address, chunk) = (address.clone(), chunk.to_vec());
+            std::thread::spawn(move || {
+                let mut association =
+                    StoreAssociation::open(&address, "SCU", &ct_contexts()).unwrap();
+                let statuses: Vec<u16> = chunk
+                    .iter()
+                    .map(|i| association.store(i).unwrap())
+                    .collect();
+                association.release().unwrap();
+                statuses
+            })
+        })
+        .collect();
+    for thread in threads {
+        assert_eq!(thread.join().unwrap(), vec![status::SUCCESS; 2]);
+    }
+    node.wait_for_count("association ended", 4, WAIT);
+    let stored = files_under(&data.path().join("patients"))
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .count();
+    assert_eq!(stored, 8);
+}
+
+#[test]
+fn a_data_set_cut_off_by_a_dropped_connection_leaves_no_file() {
+    use dicomnode_server::dicom_ul::pdu::{PDataValue, PDataValueType};
+    use dicomnode_server::dicom_ul::{ClientAssociationOptions, Pdu};
+    let out = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut node = test_node(out.path(), data.path(), &[]);
+    let instance = &SyntheticSeries::ct("CUT-1", 1)
+        .size(64, 64)
+        .build()
+        .unwrap()[0];
+    let mut dataset = Vec::new();
+    instance.write_dataset(&mut dataset).unwrap();
+    let mut raw = ClientAssociationOptions::new()
+        .calling_ae_title("CUTTER")
+        .called_ae_title("TEST_NODE")
+        .with_presentation_context("1.2.840.10008.5.1.4.1.1.2", vec!["1.2.840.10008.1.2.1"])
+        .establish(("127.0.0.1", node.port))
+        .unwrap();
+    let uid = instance
+        .meta()
+        .media_storage_sop_instance_uid()
+        .trim_end_matches('\0')
+        .to_string();
+    let command = dicomnode_server::dimse::store_request(1, "1.2.840.10008.5.1.4.1.1.2", &uid);
+    raw.send(&Pdu::PData {
+        data: vec![
+            PDataValue {
+                presentation_context_id: 1,
+                value_type: PDataValueType::Command,
+                is_last: true,
+                data: command,
+            },
+            PDataValue {
+                presentation_context_id: 1,
+                value_type: PDataValueType::Data,
+                is_last: false,
+                data: dataset[..dataset.len() / 2].to_vec(),
+            },
+        ],
+    })
+    .unwrap();
+    // Wait until the node has the partial file, then drop the connection.
+    let start = Instant::now();
+    while files_under(&data.path().join("tmp")).is_empty() {
+        assert!(
+            start.elapsed() < WAIT,
+            "the partial data set never reached the disk"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(raw);
+    node.wait_for_log("association ended: connection lost", WAIT);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        files_under(&data.path().join("tmp")).is_empty(),
+        "the partial file is removed"
+    );
+    assert!(files_under(&data.path().join("patients")).is_empty());
+}

@@ -719,3 +719,28 @@ fn an_aborting_child_is_reported_with_its_signal_and_the_node_serves_on() {
     let workdir = &runs[0].1;
     assert!(!workdir.exists(), "{} should be removed", workdir.display());
 }
+
+#[test]
+fn an_unreadable_command_aborts_the_association_and_the_node_serves_on() {
+    use dicomnode_server::dicom_ul::pdu::{PDataValue, PDataValueType};
+    use dicomnode_server::dicom_ul::Pdu;
+    let out = tempfile::tempdir().unwrap();
+    let mut node = test_node(out.path(), &[]);
+    let mut raw = raw_ct_association(&node, "GIBBERISH");
+    raw.send(&Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: 1,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data: vec![0xff; 12],
+        }],
+    })
+    .unwrap();
+    match raw.receive() {
+        Ok(Pdu::AbortRQ { .. }) => {}
+        other => panic!("expected an A-ABORT, got {other:?}"),
+    }
+    node.wait_for_log("aborted by the node: unreadable command", WAIT);
+    send_one(&node, "AFTER-GIBBERISH");
+    node.wait_for_log("processing finished", WAIT);
+}
