@@ -43,6 +43,8 @@ pub struct ChildProcess {
     pid: u32,
     channel: UnixStream,
     pumps: Vec<JoinHandle<()>>,
+    /// One message from each pump when its stream ends.
+    pumps_done: std::sync::mpsc::Receiver<()>,
     tail: Arc<Mutex<VecDeque<String>>>,
     patient: Arc<Mutex<String>>,
     job_dir: tempfile::TempDir,
@@ -102,13 +104,18 @@ impl ChildProcess {
                 .take()
                 .map(|s| (Box::new(s) as Box<dyn Read + Send>, "stderr")),
         ];
+        let (done, pumps_done) = std::sync::mpsc::channel();
         let pumps = streams
             .into_iter()
             .flatten()
             .map(|(stream, name)| {
                 let tail = Arc::clone(&tail);
                 let patient = Arc::clone(&patient);
-                std::thread::spawn(move || pump_lines(stream, pid, name, &tail, &patient))
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    pump_lines(stream, pid, name, &tail, &patient);
+                    let _ = done.send(());
+                })
             })
             .collect();
         tracing::info!(pid, node_pid = std::process::id(), "child started");
@@ -117,6 +124,7 @@ impl ChildProcess {
             pid,
             channel: ours,
             pumps,
+            pumps_done,
             tail,
             patient,
             job_dir,
@@ -195,30 +203,33 @@ impl ChildProcess {
         if kill_now {
             kill_group(self.pid);
         }
-        let deadline = std::time::Instant::now() + EXIT_WAIT;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2))
-                }
-                Ok(None) => {
-                    tracing::warn!(
-                        pid = self.pid,
-                        "child did not exit after its last job: killed"
-                    );
-                    kill_group(self.pid);
-                    break self.child.wait().ok();
-                }
-                Err(_) => break None,
+        // Wait on another thread, so that this one wakes the moment the child exits but
+        // never waits without bound.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut child = self.child;
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait().ok());
+        });
+        let status = match rx.recv_timeout(EXIT_WAIT) {
+            Ok(status) => status,
+            Err(_) => {
+                tracing::warn!(
+                    pid = self.pid,
+                    "child did not exit after its last job: killed"
+                );
+                kill_group(self.pid);
+                rx.recv_timeout(EXIT_WAIT).ok().flatten()
             }
         };
         // Grandchildren it left behind would keep its output open and live on.
         kill_group(self.pid);
         // A process that left the group may still hold the output: do not wait for ever.
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while self.pumps.iter().any(|p| !p.is_finished()) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
+        for _ in 0..self.pumps.len() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if self.pumps_done.recv_timeout(left).is_err() {
+                break;
+            }
         }
         for pump in self.pumps.drain(..) {
             if pump.is_finished() {
