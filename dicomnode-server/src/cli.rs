@@ -34,6 +34,10 @@ pub struct NodeArgs {
     /// The node's AE title; associations must call it (default: the program's own).
     #[arg(long)]
     pub ae_title: Option<String>,
+    /// Accept associations only from this calling AE title (repeat for several; default:
+    /// any).
+    #[arg(long = "allow-calling")]
+    pub allow_calling: Vec<String>,
     /// Store instances durably here (default: in memory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -112,6 +116,7 @@ impl NodeArgs {
         };
         config.maintenance_interval = seconds(self.maintenance_secs);
         config.disk_watermark = self.disk_watermark;
+        config.allowed_calling_ae_titles = self.allow_calling.clone();
         if let Some(max) = self.max_children {
             config.children.max_children = max.max(1);
         }

@@ -25,6 +25,8 @@ pub struct NodeConfig {
     pub bind: SocketAddr,
     /// Reject associations whose called AE title is not `ae_title`.
     pub check_called_ae_title: bool,
+    /// Calling AE titles allowed to associate; empty: any.
+    pub allowed_calling_ae_titles: Vec<String>,
     /// The tag whose value groups instances into patients (PatientID by default).
     pub patient_key: Tag,
     /// The maximum PDU length the node accepts.
@@ -84,6 +86,7 @@ impl NodeConfig {
             ae_title: ae_title.into(),
             bind: SocketAddr::from(([127, 0, 0, 1], 11112)),
             check_called_ae_title: true,
+            allowed_calling_ae_titles: Vec::new(),
             patient_key: tags::PATIENT_ID,
             max_pdu_length: 256 * 1024,
             association_timeout: Duration::from_secs(120),

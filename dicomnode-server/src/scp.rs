@@ -28,11 +28,14 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Checks the called AE title (when asked to) and logs who is refused.
-#[derive(Debug, Clone, Copy)]
+/// Checks the called AE title (when asked to) and the calling AE title against an allow
+/// list (when one is given), and logs who is refused.
+#[derive(Debug, Clone)]
 pub struct CalledAeTitle {
-    /// Whether to check.
+    /// Whether to check the called AE title.
     pub check: bool,
+    /// Calling AE titles allowed to associate; empty: any.
+    pub allowed_calling: Vec<String>,
 }
 
 impl AccessControl for CalledAeTitle {
@@ -51,6 +54,18 @@ impl AccessControl for CalledAeTitle {
                 "association rejected: called AE title is not ours"
             );
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+        }
+        if !self.allowed_calling.is_empty()
+            && !self
+                .allowed_calling
+                .iter()
+                .any(|allowed| allowed.trim() == calling_ae_title.trim())
+        {
+            tracing::warn!(
+                calling = calling_ae_title,
+                "association rejected: calling AE title is not on the allow list"
+            );
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         Ok(())
     }
@@ -100,6 +115,7 @@ impl Scp {
         let mut options = ServerAssociationOptions::new()
             .ae_access_control(CalledAeTitle {
                 check: config.check_called_ae_title,
+                allowed_calling: config.allowed_calling_ae_titles.clone(),
             })
             .ae_title(config.ae_title.clone())
             .max_pdu_length(config.max_pdu_length)

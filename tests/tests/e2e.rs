@@ -744,3 +744,24 @@ fn an_unreadable_command_aborts_the_association_and_the_node_serves_on() {
     send_one(&node, "AFTER-GIBBERISH");
     node.wait_for_log("processing finished", WAIT);
 }
+
+#[test]
+fn only_allowed_calling_ae_titles_may_associate() {
+    let out = tempfile::tempdir().unwrap();
+    let mut node = test_node(
+        out.path(),
+        &["--allow-calling", "MODALITY1", "--allow-calling", "PACS"],
+    );
+    let port = node.port.to_string();
+    let echo = |calling: &str| {
+        let mut c = dcmtk("echoscu");
+        c.args(["-aet", calling, "-aec", "TEST_NODE", "127.0.0.1", &port]);
+        run(c)
+    };
+    let (output, text) = echo("STRANGER");
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("Rejected"), "{text}");
+    node.wait_for_log("calling AE title is not on the allow list", WAIT);
+    let (output, text) = echo("PACS");
+    assert!(output.status.success(), "{text}");
+}
