@@ -314,3 +314,39 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let start = line.find(&pattern)? + pattern.len();
     line[start..].split_whitespace().next()
 }
+
+/// Presentation contexts for CT Image Storage in Explicit VR Little Endian.
+pub fn ct_contexts() -> Vec<(String, String)> {
+    vec![(
+        "1.2.840.10008.5.1.4.1.1.2".to_string(),
+        "1.2.840.10008.1.2.1".to_string(),
+    )]
+}
+
+/// Every file below `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// The SOP Instance UIDs listed in a record the test node wrote (the lines after pid,
+/// cwd and count that are not `name=value`).
+pub fn record_uids(record: &str) -> Vec<String> {
+    record
+        .lines()
+        .skip(3)
+        .filter(|l| !l.is_empty() && !l.contains('='))
+        .map(str::to_string)
+        .collect()
+}

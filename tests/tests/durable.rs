@@ -6,7 +6,7 @@ use dicomnode_server::dicom_object::open_file;
 use dicomnode_server::dimse::status;
 use dicomnode_server::dispatch::StoreAssociation;
 use dicomnode_server::synthetic::SyntheticSeries;
-use dicomnode_tests::{cli_exe, dcmtk, run, NodeProcess};
+use dicomnode_tests::{cli_exe, ct_contexts, dcmtk, files_under, record_uids, run, NodeProcess};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,13 +27,6 @@ fn test_node(out: &Path, data: &Path, extra: &[&str]) -> NodeProcess {
     NodeProcess::start(Path::new(env!("CARGO_BIN_EXE_test_node")), &args)
 }
 
-fn ct_contexts() -> Vec<(String, String)> {
-    vec![(
-        "1.2.840.10008.5.1.4.1.1.2".to_string(),
-        "1.2.840.10008.1.2.1".to_string(),
-    )]
-}
-
 /// Every SOP Instance UID the test node's children processed (over all its runs).
 fn processed_uids(out: &Path) -> HashSet<String> {
     let mut uids = HashSet::new();
@@ -43,30 +36,9 @@ fn processed_uids(out: &Path) -> HashSet<String> {
         .flatten()
     {
         let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-        uids.extend(
-            text.lines()
-                .skip(3)
-                .filter(|l| !l.is_empty() && !l.contains('='))
-                .map(str::to_string),
-        );
+        uids.extend(record_uids(&text));
     }
     uids
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                found.push(path);
-            }
-        }
-    }
-    found
 }
 
 fn send(node: &NodeProcess, instances: &[dicomnode_server::DicomInstance]) -> Vec<u16> {
@@ -422,14 +394,7 @@ fn instances_arriving_during_processing_wait_for_the_next_batch() {
     let mut counts: Vec<usize> = std::fs::read_dir(out.path().join("runs"))
         .unwrap()
         .flatten()
-        .map(|e| {
-            std::fs::read_to_string(e.path())
-                .unwrap()
-                .lines()
-                .skip(3)
-                .filter(|l| !l.is_empty() && !l.contains('='))
-                .count()
-        })
+        .map(|e| record_uids(&std::fs::read_to_string(e.path()).unwrap()).len())
         .collect();
     counts.sort();
     assert_eq!(counts, vec![2, 3], "two batches, not mixed");

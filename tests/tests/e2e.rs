@@ -6,7 +6,7 @@ use dicomnode_server::dicom_object::{open_file, DefaultDicomObject};
 use dicomnode_server::dimse::status;
 use dicomnode_server::dispatch::StoreAssociation;
 use dicomnode_server::synthetic::{Modality, SyntheticSeries};
-use dicomnode_tests::{dcmtk, example_exe, field, run, NodeProcess, RichState};
+use dicomnode_tests::{ct_contexts, dcmtk, example_exe, field, run, NodeProcess, RichState};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -399,13 +399,6 @@ fn pipeline_state_arrives_equal_in_the_child() {
     assert_eq!(received.seed, sent.seed);
     assert_eq!(received.model_path, sent.model_path);
     assert_eq!(received.destination, sent.destination);
-}
-
-fn ct_contexts() -> Vec<(String, String)> {
-    vec![(
-        "1.2.840.10008.5.1.4.1.1.2".to_string(),
-        "1.2.840.10008.1.2.1".to_string(),
-    )]
 }
 
 /// A dicom-ul association proposing CT Image Storage in Explicit VR LE as context 1, for

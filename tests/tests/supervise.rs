@@ -4,7 +4,7 @@
 use dicomnode_server::dimse::status;
 use dicomnode_server::dispatch::StoreAssociation;
 use dicomnode_server::synthetic::SyntheticSeries;
-use dicomnode_tests::{field, NodeProcess};
+use dicomnode_tests::{ct_contexts, field, NodeProcess};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,13 +14,6 @@ fn test_node(out: &Path, extra: &[&str]) -> NodeProcess {
     let mut args = vec!["--port", "0", "--out", out.to_str().unwrap()];
     args.extend_from_slice(extra);
     NodeProcess::start(Path::new(env!("CARGO_BIN_EXE_test_node")), &args)
-}
-
-fn ct_contexts() -> Vec<(String, String)> {
-    vec![(
-        "1.2.840.10008.5.1.4.1.1.2".to_string(),
-        "1.2.840.10008.1.2.1".to_string(),
-    )]
 }
 
 fn send_patient(node: &NodeProcess, patient: &str, count: u32) {
