@@ -137,3 +137,34 @@ impl Export for MultiOutput {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::SyntheticSeries;
+
+    #[test]
+    fn multi_output_runs_every_output_and_reports_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let instances = SyntheticSeries::ct("P", 2).size(2, 2).build().unwrap();
+        let ok = MultiOutput::new()
+            .with(NoOutput)
+            .with(FileOutput::new(dir.path(), instances.clone()));
+        let summary = Output::from(ok).export().unwrap();
+        assert!(summary.contains("wrote 2 files"), "{summary}");
+        let path = FileOutput::path_for(dir.path(), &instances[0]).unwrap();
+        assert!(path.exists());
+
+        // A file where a directory must go: that output fails, the other still runs.
+        let blocked = dir.path().join("blocked");
+        std::fs::write(&blocked, "").unwrap();
+        let other = dir.path().join("other");
+        let mixed = MultiOutput::new()
+            .with(FileOutput::new(&blocked, instances.clone()))
+            .with(FileOutput::new(&other, instances.clone()));
+        assert!(Output::from(mixed).export().is_err());
+        assert!(FileOutput::path_for(&other, &instances[1])
+            .unwrap()
+            .exists());
+    }
+}

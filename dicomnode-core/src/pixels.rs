@@ -111,3 +111,40 @@ pub fn rescaled(instance: &DicomInstance) -> Result<Vec<f32>, PixelError> {
         .map(|v| (f64::from(v) * rescale.slope + rescale.intercept) as f32)
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::SyntheticSeries;
+
+    #[test]
+    fn compressed_pixel_data_is_a_clear_error() {
+        let mut ct = SyntheticSeries::ct("P", 1)
+            .size(2, 2)
+            .build()
+            .unwrap()
+            .remove(0);
+        ct.meta_mut()
+            .set_transfer_syntax(&dicom_transfer_syntax_registry::entries::JPEG_BASELINE);
+        let error = rescaled(&ct).unwrap_err();
+        assert!(matches!(error, PixelError::Compressed(_)));
+        assert!(
+            error.to_string().contains("1.2.840.10008.1.2.4.50"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn signed_values_are_rescaled() {
+        let ct = SyntheticSeries::ct("P", 1)
+            .size(2, 2)
+            .build()
+            .unwrap()
+            .remove(0);
+        let stored = stored(&ct).unwrap();
+        let hu = rescaled(&ct).unwrap();
+        for (s, h) in stored.iter().zip(&hu) {
+            assert_eq!(*h, *s as f32 - 1024.0);
+        }
+    }
+}

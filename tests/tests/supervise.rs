@@ -326,3 +326,58 @@ fn streams_and_children_together_do_not_deadlock() {
     node.wait_for_count("processing finished", 124, Duration::from_secs(120));
     assert!(start.elapsed() < Duration::from_secs(120));
 }
+
+#[test]
+fn a_warm_worker_is_replaced_after_its_patients_and_after_a_failure() {
+    let out = tempfile::tempdir().unwrap();
+    let mut node = test_node(
+        out.path(),
+        &[
+            "--max-children",
+            "1",
+            "--warm-patients",
+            "2",
+            "--attempts",
+            "1",
+        ],
+    );
+    let pid_of = |node: &mut NodeProcess, patient: &str, finished: usize| {
+        // "processing finished" or "processing failed".
+        node.wait_for_count("processing f", finished, WAIT);
+        let record = std::fs::read_dir(out.path().join("runs"))
+            .unwrap()
+            .flatten()
+            .find(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{patient}-"))
+            })
+            .unwrap();
+        let text = std::fs::read_to_string(record.path()).unwrap();
+        text.lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("pid=")
+            .parse::<u32>()
+            .unwrap()
+    };
+    send_patient(&node, "W-1", 1);
+    let first = pid_of(&mut node, "W-1", 1);
+    send_patient(&node, "W-2", 1);
+    assert_eq!(
+        pid_of(&mut node, "W-2", 2),
+        first,
+        "the worker takes its second patient"
+    );
+    send_patient(&node, "W-3", 1);
+    let second = pid_of(&mut node, "W-3", 3);
+    assert_ne!(second, first, "replaced after two patients");
+    send_patient(&node, "FAIL-W", 1);
+    assert_eq!(pid_of(&mut node, "FAIL-W", 4), second);
+    send_patient(&node, "W-4", 1);
+    assert_ne!(
+        pid_of(&mut node, "W-4", 5),
+        second,
+        "replaced after a failure"
+    );
+}
