@@ -36,6 +36,11 @@
 
 #![warn(missing_docs)]
 
+/// The README's examples, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod cli;
 pub mod config;
 pub mod dimse;
