@@ -75,6 +75,10 @@ pub struct NodeArgs {
     /// Seconds running associations and children get to finish on SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30.0)]
     pub shutdown_grace: f64,
+    /// Process a patient only once no instance arrived for it for this many seconds
+    /// (for senders that use one association per instance).
+    #[arg(long)]
+    pub quiet_secs: Option<f64>,
     /// Also write the log to daily rolling files in this directory.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
@@ -125,6 +129,7 @@ impl NodeArgs {
         config.children.warm_patients = self.warm_patients.filter(|n| *n > 0);
         config.shutdown_grace = seconds(self.shutdown_grace);
         config.log_dir = self.log_dir.clone();
+        config.quiet_period = self.quiet_secs.map(seconds);
         config
     }
 }

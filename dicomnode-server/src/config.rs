@@ -58,6 +58,10 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     /// Also log to daily rolling files here (the log goes to stdout either way).
     pub log_dir: Option<PathBuf>,
+    /// Take a patient out only once no instance arrived for it for this long (for
+    /// senders that use one association per instance); `None`: at the end of the
+    /// association that completed it.
+    pub quiet_period: Option<Duration>,
 }
 
 /// How often a failed processing is tried again before the patient is quarantined.
@@ -101,6 +105,7 @@ impl NodeConfig {
             children: ChildPolicy::default(),
             shutdown_grace: Duration::from_secs(30),
             log_dir: None,
+            quiet_period: None,
         }
     }
 

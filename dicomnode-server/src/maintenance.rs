@@ -1,5 +1,5 @@
-//! Upkeep on a timer: expiry of patients that never got enough, adoption of batches put
-//! back with `dicomnode requeue`.
+//! Upkeep on a timer: patients whose quiet period passed, expiry of patients that never
+//! got enough, adoption of batches put back with `dicomnode requeue`.
 
 use crate::runner::ChildRunner;
 use crate::storage::Storage;
@@ -8,7 +8,11 @@ use std::sync::Arc;
 
 /// Starts the maintenance thread.
 pub fn start(storage: Arc<Storage>, runner: Arc<ChildRunner>, config: &NodeConfig) {
-    let interval = config.maintenance_interval;
+    // A quiet period is looked at often enough to be felt as its own length.
+    let interval = match config.quiet_period {
+        Some(quiet) => config.maintenance_interval.min(quiet / 4),
+        None => config.maintenance_interval,
+    };
     let expiry = config.expiry;
     let action = config.expiry_action;
     let spawned = std::thread::Builder::new()
@@ -19,6 +23,10 @@ pub fn start(storage: Arc<Storage>, runner: Arc<ChildRunner>, config: &NodeConfi
                 storage.expire(max_age, action);
             }
             for batch in storage.adopt_requeued() {
+                runner.submit(batch);
+            }
+            for batch in storage.take_ready() {
+                tracing::info!(patient = %batch.patient_key, instances = batch.instance_count(), "patient has enough: starting processing");
                 runner.submit(batch);
             }
         });

@@ -650,3 +650,51 @@ fn a_data_set_cut_off_by_a_dropped_connection_leaves_no_file() {
     );
     assert!(files_under(&data.path().join("patients")).is_empty());
 }
+
+#[test]
+fn a_quiet_period_gathers_instances_sent_one_association_each() {
+    let out = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut node = test_node(out.path(), data.path(), &["--quiet-secs", "0.6"]);
+    // Enough is "at least 1": without a quiet period each association would start its
+    // own processing.
+    let series = SyntheticSeries::ct("QUIET-1", 4)
+        .size(8, 8)
+        .build()
+        .unwrap();
+    for instance in &series {
+        send(&node, std::slice::from_ref(instance));
+    }
+    let line = node.wait_for_log("processing finished", WAIT);
+    assert!(line.contains("key=QUIET-1"), "{line}");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(node.log().matches("processing finished").count(), 1);
+    assert_eq!(
+        processed_uids(out.path()).len(),
+        4,
+        "one processing saw all four"
+    );
+}
+
+#[test]
+fn failed_attempts_count_across_a_restart() {
+    let out = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let args = ["--attempts", "2", "--retry-backoff", "600"];
+    {
+        let mut node = test_node(out.path(), data.path(), &args);
+        send(
+            &node,
+            &SyntheticSeries::ct("FAIL-R", 1).size(8, 8).build().unwrap(),
+        );
+        node.wait_for_log("processing will be retried", WAIT);
+        // The node dies (dropped: killed) while the retry waits.
+    }
+    let mut node = test_node(out.path(), data.path(), &args);
+    let line = node.wait_for_log("processing failed", WAIT);
+    assert!(
+        line.contains("attempt=2"),
+        "the second attempt, not a first again: {line}"
+    );
+    node.wait_for_log("the patient is quarantined", WAIT);
+}

@@ -20,8 +20,11 @@ use std::path::{Path, PathBuf};
 
 /// The file holding a patient's key beside its data.
 pub const KEY_FILE: &str = "key";
-/// The file collecting a batch's failure records.
+/// The file collecting a batch's failure records; its `attempt ` lines count the attempts
+/// made, across restarts of the node.
 pub const FAILURES_FILE: &str = "failures.log";
+/// Failure records of attempts before a person requeued the batch.
+pub const HISTORY_FILE: &str = "history.log";
 
 /// A data directory.
 #[derive(Debug, Clone)]
@@ -170,6 +173,15 @@ impl DiskLayout {
         Ok(target)
     }
 
+    /// How many attempts at processing a batch directory have failed so far.
+    pub fn failed_attempts(batch_dir: &Path) -> u32 {
+        fs::read_to_string(batch_dir.join(FAILURES_FILE))
+            .map(|text| text.lines().filter(|l| l.starts_with("attempt ")).count())
+            .ok()
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0)
+    }
+
     /// Appends a failure record to a batch directory.
     pub fn record_failure(&self, batch_dir: &Path, record: &str) -> io::Result<()> {
         let mut file = fs::OpenOptions::new()
@@ -226,6 +238,17 @@ impl DiskLayout {
         let key =
             fs::read(batch_dir.join(KEY_FILE)).map(|b| String::from_utf8_lossy(&b).into_owned())?;
         let patient = self.ensure_patient_dir(&key)?;
+        // The failure records travel with the data: the attempts count on.
+        for record in [FAILURES_FILE, HISTORY_FILE] {
+            if let Ok(text) = fs::read(batch_dir.join(record)) {
+                let mut file = fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(patient.join(record))?;
+                file.write_all(&text)?;
+                file.sync_all()?;
+            }
+        }
         for input in fs::read_dir(batch_dir)? {
             let input = input?;
             if !input.file_type()?.is_dir() {

@@ -231,6 +231,9 @@ pub struct Storage {
     /// Batches that failed every attempt, when there is no data directory.
     held_in_memory: Mutex<Vec<PatientBatch>>,
     sequence: AtomicU64,
+    /// With a quiet period, a patient is taken out only once no instance arrived for it
+    /// for this long (for senders that use one association per instance).
+    quiet_period: Option<Duration>,
 }
 
 impl Storage {
@@ -242,7 +245,16 @@ impl Storage {
             patients: Mutex::new(HashMap::new()),
             held_in_memory: Mutex::new(Vec::new()),
             sequence: AtomicU64::new(0),
+            quiet_period: None,
         }
+    }
+
+    /// Sets a quiet period: patients are taken out by [`Storage::take_ready`] (run by the
+    /// maintenance thread) once they have enough and no instance arrived for this long,
+    /// not at the end of each association.
+    pub fn with_quiet_period(mut self, quiet: Option<Duration>) -> Self {
+        self.quiet_period = quiet;
+        self
     }
 
     /// Durable storage in `dir`, rebuilt from what is there.
@@ -258,6 +270,7 @@ impl Storage {
             patients: Mutex::new(HashMap::new()),
             held_in_memory: Mutex::new(Vec::new()),
             sequence: AtomicU64::new(unix_seconds(SystemTime::now()) * 1000),
+            quiet_period: None,
         };
         let mut restored = Restored {
             temp_files_removed: layout.clean_tmp().map_err(io)?,
@@ -299,10 +312,14 @@ impl Storage {
         inputs: Vec<Input>,
         config: &NodeConfig,
     ) -> Result<(Self, Restored), StorageError> {
-        match &config.data_dir {
-            Some(dir) => Storage::on_disk(inputs, dir),
-            None => Ok((Storage::in_memory(inputs), Restored::default())),
-        }
+        let (storage, mut restored) = match &config.data_dir {
+            Some(dir) => Storage::on_disk(inputs, dir)?,
+            None => (Storage::in_memory(inputs), Restored::default()),
+        };
+        let storage = storage.with_quiet_period(config.quiet_period);
+        // Restored patients are judged with the quiet period too.
+        restored.ready.extend(storage.take_ready());
+        Ok((storage, restored))
     }
 
     /// The data directory, if the storage is durable.
@@ -440,9 +457,16 @@ impl Storage {
         };
         // One critical section: no association can start adding in between.
         let mut patients = self.patients();
+        let now = SystemTime::now();
         let keys: Vec<String> = patients
             .iter()
-            .filter(|(_, e)| e.live_adders == 0 && self.has_enough(e))
+            .filter(|(_, e)| {
+                e.live_adders == 0
+                    && self.quiet_period.is_none_or(|quiet| {
+                        now.duration_since(e.last_added).unwrap_or_default() >= quiet
+                    })
+                    && self.has_enough(e)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         keys.iter()
@@ -603,7 +627,8 @@ impl Storage {
             patients.remove(patient_key);
             return None;
         }
-        if !self.has_enough(entry) {
+        if self.quiet_period.is_some() || !self.has_enough(entry) {
+            // With a quiet period the maintenance thread takes it out, when quiet.
             return None;
         }
         self.take_out(&mut patients, patient_key, sender)
@@ -629,6 +654,8 @@ impl Storage {
             None => None,
         };
         let entry = patients.remove(patient_key)?;
+        // Failed attempts recorded beside the data (before a restart, say) still count.
+        let attempt = dir.as_deref().map_or(0, DiskLayout::failed_attempts) + 1;
         Some(PatientBatch {
             patient_key: patient_key.to_string(),
             inputs: self
@@ -639,7 +666,7 @@ impl Storage {
                 .collect(),
             sender: sender.clone(),
             triggered_at: SystemTime::now(),
-            attempt: 1,
+            attempt,
             dir,
         })
     }
@@ -777,7 +804,6 @@ impl Storage {
             }
             ready.extend(self.finish_adding(&key, &sender));
         }
-        ready.extend(self.take_ready());
         ready
     }
 
