@@ -79,6 +79,9 @@ pub struct NodeArgs {
     /// (for senders that use one association per instance).
     #[arg(long)]
     pub quiet_secs: Option<f64>,
+    /// Without --data-dir: the most one instance may take in memory, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    pub max_instance_mb: u64,
     /// Also write the log to daily rolling files in this directory.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
@@ -130,6 +133,7 @@ impl NodeArgs {
         config.shutdown_grace = seconds(self.shutdown_grace);
         config.log_dir = self.log_dir.clone();
         config.quiet_period = self.quiet_secs.map(seconds);
+        config.max_instance_in_memory = self.max_instance_mb.saturating_mul(1 << 20);
         config
     }
 }

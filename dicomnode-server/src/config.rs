@@ -62,6 +62,9 @@ pub struct NodeConfig {
     /// senders that use one association per instance); `None`: at the end of the
     /// association that completed it.
     pub quiet_period: Option<Duration>,
+    /// Without a data directory: the most one instance may take in memory, in bytes
+    /// (larger ones are refused with "out of resources").
+    pub max_instance_in_memory: u64,
 }
 
 /// How often a failed processing is tried again before the patient is quarantined.
@@ -106,6 +109,7 @@ impl NodeConfig {
             shutdown_grace: Duration::from_secs(30),
             log_dir: None,
             quiet_period: None,
+            max_instance_in_memory: 2 << 30,
         }
     }
 

@@ -758,3 +758,25 @@ fn only_allowed_calling_ae_titles_may_associate() {
     let (output, text) = echo("PACS");
     assert!(output.status.success(), "{text}");
 }
+
+#[test]
+fn an_instance_larger_than_memory_allows_gets_out_of_resources() {
+    let out = tempfile::tempdir().unwrap();
+    let mut node = test_node(out.path(), &["--max-instance-mb", "1"]);
+    let small = &SyntheticSeries::ct("BIG-1", 1)
+        .size(512, 512)
+        .build()
+        .unwrap()[0];
+    let big = &SyntheticSeries::ct("BIG-1", 1)
+        .size(1024, 1024)
+        .build()
+        .unwrap()[0];
+    let mut association =
+        StoreAssociation::open(&node.address("TEST_NODE"), "SCU", &ct_contexts()).unwrap();
+    assert_eq!(association.store(big).unwrap(), status::OUT_OF_RESOURCES);
+    assert_eq!(association.store(small).unwrap(), status::SUCCESS);
+    association.release().unwrap();
+    node.wait_for_log("larger than the 1 MiB an instance may take in memory", WAIT);
+    let line = node.wait_for_log("processing finished", WAIT);
+    assert!(line.contains("key=BIG-1"), "{line}");
+}

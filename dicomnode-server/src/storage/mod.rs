@@ -155,6 +155,8 @@ pub enum StorageError {
 pub struct Incoming {
     sink: Sink,
     failed: Option<String>,
+    /// In memory: the most a data set may take.
+    limit: usize,
 }
 
 enum Sink {
@@ -173,6 +175,13 @@ impl Incoming {
             return;
         }
         match &mut self.sink {
+            Sink::Memory(bytes) if bytes.len().saturating_add(data.len()) > self.limit => {
+                *bytes = Vec::new();
+                self.failed = Some(format!(
+                    "the data set is larger than the {} MiB an instance may take in memory (store with a data directory instead)",
+                    self.limit >> 20
+                ));
+            }
             Sink::Memory(bytes) if bytes.is_empty() => *bytes = data,
             Sink::Memory(bytes) => bytes.extend_from_slice(&data),
             Sink::File { writer, .. } => {
@@ -234,6 +243,8 @@ pub struct Storage {
     /// With a quiet period, a patient is taken out only once no instance arrived for it
     /// for this long (for senders that use one association per instance).
     quiet_period: Option<Duration>,
+    /// Without a data directory: the most one data set may take in memory.
+    memory_limit: usize,
 }
 
 impl Storage {
@@ -246,6 +257,7 @@ impl Storage {
             held_in_memory: Mutex::new(Vec::new()),
             sequence: AtomicU64::new(0),
             quiet_period: None,
+            memory_limit: usize::MAX,
         }
     }
 
@@ -271,6 +283,7 @@ impl Storage {
             held_in_memory: Mutex::new(Vec::new()),
             sequence: AtomicU64::new(unix_seconds(SystemTime::now()) * 1000),
             quiet_period: None,
+            memory_limit: usize::MAX,
         };
         let mut restored = Restored {
             temp_files_removed: layout.clean_tmp().map_err(io)?,
@@ -316,7 +329,8 @@ impl Storage {
             Some(dir) => Storage::on_disk(inputs, dir)?,
             None => (Storage::in_memory(inputs), Restored::default()),
         };
-        let storage = storage.with_quiet_period(config.quiet_period);
+        let mut storage = storage.with_quiet_period(config.quiet_period);
+        storage.memory_limit = usize::try_from(config.max_instance_in_memory).unwrap_or(usize::MAX);
         // Restored patients are judged with the quiet period too.
         restored.ready.extend(storage.take_ready());
         Ok((storage, restored))
@@ -480,6 +494,7 @@ impl Storage {
             return Incoming {
                 sink: Sink::Memory(Vec::new()),
                 failed: None,
+                limit: self.memory_limit,
             };
         };
         let meta = FileMetaTableBuilder::new()
@@ -496,10 +511,12 @@ impl Storage {
             Ok((writer, path)) => Incoming {
                 sink: Sink::File { writer, path },
                 failed: None,
+                limit: usize::MAX,
             },
             Err(error) => Incoming {
                 sink: Sink::Memory(Vec::new()),
                 failed: Some(error),
+                limit: 0,
             },
         }
     }
