@@ -248,6 +248,19 @@ fn requeue(data_dir: &std::path::Path, patients: &[String]) -> anyhow::Result<bo
         if !patients.is_empty() && !patients.contains(&key) {
             continue;
         }
+        // A person decided to try again: the attempts start over; the records are kept.
+        let failures = dir.join(disk::FAILURES_FILE);
+        if failures.exists() {
+            let records = std::fs::read(&failures)?;
+            let mut history = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(disk::HISTORY_FILE))?;
+            std::io::Write::write_all(&mut history, &records)?;
+            history.sync_all()?;
+            std::fs::remove_file(&failures)?;
+            disk::fsync_dir(&dir)?;
+        }
         let name = dir
             .file_name()
             .map(|n| n.to_os_string())

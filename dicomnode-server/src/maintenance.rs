@@ -10,7 +10,10 @@ use std::sync::Arc;
 pub fn start(storage: Arc<Storage>, runner: Arc<ChildRunner>, config: &NodeConfig) {
     // A quiet period is looked at often enough to be felt as its own length.
     let interval = match config.quiet_period {
-        Some(quiet) => config.maintenance_interval.min(quiet / 4),
+        Some(quiet) => config
+            .maintenance_interval
+            .min(quiet / 4)
+            .max(std::time::Duration::from_millis(50)),
         None => config.maintenance_interval,
     };
     let expiry = config.expiry;

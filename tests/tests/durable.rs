@@ -655,7 +655,7 @@ fn a_data_set_cut_off_by_a_dropped_connection_leaves_no_file() {
 fn a_quiet_period_gathers_instances_sent_one_association_each() {
     let out = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
-    let mut node = test_node(out.path(), data.path(), &["--quiet-secs", "0.6"]);
+    let mut node = test_node(out.path(), data.path(), &["--quiet-secs", "2"]);
     // Enough is "at least 1": without a quiet period each association would start its
     // own processing.
     let series = SyntheticSeries::ct("QUIET-1", 4)
@@ -667,7 +667,7 @@ fn a_quiet_period_gathers_instances_sent_one_association_each() {
     }
     let line = node.wait_for_log("processing finished", WAIT);
     assert!(line.contains("key=QUIET-1"), "{line}");
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(node.log().matches("processing finished").count(), 1);
     assert_eq!(
         processed_uids(out.path()).len(),
@@ -697,4 +697,58 @@ fn failed_attempts_count_across_a_restart() {
         "the second attempt, not a first again: {line}"
     );
     node.wait_for_log("the patient is quarantined", WAIT);
+}
+
+#[test]
+fn a_requeued_patient_gets_every_attempt_again() {
+    let out = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut node = test_node(
+        out.path(),
+        data.path(),
+        &[
+            "--attempts",
+            "2",
+            "--retry-backoff",
+            "0.05",
+            "--maintenance-secs",
+            "0.2",
+        ],
+    );
+    send(
+        &node,
+        &SyntheticSeries::ct("FAIL-AGAIN", 1)
+            .size(8, 8)
+            .build()
+            .unwrap(),
+    );
+    node.wait_for_log("the patient is quarantined", WAIT);
+    let (output, text) = run({
+        let mut c = Command::new(cli_exe());
+        c.args(["requeue", "--data-dir"]).arg(data.path());
+        c
+    });
+    assert!(output.status.success(), "{text}");
+    let quarantined = node.wait_for_count("the patient is quarantined", 2, WAIT);
+    assert_eq!(quarantined.len(), 2);
+    let failed: Vec<String> = node
+        .log()
+        .lines()
+        .filter(|l| l.contains("processing failed"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        failed.len(),
+        4,
+        "two attempts before and two after the requeue: {failed:#?}"
+    );
+    assert!(failed[2].contains("attempt=1") && failed[3].contains("attempt=2"));
+    // The records of the first round are kept as history.
+    let history = files_under(&data.path().join("quarantine"))
+        .into_iter()
+        .find(|p| p.ends_with("history.log"))
+        .expect("a history of the first round");
+    assert!(std::fs::read_to_string(history)
+        .unwrap()
+        .contains("attempt 2 of 2 failed"));
 }

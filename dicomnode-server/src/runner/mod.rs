@@ -340,6 +340,7 @@ impl ChildRunner {
                     .policy
                     .warm_patients
                     .is_some_and(|limit| child.jobs < limit)
+                    && !end.timed_out
                     && !self.stopping.load(Ordering::SeqCst) =>
             {
                 let tail = child.tail();

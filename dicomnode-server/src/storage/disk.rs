@@ -247,6 +247,10 @@ impl DiskLayout {
                     .open(patient.join(record))?;
                 file.write_all(&text)?;
                 file.sync_all()?;
+                // Gone from the source at once: a merge interrupted later must not
+                // append the same records again.
+                fs::remove_file(batch_dir.join(record))?;
+                fsync_dir(batch_dir)?;
             }
         }
         for input in fs::read_dir(batch_dir)? {

@@ -104,6 +104,8 @@ struct PatientEntry {
     live_adders: usize,
     /// When an instance last arrived (for expiry).
     last_added: SystemTime,
+    /// The peer of the last association that ended after adding to the patient.
+    last_sender: Option<Sender>,
 }
 
 impl PatientEntry {
@@ -112,6 +114,7 @@ impl PatientEntry {
             inputs: vec![Vec::new(); inputs],
             live_adders: 0,
             last_added: SystemTime::now(),
+            last_sender: None,
         }
     }
 }
@@ -270,7 +273,11 @@ impl Storage {
     }
 
     /// Durable storage in `dir`, rebuilt from what is there.
-    pub fn on_disk(inputs: Vec<Input>, dir: &Path) -> Result<(Self, Restored), StorageError> {
+    pub fn on_disk(
+        inputs: Vec<Input>,
+        dir: &Path,
+        quiet_period: Option<Duration>,
+    ) -> Result<(Self, Restored), StorageError> {
         let io = |source| StorageError::Io {
             dir: dir.to_path_buf(),
             source,
@@ -282,7 +289,7 @@ impl Storage {
             patients: Mutex::new(HashMap::new()),
             held_in_memory: Mutex::new(Vec::new()),
             sequence: AtomicU64::new(unix_seconds(SystemTime::now()) * 1000),
-            quiet_period: None,
+            quiet_period,
             memory_limit: usize::MAX,
         };
         let mut restored = Restored {
@@ -325,14 +332,16 @@ impl Storage {
         inputs: Vec<Input>,
         config: &NodeConfig,
     ) -> Result<(Self, Restored), StorageError> {
-        let (storage, mut restored) = match &config.data_dir {
-            Some(dir) => Storage::on_disk(inputs, dir)?,
-            None => (Storage::in_memory(inputs), Restored::default()),
+        // The quiet period is set before restoring: restored patients are judged by it.
+        let (storage, restored) = match &config.data_dir {
+            Some(dir) => Storage::on_disk(inputs, dir, config.quiet_period)?,
+            None => (
+                Storage::in_memory(inputs).with_quiet_period(config.quiet_period),
+                Restored::default(),
+            ),
         };
-        let mut storage = storage.with_quiet_period(config.quiet_period);
+        let mut storage = storage;
         storage.memory_limit = usize::try_from(config.max_instance_in_memory).unwrap_or(usize::MAX);
-        // Restored patients are judged with the quiet period too.
-        restored.ready.extend(storage.take_ready());
         Ok((storage, restored))
     }
 
@@ -370,6 +379,8 @@ impl Storage {
             seen.entry(name).or_insert(path);
         }
         let mut entry = PatientEntry::new(self.inputs.len());
+        // When the newest stored instance arrived (its file's time), for expiry and quiet.
+        entry.last_added = SystemTime::UNIX_EPOCH;
         let mut count = 0;
         for (file_name, path) in seen {
             let instance = match read_stored(&path) {
@@ -431,7 +442,7 @@ impl Storage {
                 continue;
             }
             if let Ok(modified) = std::fs::metadata(&path).and_then(|m| m.modified()) {
-                entry.last_added = entry.last_added.min(modified);
+                entry.last_added = entry.last_added.max(modified);
             }
             let instance = Arc::new(instance);
             for index in admitted {
@@ -465,14 +476,14 @@ impl Storage {
 
     /// Takes out every patient that has enough and no live association adding to it.
     pub fn take_ready(&self) -> Vec<PatientBatch> {
-        let sender = Sender {
+        let restored = Sender {
             ae_title: String::new(),
             address: "restored from the data directory".into(),
         };
         // One critical section: no association can start adding in between.
         let mut patients = self.patients();
         let now = SystemTime::now();
-        let keys: Vec<String> = patients
+        let ready: Vec<(String, Sender)> = patients
             .iter()
             .filter(|(_, e)| {
                 e.live_adders == 0
@@ -481,10 +492,14 @@ impl Storage {
                     })
                     && self.has_enough(e)
             })
-            .map(|(k, _)| k.clone())
+            .map(|(k, e)| {
+                let sender = e.last_sender.clone().unwrap_or_else(|| restored.clone());
+                (k.clone(), sender)
+            })
             .collect();
-        keys.iter()
-            .filter_map(|key| self.take_out(&mut patients, key, &sender))
+        ready
+            .iter()
+            .filter_map(|(key, sender)| self.take_out(&mut patients, key, sender))
             .collect()
     }
 
@@ -636,6 +651,7 @@ impl Storage {
         let mut patients = self.patients();
         let entry = patients.get_mut(patient_key)?;
         entry.live_adders = entry.live_adders.saturating_sub(1);
+        entry.last_sender = Some(sender.clone());
         if entry.live_adders > 0 {
             return None;
         }
@@ -706,6 +722,39 @@ impl Storage {
     /// A batch was processed: its data are deleted.
     pub fn batch_succeeded(&self, batch: PatientBatch) {
         if let (Some(layout), Some(dir)) = (&self.disk, &batch.dir) {
+            // Only what the batch held is deleted: a file that reached the directory
+            // without being part of the batch goes back for processing.
+            let held: std::collections::HashSet<PathBuf> = batch
+                .inputs
+                .iter()
+                .flat_map(|(input, instances)| {
+                    instances.iter().filter_map(|i| batch.file_of(input, i))
+                })
+                .collect();
+            let strays = DiskLayout::files_of(dir)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(_, path)| !held.contains(path))
+                .count();
+            if strays > 0 {
+                for path in &held {
+                    let _ = std::fs::remove_file(path);
+                }
+                let _ = std::fs::remove_file(dir.join(disk::FAILURES_FILE));
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_os_string())
+                    .unwrap_or_default();
+                match std::fs::rename(dir, layout.requeue().join(name)) {
+                    Ok(()) => {
+                        tracing::warn!(patient = %batch.patient_key, strays, "files the batch did not hold were beside it: put back for processing")
+                    }
+                    Err(error) => {
+                        tracing::error!(patient = %batch.patient_key, %error, dir = %dir.display(), "files the batch did not hold stay in its directory")
+                    }
+                }
+                return;
+            }
             if let Err(error) = layout.remove_batch(dir) {
                 tracing::error!(patient = %batch.patient_key, dir = %dir.display(), %error, "cannot delete the processed batch");
             }
@@ -758,7 +807,10 @@ impl Storage {
         let expired: Vec<String> = patients
             .iter()
             .filter(|(_, e)| {
-                e.live_adders == 0 && now.duration_since(e.last_added).unwrap_or_default() > max_age
+                e.live_adders == 0
+                    && now.duration_since(e.last_added).unwrap_or_default() > max_age
+                    // A patient with enough is waiting for processing, not expiring.
+                    && !self.has_enough(e)
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -969,7 +1021,7 @@ mod tests {
     #[test]
     fn on_disk_batches_are_files_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, restored) = Storage::on_disk(inputs(), dir.path()).unwrap();
+        let (storage, restored) = Storage::on_disk(inputs(), dir.path(), None).unwrap();
         assert_eq!(restored.patients, 0);
         let batch = exercise(&storage);
         let batch_dir = batch.dir.clone().unwrap();
@@ -986,7 +1038,7 @@ mod tests {
             .is_none());
         // A crash now: the next start puts the interrupted batch back and takes it out again.
         drop(storage);
-        let (_storage, restored) = Storage::on_disk(inputs(), dir.path()).unwrap();
+        let (_storage, restored) = Storage::on_disk(inputs(), dir.path(), None).unwrap();
         assert_eq!(restored.interrupted_batches, 1);
         assert_eq!(restored.ready.len(), 1);
         assert_eq!(restored.ready[0].instance_count(), 2);
