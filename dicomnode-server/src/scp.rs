@@ -455,12 +455,12 @@ impl AssociationSession {
                     return None;
                 };
                 // The data set's transfer syntax is that of its own presentation context.
-                let transfer_syntax = contexts.get(&pc_id).map(|(_, ts)| ts.clone());
+                let transfer_syntax = contexts.get(&pc_id).map(|(_, ts)| ts.as_str());
                 let incoming = gathering.data.get_or_insert_with(|| {
                     self.storage.incoming(
                         &command.sop_class_uid,
                         &command.sop_instance_uid,
-                        transfer_syntax.as_deref().unwrap_or_default(),
+                        transfer_syntax.unwrap_or_default(),
                     )
                 });
                 incoming.push(pdv.data);
@@ -469,8 +469,7 @@ impl AssociationSession {
                 }
                 let incoming = gathering.data.take()?;
                 let (command, command_pc) = gathering.pending.take()?;
-                let (code, comment) =
-                    self.store(&command, transfer_syntax.as_deref(), incoming, touched);
+                let (code, comment) = self.store(&command, transfer_syntax, incoming, touched);
                 Some((
                     dimse::response(&command, dimse::C_STORE_RSP, code, comment.as_deref()),
                     command_pc,

@@ -350,3 +350,40 @@ pub fn record_uids(record: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A dicom-ul association proposing CT Image Storage in Explicit VR LE as context 1, for
+/// tests that need to send what a well-behaved SCU never would.
+pub fn raw_ct_association(
+    node: &NodeProcess,
+    calling: &str,
+) -> dicomnode_server::dicom_ul::ClientAssociation<std::net::TcpStream> {
+    dicomnode_server::dicom_ul::ClientAssociationOptions::new()
+        .calling_ae_title(calling.to_string())
+        .called_ae_title("TEST_NODE")
+        .with_presentation_context("1.2.840.10008.5.1.4.1.1.2", vec!["1.2.840.10008.1.2.1"])
+        .establish(("127.0.0.1", node.port))
+        .unwrap()
+}
+
+/// One P-DATA PDU holding a C-STORE request for `sop` and `data` as its data set fragment.
+pub fn store_pdu(
+    id: u16,
+    sop: &str,
+    data: Vec<u8>,
+    data_is_last: bool,
+) -> dicomnode_server::dicom_ul::Pdu {
+    use dicomnode_server::dicom_ul::pdu::{PDataValue, PDataValueType};
+    let command = dicomnode_server::dimse::store_request(id, "1.2.840.10008.5.1.4.1.1.2", sop);
+    let fragment = |value_type, is_last, data| PDataValue {
+        presentation_context_id: 1,
+        value_type,
+        is_last,
+        data,
+    };
+    dicomnode_server::dicom_ul::Pdu::PData {
+        data: vec![
+            fragment(PDataValueType::Command, true, command),
+            fragment(PDataValueType::Data, data_is_last, data),
+        ],
+    }
+}

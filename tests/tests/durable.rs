@@ -6,7 +6,10 @@ use dicomnode_server::dicom_object::open_file;
 use dicomnode_server::dimse::status;
 use dicomnode_server::dispatch::StoreAssociation;
 use dicomnode_server::synthetic::SyntheticSeries;
-use dicomnode_tests::{cli_exe, ct_contexts, dcmtk, files_under, record_uids, run, NodeProcess};
+use dicomnode_tests::{
+    cli_exe, ct_contexts, dcmtk, files_under, raw_ct_association, record_uids, run, store_pdu,
+    NodeProcess,
+};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -592,8 +595,6 @@ fn concurrent_first_instances_of_a_new_patient_are_all_stored() {
 
 #[test]
 fn a_data_set_cut_off_by_a_dropped_connection_leaves_no_file() {
-    use dicomnode_server::dicom_ul::pdu::{PDataValue, PDataValueType};
-    use dicomnode_server::dicom_ul::{ClientAssociationOptions, Pdu};
     let out = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     let mut node = test_node(out.path(), data.path(), &[]);
@@ -603,35 +604,14 @@ fn a_data_set_cut_off_by_a_dropped_connection_leaves_no_file() {
         .unwrap()[0];
     let mut dataset = Vec::new();
     instance.write_dataset(&mut dataset).unwrap();
-    let mut raw = ClientAssociationOptions::new()
-        .calling_ae_title("CUTTER")
-        .called_ae_title("TEST_NODE")
-        .with_presentation_context("1.2.840.10008.5.1.4.1.1.2", vec!["1.2.840.10008.1.2.1"])
-        .establish(("127.0.0.1", node.port))
-        .unwrap();
+    let mut raw = raw_ct_association(&node, "CUTTER");
     let uid = instance
         .meta()
         .media_storage_sop_instance_uid()
         .trim_end_matches('\0')
         .to_string();
-    let command = dicomnode_server::dimse::store_request(1, "1.2.840.10008.5.1.4.1.1.2", &uid);
-    raw.send(&Pdu::PData {
-        data: vec![
-            PDataValue {
-                presentation_context_id: 1,
-                value_type: PDataValueType::Command,
-                is_last: true,
-                data: command,
-            },
-            PDataValue {
-                presentation_context_id: 1,
-                value_type: PDataValueType::Data,
-                is_last: false,
-                data: dataset[..dataset.len() / 2].to_vec(),
-            },
-        ],
-    })
-    .unwrap();
+    dataset.truncate(dataset.len() / 2);
+    raw.send(&store_pdu(1, &uid, dataset, false)).unwrap();
     // Wait until the node has the partial file, then drop the connection.
     let start = Instant::now();
     while files_under(&data.path().join("tmp")).is_empty() {

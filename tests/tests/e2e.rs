@@ -6,7 +6,10 @@ use dicomnode_server::dicom_object::{open_file, DefaultDicomObject};
 use dicomnode_server::dimse::status;
 use dicomnode_server::dispatch::StoreAssociation;
 use dicomnode_server::synthetic::{Modality, SyntheticSeries};
-use dicomnode_tests::{ct_contexts, dcmtk, example_exe, field, run, NodeProcess, RichState};
+use dicomnode_tests::{
+    ct_contexts, dcmtk, example_exe, field, raw_ct_association, run, store_pdu, NodeProcess,
+    RichState,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -186,23 +189,7 @@ fn storescu_two_patients_two_series_processed_once_and_written_equal() {
     // Every file arrived, equal element by element, pixel data byte-equal.
     for path in &sent {
         let original = open_file(path).unwrap();
-        let study = original
-            .element(tags::STUDY_INSTANCE_UID)
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
-        let series = original
-            .element(tags::SERIES_INSTANCE_UID)
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
-        let written = out
-            .path()
-            .join(study)
-            .join(series)
-            .join(format!("{}.dcm", sop_uid(&original)));
+        let written = FileOutputPath::of(out.path(), &original);
         let copy = open_file(&written).unwrap_or_else(|e| panic!("{}: {e}", written.display()));
         assert_eq!(
             copy.meta().transfer_syntax(),
@@ -399,43 +386,6 @@ fn pipeline_state_arrives_equal_in_the_child() {
     assert_eq!(received.seed, sent.seed);
     assert_eq!(received.model_path, sent.model_path);
     assert_eq!(received.destination, sent.destination);
-}
-
-/// A dicom-ul association proposing CT Image Storage in Explicit VR LE as context 1, for
-/// tests that need to send what a well-behaved SCU never would.
-fn raw_ct_association(
-    node: &NodeProcess,
-    calling: &str,
-) -> dicomnode_server::dicom_ul::ClientAssociation<std::net::TcpStream> {
-    dicomnode_server::dicom_ul::ClientAssociationOptions::new()
-        .calling_ae_title(calling.to_string())
-        .called_ae_title("TEST_NODE")
-        .with_presentation_context("1.2.840.10008.5.1.4.1.1.2", vec!["1.2.840.10008.1.2.1"])
-        .establish(("127.0.0.1", node.port))
-        .unwrap()
-}
-
-/// One P-DATA PDU holding a C-STORE request for `sop` and `data` as its data set fragment.
-fn store_pdu(
-    id: u16,
-    sop: &str,
-    data: Vec<u8>,
-    data_is_last: bool,
-) -> dicomnode_server::dicom_ul::Pdu {
-    use dicomnode_server::dicom_ul::pdu::{PDataValue, PDataValueType};
-    let command = dicomnode_server::dimse::store_request(id, "1.2.840.10008.5.1.4.1.1.2", sop);
-    let fragment = |value_type, is_last, data| PDataValue {
-        presentation_context_id: 1,
-        value_type,
-        is_last,
-        data,
-    };
-    dicomnode_server::dicom_ul::Pdu::PData {
-        data: vec![
-            fragment(PDataValueType::Command, true, command),
-            fragment(PDataValueType::Data, data_is_last, data),
-        ],
-    }
 }
 
 #[test]

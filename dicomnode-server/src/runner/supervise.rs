@@ -2,7 +2,7 @@
 //! jobs, relay its logs and output, enforce the time limit, and end it with everything it
 //! started.
 
-use super::wire::{read_frame, write_frame, ChildMessage, Job, LogRecord, Report};
+use super::wire::{read_frame, ChildMessage, Job, LogRecord, Report};
 use super::{CHILD_ENV, MEMORY_LIMIT_ENV};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -164,14 +164,7 @@ impl ChildProcess {
     }
 
     fn exchange(&mut self, job: &Job<'_>) -> Option<Report> {
-        let bytes = match postcard::to_allocvec(job) {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                tracing::error!(%error, "cannot encode the job");
-                return None;
-            }
-        };
-        if let Err(error) = write_frame(BufWriter::new(&self.channel), &bytes) {
+        if let Err(error) = send_job(&self.channel, job) {
             tracing::warn!(%error, "cannot send the job to the child");
             return None;
         }
@@ -246,6 +239,33 @@ impl ChildProcess {
         }
         status
     }
+}
+
+/// Sends a job as one frame, streamed: its size is counted in a first pass (cheap: data
+/// sets are written as whole slices), so the batch's data sets are never copied into one
+/// buffer before they go out.
+fn send_job(channel: &UnixStream, job: &Job<'_>) -> std::io::Result<()> {
+    use std::io::Write;
+    /// Counts bytes written.
+    struct Counter(u64);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len() as u64;
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let encode = |error: postcard::Error| std::io::Error::other(error.to_string());
+    let Counter(size) = postcard::to_io(job, Counter(0)).map_err(encode)?;
+    let size = u32::try_from(size).map_err(|_| {
+        std::io::Error::other("a job larger than 4 GiB: store with a data directory")
+    })?;
+    let mut writer = BufWriter::with_capacity(256 * 1024, channel);
+    writer.write_all(&size.to_le_bytes())?;
+    let mut writer = postcard::to_io(job, writer).map_err(encode)?;
+    writer.flush()
 }
 
 /// Kills a process group, ignoring that it is already gone.

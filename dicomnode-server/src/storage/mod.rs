@@ -194,11 +194,6 @@ impl Incoming {
             }
         }
     }
-
-    /// Removes what was written, if anything.
-    fn discard(self) {
-        drop(self);
-    }
 }
 
 impl Drop for Incoming {
@@ -546,7 +541,8 @@ impl Storage {
     ) -> Result<(ReceivedInstance, Option<PathBuf>), ReceiveError> {
         let mut incoming = incoming;
         if let Some(error) = incoming.failed.clone() {
-            incoming.discard();
+            // Dropping it removes what was written.
+            drop(incoming);
             return Err(ReceiveError::Resources(error));
         }
         // Taken out: from here on, this function decides what happens to the file.

@@ -1,5 +1,6 @@
 //! Safe, distinct, deterministic file names for values that come from the network.
 
+use dicomnode_core::sanitize::path_component;
 use sha2::{Digest, Sha256};
 
 /// A directory name for a patient key: a readable, sanitized prefix and a hash of the raw
@@ -40,22 +41,7 @@ pub fn safe_name(value: &str) -> String {
 }
 
 fn readable_prefix(value: &str, max: usize) -> String {
-    let prefix: String = value
-        .chars()
-        .take(max)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if prefix.is_empty() || prefix.chars().all(|c| c == '.') {
-        format!("_{prefix}")
-    } else {
-        prefix
-    }
+    path_component(&value.chars().take(max).collect::<String>())
 }
 
 fn short_hash(value: &str) -> String {
