@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod pixels;
 pub mod sanitize;
 pub mod series;
+pub mod structure;
 pub mod synthetic;
 
 pub use address::{Address, AddressError};

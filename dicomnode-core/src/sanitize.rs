@@ -29,3 +29,35 @@ pub fn path_component(value: &str) -> String {
     }
     out
 }
+
+/// Text from a peer (an AE title, a patient ID, any tag value), made safe to write into a
+/// log line: control characters (CR, LF, ESC, NUL, C1) and the Unicode controls that
+/// reorder text are written as escapes, so that a peer cannot forge log lines or move the
+/// terminal's cursor.
+///
+/// ```
+/// use dicomnode_core::sanitize::escape_control;
+/// assert_eq!(escape_control("PAT\r\nERROR fake\u{1b}[2J\0"), "PAT\\r\\nERROR fake\\u{1b}[2J\\u{0}");
+/// assert_eq!(escape_control("Müller^Jo"), "Müller^Jo");
+/// ```
+pub fn escape_control(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}

@@ -88,6 +88,25 @@ pub struct NodeArgs {
     /// Seconds between maintenance rounds (expiry, requeued batches).
     #[arg(long, default_value_t = 5.0)]
     pub maintenance_secs: f64,
+    /// Connections served at once; beyond, a peer gets a transient A-ASSOCIATE-RJ (local
+    /// limit exceeded) and may try again later.
+    #[arg(long, default_value_t = 32)]
+    pub max_associations: usize,
+    /// Seconds a peer may take from connecting to a complete association request (DCMTK's
+    /// ACSE time-out is 30 s too).
+    #[arg(long, default_value_t = 30.0)]
+    pub acse_timeout: f64,
+    /// Seconds one PDU may take from its first byte to its last (a PDU is at most
+    /// 256 KiB: 30 s allows a peer as slow as 9 kB/s).
+    #[arg(long, default_value_t = 30.0)]
+    pub pdu_timeout: f64,
+    /// Where children make their working directories (default: the system's temporary
+    /// directory). A node removes there, at start-up, what nodes that are gone left.
+    #[arg(long)]
+    pub work_root: Option<PathBuf>,
+    /// Seconds an association may stay silent between PDUs before it is aborted.
+    #[arg(long, default_value_t = 120.0)]
+    pub idle_timeout: f64,
 }
 
 /// `--expiry-action`.
@@ -134,6 +153,11 @@ impl NodeArgs {
         config.log_dir = self.log_dir.clone();
         config.quiet_period = self.quiet_secs.map(seconds);
         config.max_instance_in_memory = self.max_instance_mb.saturating_mul(1 << 20);
+        config.max_associations = self.max_associations.max(1);
+        config.acse_timeout = seconds(self.acse_timeout);
+        config.pdu_timeout = seconds(self.pdu_timeout);
+        config.association_timeout = seconds(self.idle_timeout);
+        config.work_root = self.work_root.clone();
         config
     }
 }

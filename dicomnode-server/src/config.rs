@@ -31,7 +31,7 @@ pub struct NodeConfig {
     pub patient_key: Tag,
     /// The maximum PDU length the node accepts.
     pub max_pdu_length: u32,
-    /// How long an association may stay silent before it is dropped.
+    /// How long an association may stay silent between PDUs before it is aborted.
     pub association_timeout: Duration,
     /// The executable re-executed for each patient (the node's own by default).
     pub worker_exe: Option<PathBuf>,
@@ -65,6 +65,14 @@ pub struct NodeConfig {
     /// Without a data directory: the most one instance may take in memory, in bytes
     /// (larger ones are refused with "out of resources").
     pub max_instance_in_memory: u64,
+    /// Connections served at once (associations, and peers still negotiating one); a
+    /// connection beyond is answered with a transient A-ASSOCIATE-RJ.
+    pub max_associations: usize,
+    /// How long a peer may take from connecting to a complete A-ASSOCIATE-RQ (and, with
+    /// TLS, the handshake).
+    pub acse_timeout: Duration,
+    /// How long one PDU may take from its first byte to its last.
+    pub pdu_timeout: Duration,
 }
 
 /// How often a failed processing is tried again before the patient is quarantined.
@@ -110,6 +118,9 @@ impl NodeConfig {
             log_dir: None,
             quiet_period: None,
             max_instance_in_memory: 2 << 30,
+            max_associations: 32,
+            acse_timeout: Duration::from_secs(30),
+            pdu_timeout: Duration::from_secs(30),
         }
     }
 

@@ -20,6 +20,10 @@ pub const C_ECHO_RSP: u16 = 0x8030;
 /// CommandDataSetType value meaning "no data set follows".
 pub const NO_DATA_SET: u16 = 0x0101;
 
+/// The longest command set the node reads (commands are a few hundred bytes; DCMTK's own
+/// limit is of the same order).
+pub const MAX_COMMAND_LEN: usize = 64 * 1024;
+
 /// PS3.4 / PS3.7 status codes the node sends or reads.
 pub mod status {
     /// Success.
@@ -47,6 +51,12 @@ pub enum CommandError {
     /// The bytes are not an Implicit VR LE data set.
     #[error("cannot parse the command set: {0}")]
     Parse(#[from] dicom_object::ReadError),
+    /// The bytes declare lengths beyond their end, or nest sequences.
+    #[error("the command set is malformed")]
+    Structure(#[from] dicomnode_core::structure::StructureError),
+    /// Longer than any command set can be.
+    #[error("a command set of {0} bytes is longer than the {MAX_COMMAND_LEN} bytes allowed")]
+    TooLong(usize),
     /// A required command element is missing or has the wrong type.
     #[error("the command set lacks a valid {0}")]
     Missing(&'static str),
@@ -83,6 +93,10 @@ fn uint(obj: &InMemDicomObject, tag: Tag) -> Option<u16> {
 impl Command {
     /// Reads a command set from its encoded bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, CommandError> {
+        if bytes.len() > MAX_COMMAND_LEN {
+            return Err(CommandError::TooLong(bytes.len()));
+        }
+        dicomnode_core::structure::check_bytes(bytes, IMPLICIT_VR_LITTLE_ENDIAN.uid())?;
         let obj =
             InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())?;
         Ok(Command {

@@ -233,6 +233,7 @@ pub fn init_logging_to(log_dir: Option<&std::path::Path>, default_filter: &str) 
     };
     let stdout = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stdout().is_terminal())
+        .fmt_fields(escaped_fields())
         .with_filter(filter());
     let files = log_dir.map(|dir| {
         let (writer, guard) =
@@ -240,12 +241,31 @@ pub fn init_logging_to(log_dir: Option<&std::path::Path>, default_filter: &str) 
         let _ = FILE_GUARD.set(guard);
         tracing_subscriber::fmt::layer()
             .with_ansi(false)
+            .fmt_fields(escaped_fields())
             .with_writer(writer)
             .with_filter(filter())
     });
     let subscriber = tracing_subscriber::registry().with(stdout).with(files);
     // Already initialised by the embedding program: keep theirs.
     let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+/// How the node's log writes fields: as the default format does, but with every control
+/// character escaped, whatever field it is in (the message included), so that text from a
+/// peer or a child (an AE title, a patient ID, a line the child printed) can neither forge
+/// a log line nor drive the terminal. One event is always one line.
+fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = dicomnode_core::sanitize::escape_control(&text);
+        if field.name() == "message" {
+            write!(writer, "{text}")
+        } else {
+            write!(writer, "{}={text}", field.name())
+        }
+    })
+    .delimited(" ")
 }
 
 /// In a processing child, runs its job and returns the exit code; otherwise `None`.

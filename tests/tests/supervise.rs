@@ -381,3 +381,184 @@ fn a_warm_worker_is_replaced_after_its_patients_and_after_a_failure() {
         "replaced after a failure"
     );
 }
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+}
+
+#[test]
+fn what_the_processor_starts_cannot_reach_the_job_channel() {
+    let out = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut node = test_node(
+        out.path(),
+        &[
+            "--attempts",
+            "1",
+            "--time-limit",
+            "2",
+            "--max-children",
+            "1",
+            "--shutdown-grace",
+            "30",
+            "--work-root",
+            work.path().to_str().unwrap(),
+        ],
+    );
+    // A subprocess that reads its standard input to the end sees EOF at once.
+    send_patient(&node, "STDIN-1", 1);
+    let line = node.wait_for_log("processing finished", WAIT);
+    assert!(line.contains("key=STDIN-1"), "{line}");
+    // The node's own binary, started by the processor, prints its help: not a child.
+    send_patient(&node, "SELF-1", 1);
+    let lines = node.wait_for_count("processing finished", 2, WAIT);
+    assert!(lines[1].contains("key=SELF-1"), "{}", node.log());
+    // A grandchild in a session of its own keeps nothing of the child's: the patient
+    // times out at the limit, and the one slot is free for the next patient at once.
+    let sent = Instant::now();
+    send_patient(&node, "ESCAPE-1", 1);
+    let line = node.wait_for_log("processing failed", WAIT);
+    let ended = sent.elapsed();
+    assert!(line.contains("timed out after 2 s"), "{line}");
+    assert!(
+        ended < Duration::from_secs(5),
+        "reported {ended:?} after sending"
+    );
+    let grandchild: u32 = std::fs::read_to_string(out.path().join("ESCAPE-1.grandchild"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        process_exists(grandchild),
+        "the escaped grandchild lives on"
+    );
+    let next = Instant::now();
+    send_patient(&node, "AFTER-1", 1);
+    let lines = node.wait_for_count("processing finished", 3, WAIT);
+    assert!(lines[2].contains("key=AFTER-1"), "{}", node.log());
+    assert!(
+        next.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        next.elapsed()
+    );
+    // SIGTERM: the node exits promptly, not after the grace period.
+    let stopping = Instant::now();
+    signal(node.pid(), nix::sys::signal::Signal::SIGTERM);
+    let status = node.wait_for_exit(Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+    signal(grandchild, nix::sys::signal::Signal::SIGKILL);
+    // Nothing of the node is left in its work root.
+    let left: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_chatty_child_cannot_flood_the_log() {
+    let out = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut node = test_node(
+        out.path(),
+        &[
+            "--attempts",
+            "1",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ],
+    );
+    send_patient(&node, "CHATTY-1", 1);
+    node.wait_for_log("processing failed", WAIT);
+    node.wait_for_log("quarantined", WAIT);
+    let log = node.log();
+    assert!(
+        log.len() < 2 << 20,
+        "the node's log has {} bytes",
+        log.len()
+    );
+    assert!(log.contains("went over its budget"), "{log}");
+    let files = dicomnode_tests::files_under(&data.path().join("quarantine"));
+    let record = files
+        .iter()
+        .find(|p| p.ends_with("failures.log"))
+        .expect("a failure record");
+    let text = std::fs::read_to_string(record).unwrap();
+    assert!(
+        text.len() < 64 * 1024,
+        "a failure record of {} bytes",
+        text.len()
+    );
+    assert!(
+        text.contains("all of the child's output: output.attempt-1.log"),
+        "{text}"
+    );
+    let full = record.with_file_name("output.attempt-1.log");
+    let size = std::fs::metadata(&full).unwrap().len();
+    assert!(size > 40 << 20, "the kept output has {size} bytes");
+}
+
+#[test]
+fn work_directories_of_a_killed_node_are_removed_at_the_next_start() {
+    let work = tempfile::tempdir().unwrap();
+    let work_arg = work.path().to_str().unwrap().to_string();
+    let dirs_of = |pid: u32| -> Vec<PathBuf> {
+        std::fs::read_dir(work.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("dicomnode-node-{pid}-"))
+            })
+            .collect()
+    };
+    // A live node sharing the work root.
+    let out_live = tempfile::tempdir().unwrap();
+    let live = test_node(out_live.path(), &["--work-root", &work_arg]);
+    // A node killed while its child runs.
+    let out = tempfile::tempdir().unwrap();
+    let mut killed = test_node(out.path(), &["--work-root", &work_arg]);
+    send_patient(&killed, "HANG-9", 1);
+    killed.wait_for_log("child started", WAIT);
+    let grandchild_file = out.path().join("HANG-9.grandchild");
+    let start = Instant::now();
+    while !grandchild_file.exists() && start.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed_pid = killed.pid();
+    signal(killed_pid, nix::sys::signal::Signal::SIGKILL);
+    killed.wait_for_exit(WAIT);
+    assert_eq!(
+        dirs_of(killed_pid).len(),
+        1,
+        "the killed node's directory is left"
+    );
+    assert_eq!(dirs_of(live.pid()).len(), 1);
+    // The next node removes it, and leaves the live node's alone.
+    let out_next = tempfile::tempdir().unwrap();
+    let next = test_node(out_next.path(), &["--work-root", &work_arg]);
+    assert!(
+        dirs_of(killed_pid).is_empty(),
+        "the killed node's directory survived"
+    );
+    assert_eq!(
+        dirs_of(live.pid()).len(),
+        1,
+        "a live node's directory was removed"
+    );
+    assert_eq!(dirs_of(next.pid()).len(), 1);
+    if let Ok(pid) = std::fs::read_to_string(&grandchild_file) {
+        if let Ok(pid) = pid.trim().parse() {
+            signal(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}

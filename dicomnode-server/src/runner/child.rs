@@ -1,17 +1,20 @@
-//! The child's side: read jobs from standard input, process each in a fresh working
-//! directory, report, and send the code's log events to the parent as records.
+//! The child's side: connect to the job channel, read jobs, process each in a fresh
+//! working directory, report, and send the code's log events to the parent as records.
+//!
+//! Before any user code runs, the child forgets that it is one: the markers are removed
+//! from its environment (a program the processor starts, the node's own binary included,
+//! is an ordinary program), and its end of the channel is close-on-exec.
 
 use super::wire::{
     read_frame, write_frame, ChildMessage, ChildOutcome, Job, JobInstance, LogRecord, Report,
 };
 use super::{micros, unix_micros, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
-use super::{CHILD_ENV, MEMORY_LIMIT_ENV};
+use super::{CHANNEL_ENV, CHILD_ENV, MEMORY_LIMIT_ENV};
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicomnode_core::{DicomInstance, InputContainer, Pipeline, Processor};
-use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -174,10 +177,20 @@ fn install_panic_hook() {
 /// closes the channel.
 pub fn child_main<P: Pipeline>() -> ExitCode {
     apply_limits();
-    let socket = match std::io::stdin().as_fd().try_clone_to_owned() {
-        Ok(fd) => UnixStream::from(fd),
+    let Some(channel_path) = std::env::var_os(CHANNEL_ENV) else {
+        eprintln!("dicomnode child: no job channel ({CHANNEL_ENV} is not set)");
+        return ExitCode::from(2);
+    };
+    // From here on nothing this process starts believes it is a child. (Single-threaded
+    // still: nothing else reads the environment now.)
+    for marker in [CHILD_ENV, CHANNEL_ENV, MEMORY_LIMIT_ENV] {
+        std::env::remove_var(marker);
+    }
+    // std opens sockets close-on-exec: what the processor starts does not inherit it.
+    let socket = match UnixStream::connect(&channel_path) {
+        Ok(socket) => socket,
         Err(e) => {
-            eprintln!("dicomnode child: cannot use standard input: {e}");
+            eprintln!("dicomnode child: cannot connect to the job channel: {e}");
             return ExitCode::from(2);
         }
     };
@@ -195,7 +208,8 @@ pub fn child_main<P: Pipeline>() -> ExitCode {
     let mut processor: Option<P::Processor> = None;
     let mut all_succeeded = true;
     loop {
-        let frame = match read_frame(&reader) {
+        // The parent's jobs are as large as the batch is (u32 frames).
+        let frame = match read_frame(&reader, u32::MAX as usize) {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(e) => {

@@ -8,8 +8,10 @@
 //! patients and after any failure. See [`wire`] for what crosses between them.
 
 mod child;
+mod output;
 mod supervise;
 pub mod wire;
+mod workdirs;
 
 pub use child::{child_entry_among, child_main, decode_instance, is_child, ChildEntry};
 
@@ -25,12 +27,15 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use supervise::{ChildProcess, Launch};
 use wire::{ChildOutcome, Job, JobInput, JobInstance, Report};
+use workdirs::RunnerDir;
 
 /// Set in the environment of a processing child, to the type name of the pipeline whose
 /// jobs it runs. A process that has it runs jobs and exits; it never binds a port.
 pub const CHILD_ENV: &str = "DICOMNODE_CHILD";
 /// Set in a child's environment to its memory limit (RLIMIT_AS, bytes).
 pub const MEMORY_LIMIT_ENV: &str = "DICOMNODE_MEMORY_LIMIT";
+/// Set in a child's environment to the path of the Unix socket it connects to for its jobs.
+pub const CHANNEL_ENV: &str = "DICOMNODE_CHANNEL";
 
 /// The Implementation Class UID this node writes into file meta groups.
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.302143227262591287434591426338478069411";
@@ -46,6 +51,14 @@ pub enum RunnerError {
     /// The worker executable is unknown.
     #[error("cannot find the node's own executable to re-execute: {0}")]
     CurrentExe(std::io::Error),
+    /// The runner's directory under the work root could not be made.
+    #[error("cannot make the runner's directory in {root}: {source}")]
+    WorkDir {
+        /// The work root.
+        root: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 /// How a patient's processing ended, as the node tells it.
@@ -146,7 +159,8 @@ pub struct ChildRunner {
     exe: PathBuf,
     pipeline_name: &'static str,
     pipeline: Vec<u8>,
-    work_root: PathBuf,
+    /// Holds the children's job directories; owned (locked) while the runner lives.
+    dir: RunnerDir,
     storage: Arc<Storage>,
     failure: FailurePolicy,
     policy: ChildPolicy,
@@ -170,11 +184,16 @@ impl ChildRunner {
             Some(exe) => exe.clone(),
             None => std::env::current_exe().map_err(RunnerError::CurrentExe)?,
         };
+        let work_root = config.work_root.clone().unwrap_or_else(std::env::temp_dir);
+        let dir = RunnerDir::claim(&work_root).map_err(|source| RunnerError::WorkDir {
+            root: work_root.clone(),
+            source,
+        })?;
         let runner = Arc::new(ChildRunner {
             exe,
             pipeline_name: std::any::type_name::<P>(),
             pipeline: postcard::to_allocvec(pipeline).map_err(RunnerError::EncodePipeline)?,
-            work_root: config.work_root.clone().unwrap_or_else(std::env::temp_dir),
+            dir,
             storage,
             failure: config.failure,
             policy: ChildPolicy {
@@ -253,7 +272,7 @@ impl ChildRunner {
     fn process(self: &Arc<Self>, mut batch: PatientBatch, warm: &mut Option<ChildProcess>) {
         let span = tracing::info_span!("patient", key = %batch.patient_key);
         let _entered = span.enter();
-        let (outcome, tail) = self.attempt(&batch, warm);
+        let (outcome, tail, output) = self.attempt(&batch, warm);
         if let Outcome::Success(_) = outcome {
             let attempt = batch.attempt;
             self.storage.batch_succeeded(batch);
@@ -273,8 +292,14 @@ impl ChildRunner {
             attempts,
             "processing failed; the patient's instances are kept"
         );
+        // Named, not pathed: the batch's directory moves (to the quarantine, say).
+        let output = output
+            .and_then(|path| path.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .map_or(String::new(), |name| {
+                format!("all of the child's output: {name}, beside this file\n")
+            });
         let record = format!(
-            "attempt {} of {attempts} failed at {} (unix time): {outcome}\nlast lines of the child's output:\n{}\n\n",
+            "attempt {} of {attempts} failed at {} (unix time): {outcome}\n{output}last lines of the child's output:\n{}\n\n",
             batch.attempt,
             unix_micros(SystemTime::now()) / 1_000_000,
             tail.join("\n")
@@ -301,19 +326,20 @@ impl ChildRunner {
         });
     }
 
-    /// One attempt: a child (fresh, or the warm one) runs the job.
+    /// One attempt: a child (fresh, or the warm one) runs the job. Returns how it ended,
+    /// the last lines the child printed and, for a failure, where all of its output is kept.
     fn attempt(
         &self,
         batch: &PatientBatch,
         warm: &mut Option<ChildProcess>,
-    ) -> (Outcome, Vec<String>) {
+    ) -> (Outcome, Vec<String>, Option<PathBuf>) {
         let mut child = match warm.take() {
             Some(child) => child,
             None => match ChildProcess::spawn(&Launch {
                 exe: &self.exe,
                 pipeline_name: self.pipeline_name,
                 memory_limit: self.policy.memory_limit,
-                work_root: &self.work_root,
+                work_root: self.dir.path(),
             }) {
                 Ok(child) => {
                     self.alive
@@ -322,7 +348,7 @@ impl ChildRunner {
                         .insert(child.pid());
                     child
                 }
-                Err(message) => return (Outcome::NotRun(message), Vec::new()),
+                Err(message) => return (Outcome::NotRun(message), Vec::new(), None),
             },
         };
         let job_root = child.job_root();
@@ -345,18 +371,23 @@ impl ChildRunner {
             {
                 let tail = child.tail();
                 *warm = Some(child);
-                (outcome, tail)
+                (outcome, tail, None)
             }
             Some(outcome) => {
                 // A fresh child's work is done; a warm one is replaced after a failure or
                 // after its last patient.
                 let tail = child.tail();
+                let output = match outcome {
+                    Outcome::Success(_) => None,
+                    _ => keep_output(batch, &child),
+                };
                 self.retire(child, end.timed_out);
-                (outcome, tail)
+                (outcome, tail, output)
             }
             None => {
                 // No report: the child died or was killed. Its status says how.
                 let tail = child.tail();
+                let output = keep_output(batch, &child);
                 let status = self.retire(child, true);
                 let outcome = if end.timed_out {
                     Outcome::TimedOut(self.policy.time_limit.unwrap_or_default())
@@ -376,7 +407,7 @@ impl ChildRunner {
                         None => Outcome::NotRun("the child's status is unknown".into()),
                     }
                 };
-                (outcome, tail)
+                (outcome, tail, output)
             }
         }
     }
@@ -426,6 +457,9 @@ impl ChildRunner {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.kill_all();
+        if self.busy.load(Ordering::SeqCst) == 0 {
+            self.dir.remove();
+        }
         tracing::info!(
             waiting,
             "runner stopped{}",
@@ -447,6 +481,21 @@ impl ChildRunner {
         for pid in alive {
             tracing::warn!(pid, "killing the child's process group");
             supervise::kill_group(pid);
+        }
+    }
+}
+
+/// Keeps all of a failed attempt's output beside its failure record (on disk); returns
+/// where.
+fn keep_output(batch: &PatientBatch, child: &ChildProcess) -> Option<PathBuf> {
+    let dir = batch.dir.as_ref()?;
+    let source = child.output_file()?;
+    let target = dir.join(format!("output.attempt-{}.log", batch.attempt));
+    match std::fs::copy(&source, &target) {
+        Ok(_) => Some(target),
+        Err(error) => {
+            tracing::warn!(%error, "cannot keep the child's output beside the failure record");
+            None
         }
     }
 }

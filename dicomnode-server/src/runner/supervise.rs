@@ -1,15 +1,20 @@
 //! The parent's side of one child process: start it in a process group of its own, send it
 //! jobs, relay its logs and output, enforce the time limit, and end it with everything it
 //! started.
+//!
+//! The job channel is a Unix socket the child connects to at a path only it is told (in
+//! the parent's private job directory, removed once connected): it is never the child's
+//! standard input, and the child's end is close-on-exec, so nothing the processor starts
+//! inherits it. The child's standard input is `/dev/null`.
 
-use super::wire::{read_frame, ChildMessage, Job, LogRecord, Report};
-use super::{CHILD_ENV, MEMORY_LIMIT_ENV};
+use super::output::{ChildOutput, OUTPUT_FILE};
+use super::wire::{read_frame, ChildMessage, Job, LogRecord, Report, MAX_CHILD_FRAME};
+use super::{CHANNEL_ENV, CHILD_ENV, MEMORY_LIMIT_ENV};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, BufWriter, Read};
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -18,8 +23,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// Lines of a child's output kept for its failure record.
-pub const TAIL_LINES: usize = 40;
+/// How long a child may take to connect to its job channel after it started.
+const CONNECT_WAIT: Duration = Duration::from_secs(20);
 /// How long a child may take to exit once it has no more jobs.
 const EXIT_WAIT: Duration = Duration::from_secs(10);
 /// A child's stdout/stderr line longer than this is logged in pieces.
@@ -33,7 +38,7 @@ pub struct Launch<'a> {
     pub pipeline_name: &'a str,
     /// RLIMIT_AS for the child, in bytes.
     pub memory_limit: Option<u64>,
-    /// Where job directories go.
+    /// Where job directories go (the runner's own directory).
     pub work_root: &'a Path,
 }
 
@@ -45,8 +50,7 @@ pub struct ChildProcess {
     pumps: Vec<JoinHandle<()>>,
     /// One message from each pump when its stream ends.
     pumps_done: std::sync::mpsc::Receiver<()>,
-    tail: Arc<Mutex<VecDeque<String>>>,
-    patient: Arc<Mutex<String>>,
+    output: Arc<ChildOutput>,
     job_dir: tempfile::TempDir,
     /// Jobs this process has run.
     pub jobs: u32,
@@ -74,12 +78,18 @@ impl ChildProcess {
                     launch.work_root.display()
                 )
             })?;
-        let (ours, theirs) =
-            UnixStream::pair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
+        let channel_path = job_dir.path().join("channel");
+        let listener = UnixListener::bind(&channel_path).map_err(|e| {
+            format!(
+                "cannot create the job channel {}: {e}",
+                channel_path.display()
+            )
+        })?;
         let mut command = Command::new(launch.exe);
         command
             .env(CHILD_ENV, launch.pipeline_name)
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .env(CHANNEL_ENV, &channel_path)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own process group: a time-out or a shutdown kills it with everything
@@ -92,8 +102,7 @@ impl ChildProcess {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", launch.exe.display()))?;
         let pid = child.id();
-        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
-        let patient = Arc::new(Mutex::new(String::new()));
+        let output = Arc::new(ChildOutput::new(job_dir.path().join(OUTPUT_FILE)));
         let streams: [Option<(Box<dyn Read + Send>, &'static str)>; 2] = [
             child
                 .stdout
@@ -109,24 +118,32 @@ impl ChildProcess {
             .into_iter()
             .flatten()
             .map(|(stream, name)| {
-                let tail = Arc::clone(&tail);
-                let patient = Arc::clone(&patient);
+                let output = Arc::clone(&output);
                 let done = done.clone();
                 std::thread::spawn(move || {
-                    pump_lines(stream, pid, name, &tail, &patient);
+                    pump_lines(stream, pid, name, &output);
                     let _ = done.send(());
                 })
             })
             .collect();
+        let channel = match accept_child(&listener, &mut child, pid) {
+            Ok(channel) => channel,
+            Err(message) => {
+                kill_group(pid);
+                let _ = child.wait();
+                return Err(message);
+            }
+        };
+        // Nobody else can connect any more.
+        let _ = std::fs::remove_file(&channel_path);
         tracing::info!(pid, node_pid = std::process::id(), "child started");
         Ok(ChildProcess {
             child,
             pid,
-            channel: ours,
+            channel,
             pumps,
             pumps_done,
-            tail,
-            patient,
+            output,
             job_dir,
             jobs: 0,
         })
@@ -137,12 +154,15 @@ impl ChildProcess {
         self.pid
     }
 
-    /// The last lines the child printed.
+    /// The last lines the child printed during its current job (each cut to a bounded
+    /// length), for its failure record.
     pub fn tail(&self) -> Vec<String> {
-        self.tail
-            .lock()
-            .map(|t| t.iter().cloned().collect())
-            .unwrap_or_default()
+        self.output.tail()
+    }
+
+    /// Everything the child printed during its current job (up to a cap), if it was kept.
+    pub fn output_file(&self) -> Option<std::path::PathBuf> {
+        self.output.file()
     }
 
     /// Where this child's jobs make their working directories.
@@ -153,13 +173,15 @@ impl ChildProcess {
     /// Sends a job and relays the child's log records until its report, killing the
     /// child's process group if `time_limit` passes first.
     pub fn run(&mut self, patient: &str, job: &Job<'_>, time_limit: Option<Duration>) -> JobEnd {
-        if let Ok(mut current) = self.patient.lock() {
-            *current = patient.to_string();
-        }
+        self.output.start_job(patient);
         self.jobs += 1;
-        let watchdog = time_limit.map(|limit| Watchdog::start(self.pid, limit));
+        // The watchdog also shuts the channel: the wait for a report ends at the limit,
+        // whatever the child (or anything it started) still holds.
+        let watchdog =
+            time_limit.map(|limit| Watchdog::start(self.pid, limit, self.channel.try_clone().ok()));
         let report = self.exchange(job);
         let timed_out = watchdog.is_some_and(Watchdog::stop);
+        self.output.end_job(self.pid);
         JobEnd { report, timed_out }
     }
 
@@ -169,7 +191,7 @@ impl ChildProcess {
             return None;
         }
         loop {
-            let frame = match read_frame(&self.channel) {
+            let frame = match read_frame(&self.channel, MAX_CHILD_FRAME) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return None,
                 Err(error) => {
@@ -178,7 +200,14 @@ impl ChildProcess {
                 }
             };
             match postcard::from_bytes::<ChildMessage>(&frame) {
-                Ok(ChildMessage::Log(record)) => relay(&record, self.pid),
+                Ok(ChildMessage::Log(record)) => {
+                    if self
+                        .output
+                        .admit(record.message.len() + record.fields.len())
+                    {
+                        relay(&record, self.pid);
+                    }
+                }
                 Ok(ChildMessage::Report(report)) => return Some(report),
                 Err(error) => {
                     tracing::warn!(%error, "unreadable message from the child");
@@ -283,7 +312,7 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn start(pid: u32, limit: Duration) -> Watchdog {
+    fn start(pid: u32, limit: Duration, channel: Option<UnixStream>) -> Watchdog {
         let state = Arc::new((Mutex::new(false), Condvar::new()));
         let fired = Arc::new(AtomicBool::new(false));
         let (s, f) = (Arc::clone(&state), Arc::clone(&fired));
@@ -301,6 +330,9 @@ impl Watchdog {
                     "time limit reached: killing the child's process group"
                 );
                 kill_group(pid);
+                if let Some(channel) = &channel {
+                    let _ = channel.shutdown(std::net::Shutdown::Both);
+                }
             }
         });
         Watchdog {
@@ -344,15 +376,9 @@ fn relay(record: &LogRecord, pid: u32) {
     }
 }
 
-/// Logs a child's output line by line as it comes; never blocks the child for long. Keeps
-/// the last lines in `tail`.
-fn pump_lines(
-    stream: Box<dyn Read + Send>,
-    pid: u32,
-    name: &'static str,
-    tail: &Mutex<VecDeque<String>>,
-    patient: &Mutex<String>,
-) {
+/// Logs a child's output line by line as it comes, within its budget; never blocks the
+/// child for long.
+fn pump_lines(stream: Box<dyn Read + Send>, pid: u32, name: &'static str, output: &ChildOutput) {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut line = Vec::new();
     loop {
@@ -365,19 +391,64 @@ fn pump_lines(
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);
-                let key = patient.lock().map(|p| p.clone()).unwrap_or_default();
-                tracing::info!(target: "dicomnode::child", pid, patient = %key, stream = name, "{text}");
-                if let Ok(mut tail) = tail.lock() {
-                    if tail.len() == TAIL_LINES {
-                        tail.pop_front();
-                    }
-                    tail.push_back(format!("{name}: {text}"));
+                if let Some(patient) = output.line(name, text) {
+                    tracing::info!(target: "dicomnode::child", pid, %patient, stream = name, "{text}");
                 }
             }
             Err(e) => {
                 tracing::warn!(pid, stream = name, error = %e, "cannot read the child's output");
                 return;
             }
+        }
+    }
+}
+
+/// Waits for the child to connect to its job channel, and checks that it is the child.
+fn accept_child(
+    listener: &UnixListener,
+    child: &mut Child,
+    pid: u32,
+) -> Result<UnixStream, String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = std::time::Instant::now() + CONNECT_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "the child did not connect to its job channel within {CONNECT_WAIT:?} (is dicomnode_server::run, or child_entry, first in its main?)"
+            ));
+        }
+        // Short waits, so that a child that exits at once is noticed.
+        let wait =
+            PollTimeout::try_from(left.min(Duration::from_millis(50))).unwrap_or(PollTimeout::ZERO);
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, wait) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+            Ok(_) => {
+                let (stream, _) = listener
+                    .accept()
+                    .map_err(|e| format!("cannot accept the child's connection: {e}"))?;
+                let credentials = nix::sys::socket::getsockopt(
+                    &stream,
+                    nix::sys::socket::sockopt::PeerCredentials,
+                )
+                .map_err(|e| format!("cannot check who connected to the job channel: {e}"))?;
+                if u32::try_from(credentials.pid()).ok() != Some(pid) {
+                    tracing::warn!(
+                        pid,
+                        connected = credentials.pid(),
+                        "a process other than the child connected to its job channel: ignored"
+                    );
+                    continue;
+                }
+                return Ok(stream);
+            }
+            Err(e) => return Err(format!("cannot wait for the child's connection: {e}")),
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "the child ended before it connected to its job channel: {status}"
+            ));
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The wire format between the node and a processing child.
 //!
-//! The child's standard input is one end of a Unix socket pair. Both sides send frames: a
+//! The channel is a Unix socket the child connects to (see `supervise`). Both sides send frames: a
 //! little-endian `u32` length, then that many bytes of postcard. The parent sends [`Job`]s
 //! (one, for a fresh child; several, one after another, for a warm worker) and closes its
 //! side when there are no more; the child answers each job with [`ChildMessage::Log`]
@@ -19,8 +19,12 @@ pub fn write_frame(mut to: impl Write, payload: &[u8]) -> io::Result<()> {
     to.flush()
 }
 
-/// Reads one frame; `None` at a clean end of stream.
-pub fn read_frame(mut from: impl Read) -> io::Result<Option<Vec<u8>>> {
+/// The largest frame the parent reads from a child (log records and reports are small; a
+/// child cannot make the node allocate more than this).
+pub const MAX_CHILD_FRAME: usize = 16 << 20;
+
+/// Reads one frame of at most `max` bytes; `None` at a clean end of stream.
+pub fn read_frame(mut from: impl Read, max: usize) -> io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     match from.read_exact(&mut len) {
         Ok(()) => {}
@@ -28,6 +32,12 @@ pub fn read_frame(mut from: impl Read) -> io::Result<Option<Vec<u8>>> {
         Err(e) => return Err(e),
     }
     let len = u32::from_le_bytes(len) as usize;
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a frame of {len} bytes is over the {max} bytes allowed"),
+        ));
+    }
     let mut payload = vec![0u8; len];
     from.read_exact(&mut payload)?;
     Ok(Some(payload))

@@ -891,18 +891,23 @@ pub fn read_header<R: std::io::Read + std::io::Seek>(
     source: R,
     transfer_syntax: &str,
 ) -> Result<InMemDicomObject, String> {
-    let reader = std::io::BufReader::new(source);
-    let mut collector =
-        dicom_object::collector::DicomCollector::new_with_ts(reader, transfer_syntax.to_string());
-    let mut header = InMemDicomObject::new_empty();
-    collector
-        .read_dataset_up_to_pixeldata(&mut header)
-        .map_err(|e| e.to_string())?;
-    Ok(header)
+    // Hostile lengths and nesting are refused before the parser sees them.
+    dicomnode_core::structure::read_header(source, transfer_syntax).map_err(|e| {
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
+    })
 }
 
 /// Reads a stored Part-10 file's meta group and header.
 fn read_stored(path: &Path) -> Result<ReceivedInstance, String> {
+    // Hostile lengths and nesting are refused before the parser sees them.
+    dicomnode_core::structure::check_file(path).map_err(|e| e.to_string())?;
     // Stops before Pixel Data: a 1 GiB instance is not read into memory.
     let options = dicom_object::OpenFileOptions::new().read_until(tags::PIXEL_DATA);
     let obj = options.open_file(path).map_err(|e| e.to_string())?;

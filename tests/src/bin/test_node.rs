@@ -6,7 +6,10 @@
 //! `SEGV` segfaults; `EXIT3` exits with code 3; `MEM` allocates 4 GiB; `HANG` starts a
 //! grandchild (its PID in `<out>/<patient>.grandchild`) and hangs; `SLOW` makes it take 0.7 s; `PANIC` makes the processor panic; `FAIL` makes it return an error (until `<out>/heal`
 //! exists); `FLAKY` fails on its first two runs; `ABORT` makes the
-//! child abort; `LOUD` makes it print megabytes on stdout and stderr.
+//! child abort; `LOUD` makes it print megabytes on stdout and stderr; `CHATTY` prints
+//! 20 MiB on each and fails; `STDIN` runs a subprocess that reads its standard input to
+//! the end; `ESCAPE` starts a grandchild in a session of its own and hangs; `SELF` runs the
+//! node's own binary with `--help`.
 
 use clap::Parser;
 use dicomnode_server::cli::NodeArgs;
@@ -116,6 +119,64 @@ impl Processor for Recorder {
                 grandchild.id().to_string(),
             )?;
             std::thread::sleep(std::time::Duration::from_secs(1000));
+        }
+        if key.starts_with("STDIN") {
+            // A program that reads its standard input to the end: it must see EOF at once,
+            // not the job channel.
+            let mut cat = std::process::Command::new("cat")
+                .stdout(std::process::Stdio::piped())
+                .spawn()?;
+            let mut seen = Vec::new();
+            if let Some(mut stdout) = cat.stdout.take() {
+                std::io::Read::read_to_end(&mut stdout, &mut seen)?;
+            }
+            cat.wait()?;
+            if !seen.is_empty() {
+                return Err(ProcessError::new(format!(
+                    "the subprocess read {} bytes from its standard input",
+                    seen.len()
+                )));
+            }
+        }
+        if key.starts_with("ESCAPE") {
+            // A grandchild in a session of its own (outside the child's process group)
+            // that outlives everything, then a hang until the time limit.
+            let grandchild = std::process::Command::new("setsid")
+                .args(["sleep", "1000"])
+                .spawn()?;
+            std::fs::write(
+                node.out.join(format!("{name}.grandchild")),
+                grandchild.id().to_string(),
+            )?;
+            std::thread::sleep(std::time::Duration::from_secs(1000));
+        }
+        if key.starts_with("SELF") {
+            // The node's own binary, started by the processor, is an ordinary program.
+            let exe = std::env::current_exe()?;
+            let run = std::process::Command::new(exe)
+                .arg("--help")
+                .stdin(std::process::Stdio::null())
+                .output()?;
+            let help = String::from_utf8_lossy(&run.stdout);
+            let leaked: Vec<String> = std::env::vars()
+                .map(|(k, _)| k)
+                .filter(|k| k.starts_with("DICOMNODE_"))
+                .collect();
+            if !run.status.success() || !help.contains("--port") || !leaked.is_empty() {
+                return Err(ProcessError::new(format!(
+                    "the node's binary did not act as a program: {} {help:?}; markers left: {leaked:?}",
+                    run.status
+                )));
+            }
+        }
+        if key.starts_with("CHATTY") {
+            // 20 MiB on each stream, then a failure.
+            let line = "z".repeat(1023);
+            for i in 0..20 * 1024 {
+                println!("{i} {line}");
+                eprintln!("{i} {line}");
+            }
+            return Err(ProcessError::new("chatty and failed"));
         }
         if key.starts_with("SLOW") {
             std::thread::sleep(std::time::Duration::from_millis(700));

@@ -1,0 +1,684 @@
+//! Checks the structure of an encoded data set before anything parses it.
+//!
+//! The dicom-rs parser trusts what a data set declares: it reserves an element's declared
+//! length before reading it (a 60-byte message declaring 4 GiB makes it zero-fill 4 GiB),
+//! and it descends into nested sequences by recursion (a 32 kB data set nested 1,500 deep
+//! overflows a thread's stack, which aborts the whole process). Data from a peer is
+//! therefore walked here first, without recursion and without allocating anything a
+//! length field asks for: every declared length must fit in what really follows, and
+//! sequences may nest at most [`MAX_SEQUENCE_DEPTH`] deep. Only a data set that passes is
+//! handed to the parser.
+
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+use dicom_core::{Tag, VR};
+use dicom_dictionary_std::StandardDataDictionary;
+use dicom_encoding::transfer_syntax::{Codec, Endianness};
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+use std::io::{self, Read, Seek, SeekFrom};
+
+/// How deep sequences may nest (a sequence inside an item of a sequence is depth 2). Real
+/// data sets rarely pass 10 (structured reports, enhanced multi-frame); the parser needs
+/// about 1.4 KiB of stack per level, so this stays far below any thread's stack.
+pub const MAX_SEQUENCE_DEPTH: usize = 64;
+
+/// The implicit VR little endian transfer syntax (the only implicit one).
+const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
+const ITEM: Tag = Tag(0xFFFE, 0xE000);
+const ITEM_END: Tag = Tag(0xFFFE, 0xE00D);
+const SEQUENCE_END: Tag = Tag(0xFFFE, 0xE0DD);
+const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+/// A deflated data set inflating past this is refused (a deflate bomb).
+const MAX_INFLATED: u64 = 1 << 32;
+
+/// Why a data set was refused before parsing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StructureError {
+    /// An element or item declares more bytes than follow it.
+    #[error("{tag} at byte {at} declares {declared} bytes, but only {left} follow")]
+    LengthBeyondEnd {
+        /// The element (or item) tag.
+        tag: Tag,
+        /// Where its header starts.
+        at: u64,
+        /// The declared length.
+        declared: u64,
+        /// What really follows, up to the end of what encloses it.
+        left: u64,
+    },
+    /// Sequences nest deeper than [`MAX_SEQUENCE_DEPTH`].
+    #[error("sequences nest deeper than {max} levels (at {tag}, byte {at})")]
+    TooDeep {
+        /// The limit.
+        max: usize,
+        /// The sequence that went past it.
+        tag: Tag,
+        /// Where its header starts.
+        at: u64,
+    },
+    /// The data set ends inside an element header or an open sequence or item.
+    #[error("the data set ends early, at byte {at}, inside {inside}")]
+    Truncated {
+        /// Where it ends.
+        at: u64,
+        /// What was open.
+        inside: &'static str,
+    },
+    /// An element where only items may be, an item outside a sequence, a delimiter that
+    /// closes nothing.
+    #[error("unexpected {tag} at byte {at}: {why}")]
+    Misplaced {
+        /// The tag found.
+        tag: Tag,
+        /// Where.
+        at: u64,
+        /// What was expected.
+        why: &'static str,
+    },
+    /// An undefined length on an element that cannot have one.
+    #[error("{tag} at byte {at} has an undefined length but VR {vr} cannot have one")]
+    UndefinedLength {
+        /// The element.
+        tag: Tag,
+        /// Where.
+        at: u64,
+        /// Its VR.
+        vr: VR,
+    },
+    /// The transfer syntax is unknown, or its data sets cannot be read (e.g. deflated
+    /// without the codec).
+    #[error("data sets in transfer syntax {0:?} cannot be read by this node")]
+    TransferSyntax(String),
+    /// A deflated data set inflates past the limit.
+    #[error("the deflated data set inflates past {} GiB", MAX_INFLATED >> 30)]
+    InflatesTooFar,
+    /// Reading failed.
+    #[error("cannot read the data set")]
+    Io(#[from] io::Error),
+}
+
+/// Checks a data set held in memory, encoded in `transfer_syntax`.
+pub fn check_bytes(bytes: &[u8], transfer_syntax: &str) -> Result<(), StructureError> {
+    check_seekable(io::Cursor::new(bytes), bytes.len() as u64, transfer_syntax)
+}
+
+/// Checks a data set of `len` bytes starting at the current position of `source` (a file
+/// after its meta group, say). Values are skipped by seeking, not read.
+pub fn check_seekable<R: Read + Seek>(
+    source: R,
+    len: u64,
+    transfer_syntax: &str,
+) -> Result<(), StructureError> {
+    let ts = TransferSyntaxRegistry
+        .get(transfer_syntax)
+        .ok_or_else(|| StructureError::TransferSyntax(transfer_syntax.to_string()))?;
+    let encoding = Encoding {
+        explicit: transfer_syntax.trim_end_matches(['\0', ' ']) != IMPLICIT_VR_LE,
+        big_endian: matches!(ts.endianness(), Endianness::Big),
+    };
+    match ts.codec() {
+        Codec::Dataset(None) => Err(StructureError::TransferSyntax(transfer_syntax.to_string())),
+        Codec::Dataset(Some(adapter)) => {
+            // Deflated: the inflated length is unknown, so values are read through (and
+            // so proven present) instead of skipped.
+            let inflated = adapter.adapt_reader(Box::new(io::BufReader::new(source).take(len)));
+            let mut walker = Walker::new(Streamed(inflated.take(MAX_INFLATED + 1)), None, encoding);
+            walker.walk()?;
+            if walker.pos > MAX_INFLATED {
+                return Err(StructureError::InflatesTooFar);
+            }
+            Ok(())
+        }
+        _ => Walker::new(Seeking(io::BufReader::new(source)), Some(len), encoding).walk(),
+    }
+}
+
+/// Why the header of a received data set could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// Its structure was refused before parsing.
+    #[error(transparent)]
+    Structure(#[from] StructureError),
+    /// The parser refused it.
+    #[error("cannot parse the data set")]
+    Parse(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Reads the elements before Pixel Data of a data set encoded in `transfer_syntax`, which
+/// starts at the current position of `source` and runs to its end: all the inputs' rules
+/// need, without reading the pixels. The structure is checked first ([`check_seekable`]).
+pub fn read_header<R: Read + Seek>(
+    mut source: R,
+    transfer_syntax: &str,
+) -> Result<dicom_object::InMemDicomObject, HeaderError> {
+    let start = source.stream_position().map_err(StructureError::Io)?;
+    let end = source.seek(SeekFrom::End(0)).map_err(StructureError::Io)?;
+    source
+        .seek(SeekFrom::Start(start))
+        .map_err(StructureError::Io)?;
+    check_seekable(&mut source, end.saturating_sub(start), transfer_syntax)?;
+    source
+        .seek(SeekFrom::Start(start))
+        .map_err(StructureError::Io)?;
+    let reader = io::BufReader::new(source);
+    let mut collector =
+        dicom_object::collector::DicomCollector::new_with_ts(reader, transfer_syntax.to_string());
+    let mut header = dicom_object::InMemDicomObject::new_empty();
+    collector
+        .read_dataset_up_to_pixeldata(&mut header)
+        .map_err(|e| HeaderError::Parse(Box::new(e)))?;
+    Ok(header)
+}
+
+/// Checks the data set of a Part-10 file: the meta group is read, then the data set is
+/// checked in the transfer syntax the meta group names.
+pub fn check_file(path: &std::path::Path) -> Result<(), StructureError> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let (start, transfer_syntax) = read_meta(&mut file, len)?;
+    file.seek(SeekFrom::Start(start))?;
+    check_seekable(file, len.saturating_sub(start), &transfer_syntax)
+}
+
+/// Reads the meta group of a Part-10 file just far enough to know where the data set
+/// starts and its transfer syntax.
+fn read_meta(file: &mut std::fs::File, len: u64) -> Result<(u64, String), StructureError> {
+    let truncated = |at| StructureError::Truncated {
+        at,
+        inside: "the file meta group",
+    };
+    let mut head = [0u8; 144];
+    file.read_exact(&mut head).map_err(|_| truncated(0))?;
+    if &head[128..132] != b"DICM" || head[132..138] != [2, 0, 0, 0, b'U', b'L'] {
+        return Err(StructureError::Misplaced {
+            tag: Tag(0x0002, 0x0000),
+            at: 132,
+            why: "a Part-10 file starts with DICM and the meta group length",
+        });
+    }
+    let group_len = u64::from(u32::from_le_bytes([
+        head[140], head[141], head[142], head[143],
+    ]));
+    let start = 144 + group_len;
+    if start > len || group_len > 64 * 1024 {
+        return Err(StructureError::LengthBeyondEnd {
+            tag: Tag(0x0002, 0x0000),
+            at: 132,
+            declared: group_len,
+            left: len.saturating_sub(144),
+        });
+    }
+    let mut meta = vec![0u8; group_len as usize];
+    file.read_exact(&mut meta).map_err(|_| truncated(144))?;
+    // Explicit VR little endian elements; the transfer syntax UID is (0002,0010).
+    let mut at = 0usize;
+    while at + 8 <= meta.len() {
+        let group = u16::from_le_bytes([meta[at], meta[at + 1]]);
+        let element = u16::from_le_bytes([meta[at + 2], meta[at + 3]]);
+        let vr = [meta[at + 4], meta[at + 5]];
+        let (header, value_len) = if matches!(&vr, b"OB" | b"OW" | b"UN" | b"UT" | b"SQ") {
+            if at + 12 > meta.len() {
+                break;
+            }
+            let l = u32::from_le_bytes([meta[at + 8], meta[at + 9], meta[at + 10], meta[at + 11]]);
+            (12, l as usize)
+        } else {
+            (
+                8,
+                usize::from(u16::from_le_bytes([meta[at + 6], meta[at + 7]])),
+            )
+        };
+        let value = at + header;
+        let Some(end) = value.checked_add(value_len).filter(|e| *e <= meta.len()) else {
+            return Err(truncated(144 + at as u64));
+        };
+        if (group, element) == (0x0002, 0x0010) {
+            let uid = String::from_utf8_lossy(&meta[value..end]);
+            return Ok((start, uid.trim_end_matches(['\0', ' ']).to_string()));
+        }
+        at = end;
+    }
+    Err(StructureError::Misplaced {
+        tag: Tag(0x0002, 0x0010),
+        at: 144,
+        why: "the file meta group names no transfer syntax",
+    })
+}
+
+#[derive(Clone, Copy)]
+struct Encoding {
+    explicit: bool,
+    big_endian: bool,
+}
+
+/// Bytes to walk: values are either skipped by seeking or read through.
+trait Bytes {
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()>;
+    /// Skips `n` bytes; for a stream, fails if fewer follow.
+    fn skip(&mut self, n: u64) -> io::Result<()>;
+}
+
+struct Seeking<R>(io::BufReader<R>);
+impl<R: Read + Seek> Bytes for Seeking<R> {
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_exact(buf)
+    }
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        // The length was checked against what follows before.
+        let n = i64::try_from(n).map_err(io::Error::other)?;
+        self.0.seek_relative(n)
+    }
+}
+
+struct Streamed<R>(R);
+impl<R: Read> Bytes for Streamed<R> {
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.0.read_exact(buf)
+    }
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        let copied = io::copy(&mut (&mut self.0).take(n), &mut io::sink())?;
+        if copied < n {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+}
+
+/// What encloses the current position.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Open {
+    /// A sequence's value: only items (and its delimiter).
+    Sequence,
+    /// Encapsulated pixel data: only fragment items (and its delimiter).
+    Fragments,
+    /// An item of a sequence: a nested data set.
+    Item,
+}
+
+struct Frame {
+    open: Open,
+    /// The first byte after it, when its length is defined.
+    end: Option<u64>,
+}
+
+struct Walker<B> {
+    bytes: B,
+    /// The data set's length, when known.
+    len: Option<u64>,
+    pos: u64,
+    encoding: Encoding,
+    stack: Vec<Frame>,
+}
+
+impl<B: Bytes> Walker<B> {
+    fn new(bytes: B, len: Option<u64>, encoding: Encoding) -> Self {
+        Walker {
+            bytes,
+            len,
+            pos: 0,
+            encoding,
+            stack: Vec::new(),
+        }
+    }
+
+    /// The end of the innermost enclosing thing of defined length.
+    fn limit(&self) -> Option<u64> {
+        self.stack.iter().rev().find_map(|f| f.end).or(self.len)
+    }
+
+    fn depth(&self) -> usize {
+        self.stack.iter().filter(|f| f.open != Open::Item).count()
+    }
+
+    fn u16(&self, b: [u8; 2]) -> u16 {
+        if self.encoding.big_endian {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        }
+    }
+
+    fn u32(&self, b: [u8; 4]) -> u32 {
+        if self.encoding.big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    }
+
+    fn read<const N: usize>(&mut self, inside: &'static str) -> Result<[u8; N], StructureError> {
+        let mut buf = [0u8; N];
+        match self.bytes.read_exact(&mut buf) {
+            Ok(()) => {
+                self.pos += N as u64;
+                Ok(buf)
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(StructureError::Truncated {
+                at: self.pos,
+                inside,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks that `declared` bytes fit before the end of what encloses them, and skips
+    /// them when `skip`.
+    fn fits(&mut self, tag: Tag, at: u64, declared: u32) -> Result<u64, StructureError> {
+        let declared = u64::from(declared);
+        if let Some(limit) = self.limit() {
+            let left = limit.saturating_sub(self.pos);
+            if declared > left {
+                return Err(StructureError::LengthBeyondEnd {
+                    tag,
+                    at,
+                    declared,
+                    left,
+                });
+            }
+        }
+        Ok(self.pos + declared)
+    }
+
+    fn skip(&mut self, tag: Tag, at: u64, declared: u32) -> Result<(), StructureError> {
+        let end = self.fits(tag, at, declared)?;
+        match self.bytes.skip(u64::from(declared)) {
+            Ok(()) => {
+                self.pos = end;
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(StructureError::LengthBeyondEnd {
+                    tag,
+                    at,
+                    declared: u64::from(declared),
+                    left: 0,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn push(
+        &mut self,
+        open: Open,
+        tag: Tag,
+        at: u64,
+        end: Option<u64>,
+    ) -> Result<(), StructureError> {
+        self.stack.push(Frame { open, end });
+        if self.depth() > MAX_SEQUENCE_DEPTH {
+            return Err(StructureError::TooDeep {
+                max: MAX_SEQUENCE_DEPTH,
+                tag,
+                at,
+            });
+        }
+        Ok(())
+    }
+
+    fn walk(&mut self) -> Result<(), StructureError> {
+        loop {
+            // Close what ends here.
+            while self
+                .stack
+                .last()
+                .is_some_and(|f| f.end.is_some_and(|end| end <= self.pos))
+            {
+                self.stack.pop();
+            }
+            if self.len.is_some_and(|len| self.pos >= len) {
+                return match self.stack.last() {
+                    None => Ok(()),
+                    Some(_) => Err(StructureError::Truncated {
+                        at: self.pos,
+                        inside: "an open sequence or item",
+                    }),
+                };
+            }
+            let at = self.pos;
+            let mut first = [0u8; 1];
+            if self.len.is_none() {
+                // A stream: its end is where reading stops.
+                match self.bytes.read_exact(&mut first) {
+                    Ok(()) => self.pos += 1,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        return if self.stack.is_empty() {
+                            Ok(())
+                        } else {
+                            Err(StructureError::Truncated {
+                                at,
+                                inside: "an open sequence or item",
+                            })
+                        };
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                first = self.read::<1>("an element's tag")?;
+            }
+            let rest = self.read::<3>("an element's tag")?;
+            let group = self.u16([first[0], rest[0]]);
+            let element = self.u16([rest[1], rest[2]]);
+            let tag = Tag(group, element);
+            let top = self.stack.last().map(|f| f.open);
+            if group == 0xFFFE {
+                let length = {
+                    let raw = self.read::<4>("an item's length")?;
+                    self.u32(raw)
+                };
+                self.on_item(tag, at, length, top)?;
+                continue;
+            }
+            if matches!(top, Some(Open::Sequence | Open::Fragments)) {
+                return Err(StructureError::Misplaced {
+                    tag,
+                    at,
+                    why: "only items may be inside a sequence",
+                });
+            }
+            let (vr, length) = self.element_header()?;
+            let vr = vr.unwrap_or_else(|| implicit_vr(tag, length));
+            if length == UNDEFINED {
+                match vr {
+                    VR::SQ | VR::UN => self.push(Open::Sequence, tag, at, None)?,
+                    VR::OB | VR::OW if tag == PIXEL_DATA => {
+                        self.push(Open::Fragments, tag, at, None)?
+                    }
+                    vr => return Err(StructureError::UndefinedLength { tag, at, vr }),
+                }
+            } else if vr == VR::SQ {
+                let end = self.fits(tag, at, length)?;
+                self.push(Open::Sequence, tag, at, Some(end))?;
+            } else {
+                self.skip(tag, at, length)?;
+            }
+        }
+    }
+
+    fn on_item(
+        &mut self,
+        tag: Tag,
+        at: u64,
+        length: u32,
+        top: Option<Open>,
+    ) -> Result<(), StructureError> {
+        match (tag, top) {
+            (ITEM, Some(Open::Sequence)) if length == UNDEFINED => {
+                self.push(Open::Item, tag, at, None)
+            }
+            (ITEM, Some(Open::Sequence)) => {
+                let end = self.fits(tag, at, length)?;
+                self.push(Open::Item, tag, at, Some(end))
+            }
+            (ITEM, Some(Open::Fragments)) if length != UNDEFINED => self.skip(tag, at, length),
+            (ITEM_END, Some(Open::Item)) if self.stack.last().is_some_and(|f| f.end.is_none()) => {
+                self.stack.pop();
+                Ok(())
+            }
+            (SEQUENCE_END, Some(Open::Sequence | Open::Fragments))
+                if self.stack.last().is_some_and(|f| f.end.is_none()) =>
+            {
+                self.stack.pop();
+                Ok(())
+            }
+            _ => Err(StructureError::Misplaced {
+                tag,
+                at,
+                why: "an item or delimiter where none can be",
+            }),
+        }
+    }
+
+    /// Reads an element's VR (explicit syntaxes) and length.
+    fn element_header(&mut self) -> Result<(Option<VR>, u32), StructureError> {
+        if !self.encoding.explicit {
+            let length = {
+                let raw = self.read::<4>("an element's length")?;
+                self.u32(raw)
+            };
+            return Ok((None, length));
+        }
+        let vr_bytes = self.read::<2>("an element's VR")?;
+        let vr = VR::from_binary(vr_bytes).unwrap_or(VR::UN);
+        let long = matches!(
+            vr,
+            VR::OB
+                | VR::OD
+                | VR::OF
+                | VR::OL
+                | VR::OV
+                | VR::OW
+                | VR::SQ
+                | VR::UC
+                | VR::UN
+                | VR::UR
+                | VR::UT
+                | VR::SV
+                | VR::UV
+        );
+        if long {
+            let _reserved = self.read::<2>("an element's header")?;
+            let length = {
+                let raw = self.read::<4>("an element's length")?;
+                self.u32(raw)
+            };
+            Ok((Some(vr), length))
+        } else {
+            let length = {
+                let raw = self.read::<2>("an element's length")?;
+                self.u16(raw)
+            };
+            Ok((Some(vr), u32::from(length)))
+        }
+    }
+}
+
+/// The VR an implicit VR element is read with: a sequence if the dictionary says so (or
+/// its length is undefined), encapsulated-style for undefined-length Pixel Data.
+fn implicit_vr(tag: Tag, length: u32) -> VR {
+    if tag == PIXEL_DATA && length == UNDEFINED {
+        return VR::OB;
+    }
+    match StandardDataDictionary.by_tag(tag).map(|e| e.vr()) {
+        Some(VirtualVr::Exact(VR::SQ)) => VR::SQ,
+        _ if length == UNDEFINED => VR::SQ,
+        _ => VR::UN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::{DataElement, PrimitiveValue};
+    use dicom_object::InMemDicomObject;
+
+    const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+
+    fn le_element(tag: Tag, vr: &[u8; 2], len: u32) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&tag.0.to_le_bytes());
+        b.extend_from_slice(&tag.1.to_le_bytes());
+        b.extend_from_slice(vr);
+        b.extend_from_slice(&[0, 0]);
+        b.extend_from_slice(&len.to_le_bytes());
+        b
+    }
+
+    fn nested(depth: usize) -> Vec<u8> {
+        let seq = Tag(0x0040, 0xA730);
+        let mut bytes = Vec::new();
+        for _ in 0..depth {
+            bytes.extend(le_element(seq, b"SQ", UNDEFINED));
+            bytes.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        }
+        for _ in 0..depth {
+            bytes.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+            bytes.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        }
+        bytes
+    }
+
+    #[test]
+    fn real_data_sets_pass_in_every_native_syntax() {
+        let series = crate::synthetic::SyntheticSeries::ct("P", 2)
+            .size(8, 8)
+            .build()
+            .unwrap();
+        let mut obj = series[0].clone().into_inner();
+        let item = InMemDicomObject::from_element_iter([DataElement::new(
+            Tag(0x0008, 0x0100),
+            VR::SH,
+            PrimitiveValue::from("CODE"),
+        )]);
+        obj.put(DataElement::new(
+            Tag(0x0008, 0x1032),
+            VR::SQ,
+            dicom_core::value::DataSetSequence::from(vec![item.clone(), item]),
+        ));
+        for ts in [IMPLICIT_VR_LE, EXPLICIT_LE, "1.2.840.10008.1.2.2"] {
+            let syntax = TransferSyntaxRegistry.get(ts).unwrap();
+            let mut bytes = Vec::new();
+            obj.write_dataset_with_ts(&mut bytes, syntax).unwrap();
+            check_bytes(&bytes, ts).unwrap_or_else(|e| panic!("{ts}: {e}"));
+        }
+    }
+
+    #[test]
+    fn lying_lengths_are_refused_before_anything_is_reserved() {
+        let mut bytes = le_element(Tag(0x0010, 0x0010), b"UT", 0xFFFF_FFF0);
+        bytes.extend_from_slice(b"only a few bytes");
+        assert!(matches!(
+            check_bytes(&bytes, EXPLICIT_LE),
+            Err(StructureError::LengthBeyondEnd {
+                declared: 0xFFFF_FFF0,
+                ..
+            })
+        ));
+        let mut implicit = Vec::new();
+        implicit.extend_from_slice(&[0x10, 0x00, 0x10, 0x00]);
+        implicit.extend_from_slice(&0x7FFF_FFF0u32.to_le_bytes());
+        assert!(check_bytes(&implicit, IMPLICIT_VR_LE).is_err());
+    }
+
+    #[test]
+    fn nesting_is_capped() {
+        check_bytes(&nested(MAX_SEQUENCE_DEPTH), EXPLICIT_LE).unwrap();
+        assert!(matches!(
+            check_bytes(&nested(1500), EXPLICIT_LE),
+            Err(StructureError::TooDeep { .. })
+        ));
+    }
+
+    #[test]
+    fn a_part10_file_sent_as_a_data_set_is_refused() {
+        let mut bytes = vec![0u8; 128];
+        bytes.extend_from_slice(b"DICM");
+        bytes.extend(le_element(Tag(0x0002, 0x0001), b"OB", 2));
+        bytes.extend_from_slice(&[0, 1]);
+        assert!(check_bytes(&bytes, EXPLICIT_LE).is_err());
+        assert!(check_bytes(b"hello, this is plain text\r\n", IMPLICIT_VR_LE).is_err());
+    }
+}
