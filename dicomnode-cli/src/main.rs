@@ -11,7 +11,7 @@ use dicomnode_server::dimse::status;
 use dicomnode_server::dispatch::StoreAssociation;
 use dicomnode_server::part10::Part10;
 use dicomnode_server::storage::disk::{self, DiskLayout};
-use dicomnode_server::Address;
+use dicomnode_server::{Address, ClientTls};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -34,6 +34,8 @@ enum Command {
     Echo {
         /// The node: AE@host:port.
         address: Address,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Send DICOM files (folders are searched recursively) with C-STORE, as they are.
     Store {
@@ -45,6 +47,8 @@ enum Command {
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// List the batches in a data directory's quarantine, with their failures.
     Quarantine {
@@ -63,15 +67,47 @@ enum Command {
     },
 }
 
+/// TLS to the node.
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// Associate over TLS (with --tls-ca).
+    #[arg(long, requires = "tls_ca")]
+    tls: bool,
+    /// The CA certificates (PEM) trusted to sign the node's certificate.
+    #[arg(long, requires = "tls")]
+    tls_ca: Option<PathBuf>,
+    /// Our certificate (PEM), for a node that verifies clients. With --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The address, over TLS when asked.
+    fn apply(self, address: Address) -> Address {
+        match (self.tls, self.tls_ca) {
+            (true, Some(ca)) => address.with_tls(ClientTls {
+                ca,
+                cert: self.tls_cert,
+                key: self.tls_key,
+            }),
+            _ => address,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Echo { address } => echo(&address, &cli.calling_ae_title),
+        Command::Echo { address, tls } => echo(&tls.apply(address), &cli.calling_ae_title),
         Command::Store {
             address,
             paths,
             quiet,
-        } => store(&address, &cli.calling_ae_title, &paths, quiet),
+            tls,
+        } => store(&tls.apply(address), &cli.calling_ae_title, &paths, quiet),
         Command::Quarantine { data_dir } => quarantine(&data_dir),
         Command::Requeue { data_dir, patients } => requeue(&data_dir, &patients),
     };

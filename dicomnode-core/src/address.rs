@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 /// A DICOM application entity on the network.
@@ -21,6 +22,30 @@ pub struct Address {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// Associate over TLS, with these settings; `None`: plain TCP.
+    #[serde(default)]
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS settings of an outgoing association: the CAs trusted to sign the peer's
+/// certificate and, for peers that demand one, the node's own certificate and key (PEM
+/// files). The peer's certificate must name the address's host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ClientTls {
+    /// The trusted CA certificates.
+    pub ca: PathBuf,
+    /// The node's certificate chain, when the peer verifies clients.
+    pub cert: Option<PathBuf>,
+    /// The key of that certificate.
+    pub key: Option<PathBuf>,
+}
+
+impl Address {
+    /// The same address, over TLS with `tls`.
+    pub fn with_tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
 }
 
 /// Why a text is not an `AE@host:port` address.
@@ -59,6 +84,7 @@ impl FromStr for Address {
             return Err(AddressError::BadPort(text.to_string()));
         }
         Ok(Address {
+            tls: None,
             ae_title: ae_title.to_string(),
             host: host
                 .trim_start_matches('[')

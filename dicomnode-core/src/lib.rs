@@ -22,7 +22,7 @@ pub mod series;
 pub mod structure;
 pub mod synthetic;
 
-pub use address::{Address, AddressError};
+pub use address::{Address, AddressError, ClientTls};
 pub use container::{InputContainer, Sender};
 pub use error::{ExportError, ProcessError, SendFailure, SyntheticError};
 pub use input::{Enough, Input, Matcher, Rejection};

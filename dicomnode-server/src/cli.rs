@@ -17,7 +17,7 @@
 //! assert_eq!(config.bind.port(), 104);
 //! ```
 
-use crate::config::{ExpiryAction, FailurePolicy, NodeConfig};
+use crate::config::{ExpiryAction, FailurePolicy, NodeConfig, ServerTls};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -107,6 +107,18 @@ pub struct NodeArgs {
     /// Seconds an association may stay silent between PDUs before it is aborted.
     #[arg(long, default_value_t = 120.0)]
     pub idle_timeout: f64,
+    /// TLS on the listening port: the node's certificate (PEM). With --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// With TLS: the CAs (PEM) whose client certificates are accepted.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// With TLS: refuse clients without a certificate signed by --tls-ca (mutual TLS).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_require_client_cert: bool,
 }
 
 /// `--expiry-action`.
@@ -158,6 +170,15 @@ impl NodeArgs {
         config.pdu_timeout = seconds(self.pdu_timeout);
         config.association_timeout = seconds(self.idle_timeout);
         config.work_root = self.work_root.clone();
+        config.tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(ServerTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_ca.clone(),
+                require_client_cert: self.tls_require_client_cert,
+            }),
+            _ => None,
+        };
         config
     }
 }

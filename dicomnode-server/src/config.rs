@@ -8,6 +8,7 @@ use std::time::Duration;
 
 pub use crate::runner::ChildPolicy;
 pub use crate::storage::ExpiryAction;
+pub use dicomnode_core::address::ClientTls;
 
 /// How a node serves. Build it with [`NodeConfig::new`] and the setters.
 ///
@@ -73,6 +74,22 @@ pub struct NodeConfig {
     pub acse_timeout: Duration,
     /// How long one PDU may take from its first byte to its last.
     pub pdu_timeout: Duration,
+    /// TLS on the listening port; `None`: plain TCP.
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS of the listening port: the node's certificate and key and, to verify clients'
+/// certificates, the CAs trusted to sign them (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// The node's certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// CAs whose client certificates are accepted; `None`: clients are not asked for one.
+    pub client_ca: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by `client_ca` (mutual TLS).
+    pub require_client_cert: bool,
 }
 
 /// How often a failed processing is tried again before the patient is quarantined.
@@ -121,6 +138,7 @@ impl NodeConfig {
             max_associations: 32,
             acse_timeout: Duration::from_secs(30),
             pdu_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 

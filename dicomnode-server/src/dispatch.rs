@@ -35,6 +35,14 @@ pub enum DispatchError {
         /// The cause.
         source: Box<dicom_ul::association::Error>,
     },
+    /// The TLS settings of the destination's address are not usable.
+    #[error("cannot associate with {address} over TLS: {}", with_causes(source))]
+    Tls {
+        /// The destination.
+        address: String,
+        /// The cause.
+        source: crate::tls::TlsError,
+    },
     /// The peer accepted no presentation context for this SOP class and transfer syntax.
     #[error(
         "{address} accepted no presentation context for SOP class {sop_class} in {transfer_syntax}"
@@ -79,9 +87,9 @@ impl DispatchError {
             DispatchError::Refused { status, .. } if (0xA700..=0xA7FF).contains(status) => {
                 SendFailure::Transient
             }
-            DispatchError::NoContext { .. } | DispatchError::Refused { .. } => {
-                SendFailure::Permanent
-            }
+            DispatchError::NoContext { .. }
+            | DispatchError::Refused { .. }
+            | DispatchError::Tls { .. } => SendFailure::Permanent,
             DispatchError::Transfer { .. } => SendFailure::Transient,
         }
     }
@@ -101,9 +109,25 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 
 /// An open association for C-STORE (and C-ECHO) to one destination.
 pub struct StoreAssociation {
-    association: ClientAssociation<TcpStream>,
+    association: Link,
     address: String,
     message_id: u16,
+}
+
+/// The association, over plain TCP or TLS (as the destination's address says).
+enum Link {
+    Plain(ClientAssociation<TcpStream>),
+    Tls(Box<ClientAssociation<dicom_ul::association::client::TlsStream>>),
+}
+
+/// Runs the same code on either kind of association.
+macro_rules! on_link {
+    ($link:expr, $association:ident => $body:expr) => {
+        match $link {
+            Link::Plain($association) => $body,
+            Link::Tls($association) => $body,
+        }
+    };
 }
 
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
@@ -138,14 +162,34 @@ impl StoreAssociation {
             }
             options = options.with_presentation_context(sop_class.clone(), syntaxes);
         }
-        let mut association = options
-            .establish((destination.host.as_str(), destination.port))
-            .map_err(|source| DispatchError::Associate {
-                address: address.clone(),
-                source: Box::new(source),
-            })?;
+        let failed = |source| DispatchError::Associate {
+            address: address.clone(),
+            source: Box::new(source),
+        };
+        let target = (destination.host.as_str(), destination.port);
+        let association = match &destination.tls {
+            None => Link::Plain(options.establish(target).map_err(failed)?),
+            Some(tls) => {
+                let config =
+                    crate::tls::client_config(tls).map_err(|source| DispatchError::Tls {
+                        address: address.clone(),
+                        source,
+                    })?;
+                let association = options
+                    .tls_config(config)
+                    .server_name(&destination.host)
+                    .establish_tls(target)
+                    .map_err(failed)?;
+                Link::Tls(Box::new(association))
+            }
+        };
         // Without it each C-STORE waits on Nagle and delayed ACK.
-        if let Err(error) = association.inner_stream().set_nodelay(true) {
+        let mut association = association;
+        let nodelay = match &mut association {
+            Link::Plain(a) => a.inner_stream().set_nodelay(true),
+            Link::Tls(a) => a.inner_stream().sock.set_nodelay(true),
+        };
+        if let Err(error) = nodelay {
             tracing::warn!(%error, "cannot set TCP_NODELAY");
         }
         Ok(StoreAssociation {
@@ -178,8 +222,7 @@ impl StoreAssociation {
     }
 
     fn accepted_context(&self, sop_class: &str, ts: Option<&str>) -> Option<u8> {
-        self.association
-            .presentation_contexts()
+        on_link!(&self.association, a => a.presentation_contexts())
             .iter()
             .find(|pc| {
                 pc.reason == PresentationContextResultReason::Acceptance
@@ -190,26 +233,22 @@ impl StoreAssociation {
     }
 
     fn send_command(&mut self, pc: u8, command: Vec<u8>) -> Result<(), DispatchError> {
-        self.association
-            .send(&Pdu::PData {
-                data: vec![PDataValue {
-                    presentation_context_id: pc,
-                    value_type: PDataValueType::Command,
-                    is_last: true,
-                    data: command,
-                }],
-            })
-            .map_err(|e| self.transfer_error(e))
+        let pdu = Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc,
+                value_type: PDataValueType::Command,
+                is_last: true,
+                data: command,
+            }],
+        };
+        on_link!(&mut self.association, a => a.send(&pdu)).map_err(|e| self.transfer_error(e))
     }
 
     fn read_response(&mut self) -> Result<u16, DispatchError> {
         let mut command = Vec::new();
         loop {
-            match self
-                .association
-                .receive()
-                .map_err(|e| self.transfer_error(e))?
-            {
+            let received = on_link!(&mut self.association, a => a.receive());
+            match received.map_err(|e| self.transfer_error(e))? {
                 Pdu::PData { data } => {
                     for pdv in data {
                         if pdv.value_type == PDataValueType::Command {
@@ -294,8 +333,10 @@ impl StoreAssociation {
                 })?;
         let id = self.next_message_id();
         self.send_command(pc, dimse::store_request(id, sop_class, sop_instance))?;
-        let mut writer = self.association.send_pdata(pc);
-        let written = write(&mut writer).and_then(|()| writer.finish().map_err(|e| e.to_string()));
+        let written = on_link!(&mut self.association, a => {
+            let mut writer = a.send_pdata(pc);
+            write(&mut writer).and_then(|()| writer.finish().map_err(|e| e.to_string()))
+        });
         written.map_err(|e| self.transfer_error(format!("sending {sop_instance}: {e}")))?;
         self.read_response()
     }
@@ -303,12 +344,10 @@ impl StoreAssociation {
     /// Releases the association gracefully.
     pub fn release(self) -> Result<(), DispatchError> {
         let address = self.address.clone();
-        self.association
-            .release()
-            .map_err(|e| DispatchError::Transfer {
-                address,
-                message: e.to_string(),
-            })
+        on_link!(self.association, a => a.release()).map_err(|e| DispatchError::Transfer {
+            address,
+            message: e.to_string(),
+        })
     }
 }
 

@@ -50,6 +50,7 @@ pub mod runner;
 pub mod scp;
 pub mod storage;
 mod storage_classes;
+pub mod tls;
 pub mod trigger;
 
 pub use config::{FailurePolicy, NodeConfig};
@@ -79,6 +80,9 @@ pub enum NodeError {
     /// The storage could not be opened or restored.
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
+    /// The TLS configuration could not be built.
+    #[error("TLS")]
+    Tls(#[from] tls::TlsError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -131,14 +135,14 @@ impl Node {
                 "data directory restored"
             );
         }
+        let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
         let runner = ChildRunner::start(&pipeline, &config, Arc::clone(&storage))?;
-        let scp =
-            Scp::bind(&config, Arc::clone(&storage), Arc::clone(&runner)).map_err(|source| {
-                NodeError::Bind {
-                    addr: config.bind,
-                    source,
-                }
-            })?;
+        let scp = Scp::bind(&config, tls, Arc::clone(&storage), Arc::clone(&runner)).map_err(
+            |source| NodeError::Bind {
+                addr: config.bind,
+                source,
+            },
+        )?;
         // Patients that were complete when the node stopped are processed at once.
         for batch in restored.ready {
             runner.submit(batch);

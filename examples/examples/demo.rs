@@ -53,6 +53,7 @@ fn start<P: Pipeline>(pipeline: P, ae_title: &str) -> Result<Address, Box<dyn Er
         NodeConfig::new(ae_title).bind("127.0.0.1:0".parse()?),
     )?;
     let address = Address {
+        tls: None,
         ae_title: ae_title.into(),
         host: "127.0.0.1".into(),
         port: node.local_addr()?.port(),

@@ -283,6 +283,7 @@ impl NodeProcess {
     /// `AE@127.0.0.1:port` for the node.
     pub fn address(&self, ae_title: &str) -> dicomnode_server::Address {
         dicomnode_server::Address {
+            tls: None,
             ae_title: ae_title.into(),
             host: "127.0.0.1".into(),
             port: self.port,

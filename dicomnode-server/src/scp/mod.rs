@@ -115,6 +115,8 @@ impl Drop for Slot {
 pub struct Scp {
     listener: TcpListener,
     options: Arc<ServerAssociationOptions<'static, CalledAeTitle, DefaultNegotiation>>,
+    /// Whether associations are over TLS.
+    tls: bool,
     storage: Arc<Storage>,
     runner: Arc<ChildRunner>,
     config: Arc<NodeConfig>,
@@ -150,6 +152,7 @@ impl Scp {
     /// Binds the listening socket.
     pub fn bind(
         config: &NodeConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
         storage: Arc<Storage>,
         runner: Arc<ChildRunner>,
     ) -> std::io::Result<Self> {
@@ -168,9 +171,14 @@ impl Scp {
         for sop_class in STORAGE_SOP_CLASSES {
             options = options.with_abstract_syntax(*sop_class);
         }
+        let tls = tls.is_some_and(|tls| {
+            options = options.clone().tls_config(tls);
+            true
+        });
         Ok(Scp {
             listener,
             options: Arc::new(options),
+            tls,
             storage,
             runner,
             config: Arc::new(config.clone()),
@@ -248,6 +256,7 @@ impl Scp {
             };
             let session = AssociationSession {
                 options: Arc::clone(&self.options),
+                tls: self.tls,
                 storage: Arc::clone(&self.storage),
                 runner: Arc::clone(&self.runner),
                 config: Arc::clone(&self.config),

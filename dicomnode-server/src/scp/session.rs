@@ -51,6 +51,8 @@ impl Peer {
 /// What one association's thread needs.
 pub(crate) struct AssociationSession {
     pub(crate) options: Arc<ServerAssociationOptions<'static, CalledAeTitle, DefaultNegotiation>>,
+    /// Whether associations are over TLS (the options hold its configuration).
+    pub(crate) tls: bool,
     pub(crate) storage: Arc<Storage>,
     pub(crate) runner: Arc<ChildRunner>,
     pub(crate) config: Arc<NodeConfig>,
@@ -67,6 +69,12 @@ pub(crate) trait Transport: Read + Write + dicom_ul::association::CloseSocket {
 impl Transport for TcpStream {
     fn socket(&self) -> &TcpStream {
         self
+    }
+}
+
+impl Transport for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+    fn socket(&self) -> &TcpStream {
+        &self.sock
     }
 }
 
@@ -143,28 +151,51 @@ impl AssociationSession {
             .watch(&stream, Instant::now() + self.config.acse_timeout);
         let options = Arc::clone(&self.options);
         // dicom-ul's negotiation is not ours: a panic in it ends this connection only.
-        let established = std::panic::catch_unwind(move || options.establish(stream));
-        let ended = watch.map(|w| self.negotiating.finish(w));
-        let association = match established {
-            Ok(Ok(association)) => association,
+        if self.tls {
+            let established = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                options.establish_tls(stream)
+            }));
+            let ended = watch.map(|w| self.negotiating.finish(w));
+            if let Some(association) = self.established(established, ended, &addr) {
+                self.serve(association, &addr);
+            }
+        } else {
+            let established = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                options.establish(stream)
+            }));
+            let ended = watch.map(|w| self.negotiating.finish(w));
+            if let Some(association) = self.established(established, ended, &addr) {
+                self.serve(association, &addr);
+            }
+        }
+    }
+
+    /// The association, or why there is none (logged).
+    fn established<S>(
+        &self,
+        established: std::thread::Result<
+            Result<ServerAssociation<S>, dicom_ul::association::Error>,
+        >,
+        ended: Option<Ended>,
+        addr: &str,
+    ) -> Option<ServerAssociation<S>> {
+        match established {
+            Ok(Ok(association)) => Some(association),
             Ok(Err(_)) if ended == Some(Ended::Late) => {
                 tracing::warn!(peer = %addr, limit = ?self.config.acse_timeout, "association not established: the peer's request did not arrive in time");
-                return;
+                None
             }
-            Ok(Err(_)) if ended == Some(Ended::Evicted) => {
-                // Logged, rate-limited, where the eviction happened.
-                return;
-            }
+            // Logged, rate-limited, where the eviction happened.
+            Ok(Err(_)) if ended == Some(Ended::Evicted) => None,
             Ok(Err(error)) => {
-                tracing::warn!(peer = %addr, error = %escape_control(&error.to_string()), "association not established");
-                return;
+                tracing::warn!(peer = %addr, error = %error_chain(&error), "association not established");
+                None
             }
             Err(_) => {
                 tracing::warn!(peer = %addr, "association not established: its request could not be read");
-                return;
+                None
             }
-        };
-        self.serve(association, &addr);
+        }
     }
 
     /// Serves an established association until it ends.
