@@ -22,7 +22,7 @@ pub mod series;
 pub mod synthetic;
 
 pub use address::{Address, AddressError};
-pub use container::{InputContainer, Sender};
+pub use container::{InputContainer, Sender, UnknownInput};
 pub use error::{ExportError, ProcessError, SendFailure, SyntheticError};
 pub use input::{Enough, Input, Matcher, Rejection};
 pub use output::{Export, FileOutput, MultiOutput, NoOutput, Output};
