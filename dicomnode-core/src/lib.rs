@@ -45,10 +45,10 @@ pub mod __private {
         message = "the pipeline field type `{Self}` cannot be sent to the processing child",
         label = "this field is not `Serialize + Deserialize`",
         note = "a pipeline's state is serialized into the child process that runs its processor, so every field must implement `serde::Serialize` and `serde::Deserialize`",
-        note = "state that cannot be serialized (a lock, a file, a socket, a closure, an `Rc`) belongs in the Processor, which is built inside the child by `Processor::build`; or mark the field `#[serde(skip)]` to rebuild it with `Default` in the child"
+        note = "state that cannot be serialized (a file, a socket, a handle into a library) belongs in the Processor, which is built inside the child by `Processor::build`; or mark the field `#[serde(skip)]` to rebuild it with `Default` in the child"
     )]
     pub trait PipelineField {}
-    impl<T: Serialize + DeserializeOwned + ?Sized> PipelineField for T {}
+    impl<T: Serialize + DeserializeOwned> PipelineField for T {}
 
     /// Implemented for every type that is plain data: neither shared (`Rc`, `Cell`) nor tied
     /// to a thread or an address (guards, raw pointers). Such state does not survive the

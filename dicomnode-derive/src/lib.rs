@@ -20,8 +20,12 @@ use syn::{parse_macro_input, Data, DeriveInput, Fields, Path, Type};
 ///   inputs; without it, one input `"instances"` takes every instance, enough at once.
 /// - `#[pipeline(crate = some::path)]`: where the dicomnode crate is, if renamed.
 ///
-/// A field marked `#[serde(skip)]` is not sent to the child; serde rebuilds it with
-/// `Default` there.
+/// Every other field must be plain data that serde can carry: `Serialize`,
+/// `DeserializeOwned`, `Send` and `Sync`. Fields whose type names a lock, cell, atomic,
+/// `Rc`/`Weak`, raw pointer, closure or trait object are rejected while the macro expands,
+/// so that this is the first error printed, at the field; other fields are checked by
+/// the type checker, at the field too. A field marked `#[serde(skip)]` is not sent to the
+/// child and not checked; serde rebuilds it with `Default` there.
 #[proc_macro_derive(Pipeline, attributes(pipeline))]
 pub fn derive_pipeline(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
