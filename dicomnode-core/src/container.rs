@@ -2,6 +2,7 @@
 
 use crate::DicomInstance;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 /// The peer that sent the instances that completed the patient's batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,21 +45,55 @@ impl InputContainer {
         &self.sender
     }
 
-    /// The instances of the input named `name`; `None` if there is no such input.
-    pub fn get(&self, name: &str) -> Option<&[DicomInstance]> {
-        self.inputs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+    /// The instances of the input named `name`.
+    ///
+    /// A declared input that holds no instances gives an empty slice; a name that no input
+    /// declares is an [`UnknownInput`] error (which `?` turns into a [`ProcessError`]
+    /// inside `process`), so that a typo fails loudly instead of processing nothing.
+    ///
+    /// [`ProcessError`]: crate::ProcessError
+    pub fn get(&self, name: &str) -> Result<&[DicomInstance], UnknownInput> {
+        match self.inputs.iter().find(|(n, _)| n == name) {
+            Some((_, instances)) => Ok(instances),
+            None => Err(self.unknown(name)),
+        }
     }
 
     /// Takes the instances of the input named `name` out of the container.
-    pub fn take(&mut self, name: &str) -> Vec<DicomInstance> {
-        self.inputs
-            .iter_mut()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| std::mem::take(v))
-            .unwrap_or_default()
+    ///
+    /// A declared input that holds no instances (or whose instances were taken already)
+    /// gives an empty `Vec`; a name that no input declares is an [`UnknownInput`] error,
+    /// which `?` turns into a [`ProcessError`] inside `process`:
+    ///
+    /// ```
+    /// # use dicomnode_core::{InputContainer, ProcessError, Sender};
+    /// # fn process(mut input: InputContainer) -> Result<(), ProcessError> {
+    /// let ct = input.take("ct")?;
+    /// # Ok(())
+    /// # }
+    /// # let sender = Sender { ae_title: "SCU".into(), address: "127.0.0.1:104".into() };
+    /// # let input = InputContainer::new("P1".into(), sender, vec![("ct".into(), Vec::new())]);
+    /// # process(input).unwrap();
+    /// ```
+    ///
+    /// [`ProcessError`]: crate::ProcessError
+    pub fn take(&mut self, name: &str) -> Result<Vec<DicomInstance>, UnknownInput> {
+        match self.inputs.iter_mut().find(|(n, _)| n == name) {
+            Some((_, instances)) => Ok(std::mem::take(instances)),
+            None => Err(self.unknown(name)),
+        }
+    }
+
+    /// The names of the inputs, in declaration order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.inputs.iter().map(|(n, _)| n.as_str())
+    }
+
+    fn unknown(&self, name: &str) -> UnknownInput {
+        UnknownInput {
+            requested: name.to_string(),
+            declared: self.names().map(str::to_string).collect(),
+        }
     }
 
     /// Each input's name and instances, in declaration order.
@@ -74,5 +109,129 @@ impl InputContainer {
     /// All instances of all inputs, in declaration order.
     pub fn into_instances(self) -> Vec<DicomInstance> {
         self.inputs.into_iter().flat_map(|(_, v)| v).collect()
+    }
+}
+
+/// A processor asked for an input that the pipeline does not declare (a typo, or an input
+/// renamed in `inputs` but not in `process`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no input is named {requested:?}: the pipeline declares {}", DeclaredNames(.declared))]
+pub struct UnknownInput {
+    requested: String,
+    declared: Vec<String>,
+}
+
+impl UnknownInput {
+    /// The name that was asked for.
+    pub fn requested(&self) -> &str {
+        &self.requested
+    }
+
+    /// The names of the inputs the pipeline declares, in declaration order.
+    pub fn declared(&self) -> &[String] {
+        &self.declared
+    }
+}
+
+/// Lists input names for a message: `"ct", "pet"`, or `no inputs`.
+struct DeclaredNames<'a>(&'a [String]);
+
+impl fmt::Display for DeclaredNames<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no inputs");
+        }
+        for (i, name) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{name:?}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::SyntheticSeries;
+    use crate::ProcessError;
+
+    fn container(inputs: Vec<(&str, usize)>) -> InputContainer {
+        let sender = Sender {
+            ae_title: "SCU".into(),
+            address: "127.0.0.1:104".into(),
+        };
+        let inputs = inputs
+            .into_iter()
+            .map(|(name, count)| {
+                let instances = if count == 0 {
+                    Vec::new()
+                } else {
+                    SyntheticSeries::ct("P1", count as u32)
+                        .size(2, 2)
+                        .build()
+                        .expect("synthetic series")
+                };
+                (name.to_string(), instances)
+            })
+            .collect();
+        InputContainer::new("P1".into(), sender, inputs)
+    }
+
+    #[test]
+    fn take_gives_the_instances_once() {
+        let mut input = container(vec![("ct", 3), ("pet", 2)]);
+        assert_eq!(input.take("pet").map(|v| v.len()), Ok(2));
+        // Taken already: declared, so empty rather than an error.
+        assert_eq!(input.take("pet").map(|v| v.len()), Ok(0));
+        assert_eq!(input.instance_count(), 3);
+    }
+
+    #[test]
+    fn a_declared_empty_input_is_an_empty_vec() {
+        let mut input = container(vec![("ct", 1), ("prior", 0)]);
+        assert_eq!(input.get("prior").map(<[_]>::len), Ok(0));
+        assert_eq!(input.take("prior").map(|v| v.len()), Ok(0));
+    }
+
+    #[test]
+    fn an_undeclared_name_is_an_error_naming_the_declared_inputs() {
+        let mut input = container(vec![("ct", 1), ("pet", 0)]);
+        let error = input.take("cT").expect_err("no input is named cT");
+        assert_eq!(error.requested(), "cT");
+        assert_eq!(error.declared(), ["ct".to_string(), "pet".to_string()]);
+        assert_eq!(
+            error.to_string(),
+            r#"no input is named "cT": the pipeline declares "ct", "pet""#
+        );
+        assert_eq!(
+            input.get("typo").map(<[_]>::len),
+            Err(input.unknown("typo"))
+        );
+        // Nothing was taken by the failed call.
+        assert_eq!(input.instance_count(), 1);
+    }
+
+    #[test]
+    fn an_error_without_inputs_says_so() {
+        let mut input = container(vec![]);
+        let error = input.take("ct").expect_err("no inputs at all");
+        assert_eq!(
+            error.to_string(),
+            r#"no input is named "ct": the pipeline declares no inputs"#
+        );
+    }
+
+    #[test]
+    fn the_error_converts_into_a_process_error_with_question_mark() {
+        fn process(mut input: InputContainer) -> Result<usize, ProcessError> {
+            Ok(input.take("ct")?.len() + input.take("typo")?.len())
+        }
+        let error = process(container(vec![("ct", 2)])).expect_err("typo");
+        assert_eq!(
+            error.message(),
+            r#"no input is named "typo": the pipeline declares "ct""#
+        );
     }
 }

@@ -23,7 +23,7 @@ pub mod structure;
 pub mod synthetic;
 
 pub use address::{Address, AddressError, ClientTls};
-pub use container::{InputContainer, Sender};
+pub use container::{InputContainer, Sender, UnknownInput};
 pub use error::{ExportError, ProcessError, SendFailure, SyntheticError};
 pub use input::{Enough, Input, Matcher, Rejection};
 pub use output::{Export, FileOutput, MultiOutput, NoOutput, Output};
@@ -40,29 +40,58 @@ pub mod __private {
 
     /// Implemented for every type that can travel to the processing child.
     ///
-    /// The derive asserts it for each field, so that a field that cannot travel is reported
+    /// The derive checks it for each field, so that a field that cannot travel is reported
     /// at that field with a message that says what to do.
     #[diagnostic::on_unimplemented(
         message = "the pipeline field type `{Self}` cannot be sent to the processing child",
         label = "this field is not `Serialize + Deserialize`",
         note = "a pipeline's state is serialized into the child process that runs its processor, so every field must implement `serde::Serialize` and `serde::Deserialize`",
-        note = "state that cannot be serialized (a lock, a file, a socket, a closure, an `Rc`) belongs in the Processor, which is built inside the child by `Processor::build`; or mark the field `#[serde(skip)]` to rebuild it with `Default` in the child"
+        note = "state that cannot be serialized (a file, a socket, a handle into a library) belongs in the Processor, which is built inside the child by `Processor::build`; or mark the field `#[serde(skip)]` to rebuild it with `Default` in the child"
     )]
     pub trait PipelineField {}
     impl<T: Serialize + DeserializeOwned> PipelineField for T {}
 
-    /// Asserts that `T` can be a pipeline field.
-    pub const fn assert_pipeline_field<T: PipelineField + ?Sized>() {}
-
-    /// Implemented for a processor whose `Pipeline` is `P`.
+    /// Implemented for every type that is plain data: neither shared (`Rc`, `Cell`) nor tied
+    /// to a thread or an address (guards, raw pointers). Such state does not survive the
+    /// copy into the child, so the derive rejects it even where serde would accept it.
     #[diagnostic::on_unimplemented(
-        message = "`{Self}` is not a processor of the pipeline `{P}`",
-        label = "named here as the processor of `{P}`",
-        note = "implement `dicomnode_server::Processor` for `{Self}` with `type Pipeline = {P};`"
+        message = "the pipeline field type `{Self}` is shared or tied to one thread (it is not `Send + Sync`)",
+        label = "this field is not plain data",
+        note = "a pipeline's state is copied into a new child process for each patient, where sharing, thread-bound state and addresses mean nothing",
+        note = "move it into the Processor, which is built inside the child by `Processor::build`; or mark the field `#[serde(skip)]` to rebuild it with `Default` in the child"
     )]
-    pub trait ProcessorOf<P> {}
-    impl<T: crate::Processor> ProcessorOf<T::Pipeline> for T {}
+    pub trait PlainData {}
+    impl<T: Send + Sync + ?Sized> PlainData for T {}
 
-    /// Asserts that `T` is the processor of `P`.
-    pub const fn assert_processor_of<T: ProcessorOf<P>, P>() {}
+    /// Asserts that `T` can be pipeline state. The derive calls it for each field, in a
+    /// constant emitted before serde's derives expand, so that its message comes before
+    /// theirs when `Pipeline` is derived first.
+    pub const fn assert_pipeline_field<T: PipelineField + PlainData + ?Sized>() {}
+
+    /// Resolves to `T` when `T` is the processor of the pipeline `P`.
+    ///
+    /// The derive names the processor through it (`<T as ProcessorOf<P>>::Processor`), so
+    /// that a wrong processor is reported by the messages below, at the attribute, and not
+    /// as a type mismatch.
+    pub trait ProcessorOf<P> {
+        /// `T` itself.
+        type Processor;
+    }
+    impl<T, P> ProcessorOf<P> for T
+    where
+        T: crate::Processor,
+        T::Pipeline: SamePipeline<P, T>,
+    {
+        type Processor = T;
+    }
+
+    /// Implemented by a pipeline `P` for itself only: `Proc` processes pipeline `Self`, and
+    /// it is named as the processor of `P`.
+    #[diagnostic::on_unimplemented(
+        message = "`{Proc}` is the processor of another pipeline, `{Self}`, not of `{P}`",
+        label = "named here as the processor of `{P}`",
+        note = "name a processor whose `impl Processor` says `type Pipeline = {P};`, or change `type Pipeline` in `impl Processor for {Proc}`"
+    )]
+    pub trait SamePipeline<P, Proc> {}
+    impl<P, Proc> SamePipeline<P, Proc> for P {}
 }

@@ -10,7 +10,13 @@ use serde::{de::DeserializeOwned, Serialize};
 /// field can travel to the child. Inputs are declared by a method named with
 /// `#[pipeline(inputs = Self::my_inputs)]` (a `fn(&Self) -> Vec<Input>`); without it the
 /// pipeline has one input, `"instances"`, that takes every instance and has enough at once.
-pub trait Pipeline: Serialize + DeserializeOwned + Send + Sync + 'static {
+///
+/// The node serializes the pipeline once, at start, and each child deserializes its own
+/// copy; no thread shares it, so the trait asks for no `Send` or `Sync`. The derive asks
+/// more of each field than serde does: it must be plain data, neither shared nor tied to
+/// a thread or an address (no `Rc`, `Cell`, lock, raw pointer), because such state does
+/// not survive the copy. It says so at the field.
+pub trait Pipeline: Serialize + DeserializeOwned + 'static {
     /// The processor built in the child for each patient.
     type Processor: Processor<Pipeline = Self>;
 
@@ -21,6 +27,11 @@ pub trait Pipeline: Serialize + DeserializeOwned + Send + Sync + 'static {
 /// The per-patient work of a pipeline. Built and run inside the child process, in a fresh
 /// temporary working directory that is removed afterwards, so it may hold anything
 /// (models, open files, thread pools) and may litter the working directory.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a dicomnode `Processor`",
+    label = "not a `Processor`",
+    note = "implement `dicomnode_server::Processor` for `{Self}`, with `type Pipeline` naming the pipeline whose state it reads"
+)]
 pub trait Processor: Sized + 'static {
     /// The pipeline whose state the processor reads.
     type Pipeline: Pipeline;

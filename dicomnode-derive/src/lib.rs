@@ -20,8 +20,12 @@ use syn::{parse_macro_input, Data, DeriveInput, Fields, Path, Type};
 ///   inputs; without it, one input `"instances"` takes every instance, enough at once.
 /// - `#[pipeline(crate = some::path)]`: where the dicomnode crate is, if renamed.
 ///
-/// A field marked `#[serde(skip)]` is not sent to the child; serde rebuilds it with
-/// `Default` there.
+/// Every other field must be plain data that serde can carry: `Serialize`,
+/// `DeserializeOwned`, `Send` and `Sync`. Fields whose type names a lock, cell, atomic,
+/// `Rc`/`Weak`, raw pointer, closure or trait object are rejected while the macro expands,
+/// so that this is the first error printed, at the field; other fields are checked by
+/// the type checker, at the field too. A field marked `#[serde(skip)]` is not sent to the
+/// child and not checked; serde rebuilds it with `Default` there.
 #[proc_macro_derive(Pipeline, attributes(pipeline))]
 pub fn derive_pipeline(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
@@ -114,15 +118,25 @@ fn serde_skips(field: &syn::Field) -> bool {
     skip || (skip_ser && skip_de)
 }
 
-/// Types that serde can serialize but that make no sense in state copied to a child: a lock
-/// or a cell shares nothing across processes, each child would get a private copy.
+/// What to do with state that cannot travel, said at the end of each field error.
+const ADVICE: &str = "move it into the Processor (built inside the child by `Processor::build`), \
+                      or mark the field `#[serde(skip)]` to rebuild it with `Default` in the child";
+
+/// Locks, cells and atomics: serde may serialize some of them, but in state copied to a
+/// child they share nothing (each child gets a private copy), and most are not `Sync`.
 const PROCESS_LOCAL: &[&str] = &[
     "Mutex",
+    "MutexGuard",
     "RwLock",
+    "RwLockReadGuard",
+    "RwLockWriteGuard",
     "Condvar",
+    "Barrier",
     "Cell",
     "RefCell",
+    "UnsafeCell",
     "OnceCell",
+    "LazyCell",
     "OnceLock",
     "LazyLock",
     "AtomicBool",
@@ -138,33 +152,116 @@ const PROCESS_LOCAL: &[&str] = &[
     "AtomicIsize",
 ];
 
-/// Whether `ty` holds a closure, function pointer or trait object, which can never be
-/// deserialized in another process.
-fn code_type(ty: &Type) -> Option<proc_macro2::Span> {
-    fn walk(tokens: TokenStream2) -> Option<proc_macro2::Span> {
-        tokens.into_iter().find_map(|tt| match tt {
-            TokenTree::Ident(ident) if ident == "dyn" || ident == "fn" || ident == "impl" => {
-                Some(ident.span())
+/// Shared pointers: the sharing cannot cross into another process, and `Rc`/`rc::Weak`
+/// are not even `Send`.
+const SHARED_POINTERS: &[&str] = &["Rc", "Weak"];
+
+/// Pointers by address: an address means nothing in another process.
+const RAW_POINTERS: &[&str] = &["NonNull", "AtomicPtr"];
+
+/// Path segments under which the standard library keeps the types above. A multi-segment
+/// path is only recognised if all its leading segments are among these, so that a user's
+/// own `grid::Cell` is left to the trait checks; a single name (`Cell`, imported) is taken
+/// to be the standard one.
+const STD_MODULES: &[&str] = &[
+    "std", "core", "alloc", "cell", "rc", "sync", "atomic", "ptr", "lazy",
+];
+
+/// The first part of a field's type that can never be pipeline state, with the reason.
+///
+/// This reads the type's syntax, so it runs while macros expand: its errors are reported
+/// before any type checking, and therefore before anything the compiler adds about the
+/// same field. Types it does not recognise are left to the trait checks in `__private`.
+fn unfit_part(ty: &Type) -> Option<syn::Error> {
+    match ty {
+        Type::Ptr(_) => Some(syn::Error::new_spanned(
+            ty,
+            format!(
+                "a raw pointer cannot be pipeline state: the pipeline is copied into a new child \
+                 process for each patient, where an address means nothing; {ADVICE}"
+            ),
+        )),
+        Type::BareFn(_) | Type::TraitObject(_) | Type::ImplTrait(_) => {
+            Some(syn::Error::new_spanned(
+                ty,
+                "a closure, function or trait object cannot be pipeline state: code cannot be \
+             serialized into the child process; move it into the Processor (built inside the \
+             child by `Processor::build`), or describe it with data (an enum, a path, a name)",
+            ))
+        }
+        Type::Reference(r) => unfit_part(&r.elem),
+        Type::Array(a) => unfit_part(&a.elem),
+        Type::Slice(s) => unfit_part(&s.elem),
+        Type::Paren(p) => unfit_part(&p.elem),
+        Type::Group(g) => unfit_part(&g.elem),
+        Type::Tuple(t) => t.elems.iter().find_map(unfit_part),
+        Type::Path(p) => {
+            if let Some(found) = p.qself.as_ref().and_then(|q| unfit_part(&q.ty)) {
+                return Some(found);
             }
-            TokenTree::Group(group) => walk(group.stream()),
-            _ => None,
-        })
+            unfit_path(ty, &p.path)
+        }
+        _ => None,
     }
-    walk(ty.to_token_stream())
 }
 
-/// The first process-local type named in `ty`, if any.
-fn process_local_type(ty: &Type) -> Option<syn::Ident> {
-    fn walk(tokens: TokenStream2) -> Option<syn::Ident> {
-        tokens.into_iter().find_map(|tt| match tt {
-            TokenTree::Ident(ident) if PROCESS_LOCAL.iter().any(|name| ident == name) => {
-                Some(ident)
+fn unfit_path(ty: &Type, path: &Path) -> Option<syn::Error> {
+    let last = path.segments.last()?;
+    let name = &last.ident;
+    let leading_std = path
+        .segments
+        .iter()
+        .rev()
+        .skip(1)
+        .all(|s| STD_MODULES.iter().any(|m| s.ident == m));
+    if leading_std {
+        let is = |names: &[&str]| names.iter().any(|n| name == n);
+        if is(PROCESS_LOCAL) {
+            return Some(syn::Error::new_spanned(
+                ty,
+                format!(
+                    "`{name}` cannot be pipeline state: the pipeline is copied into a new child \
+                     process for each patient, so a lock, cell or atomic here would share \
+                     nothing; {ADVICE}"
+                ),
+            ));
+        }
+        if is(SHARED_POINTERS) {
+            return Some(syn::Error::new_spanned(
+                ty,
+                format!(
+                    "`{name}` cannot be pipeline state: the pipeline is copied into a new child \
+                     process for each patient, so a shared pointer here would share nothing; \
+                     hold the value itself, or {ADVICE}"
+                ),
+            ));
+        }
+        if is(RAW_POINTERS) {
+            return Some(syn::Error::new_spanned(
+                ty,
+                format!(
+                    "`{name}` cannot be pipeline state: the pipeline is copied into a new child \
+                     process for each patient, where an address means nothing; {ADVICE}"
+                ),
+            ));
+        }
+        if name == "PhantomData" {
+            // A marker holds no value: `PhantomData<fn() -> T>` is plain data.
+            return None;
+        }
+    }
+    path.segments
+        .iter()
+        .find_map(|segment| match &segment.arguments {
+            syn::PathArguments::AngleBracketed(args) => {
+                args.args.iter().find_map(|arg| match arg {
+                    syn::GenericArgument::Type(ty) => unfit_part(ty),
+                    syn::GenericArgument::AssocType(assoc) => unfit_part(&assoc.ty),
+                    _ => None,
+                })
             }
-            TokenTree::Group(group) => walk(group.stream()),
             _ => None,
         })
-    }
-    walk(ty.to_token_stream())
 }
 
 /// Whether the type mentions one of the struct's type parameters.
@@ -215,30 +312,14 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
     };
 
     // Errors on fields do not stop the impl from being generated, so that they are not
-    // followed by a cascade of "Pipeline is not implemented" errors.
+    // followed by a cascade of "Pipeline is not implemented" errors. A field rejected here
+    // gets no trait check below, so that it is reported once.
     let mut field_errors = Errors::default();
+    let mut travelling: Vec<&syn::Field> = Vec::new();
     for field in fields.iter().filter(|f| !serde_skips(f)) {
-        if let Some(ident) = process_local_type(&field.ty) {
-            field_errors.push(syn::Error::new(
-                ident.span(),
-                format!(
-                    "`{ident}` cannot be pipeline state: the pipeline is copied into a new child \
-                     process for each patient, so a lock, cell or atomic here would share nothing; \
-                     move it into the Processor (built inside the child by `Processor::build`), \
-                     or mark the field `#[serde(skip)]` to rebuild it with `Default` in the child"
-                ),
-            ));
-        }
-    }
-
-    for field in fields.iter().filter(|f| !serde_skips(f)) {
-        if let Some(span) = code_type(&field.ty) {
-            field_errors.push(syn::Error::new(
-                span,
-                "a closure, function or trait object cannot be pipeline state: code cannot be \
-                 serialized into the child process; move it into the Processor (built inside the \
-                 child by `Processor::build`), or describe it with data (an enum, a path, a name)",
-            ));
+        match unfit_part(&field.ty) {
+            Some(error) => field_errors.push(error),
+            None => travelling.push(field),
         }
     }
 
@@ -264,11 +345,25 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         .collect();
 
     // One assertion per field that must travel, spanned at its type so that the error
-    // underlines the offending field. Fields of a generic type are checked where the
-    // pipeline is used, through the `Self: Serialize + DeserializeOwned` bound below.
-    let field_checks: Vec<TokenStream2> = fields
+    // underlines the offending field. Emitted before anything else that type-checks, so
+    // that with `#[derive(Pipeline, Serialize, Deserialize)]` its message comes before
+    // serde's. Fields of a generic type are checked where the pipeline is used, through
+    // the `Self: Serialize + DeserializeOwned + Send + Sync` bound below.
+    let mut unchecked: Vec<syn::Ident> = input
+        .generics
+        .params
         .iter()
-        .filter(|f| !serde_skips(f) && !mentions_any(&f.ty, &type_params))
+        .map(|param| match param {
+            syn::GenericParam::Type(p) => p.ident.clone(),
+            syn::GenericParam::Const(p) => p.ident.clone(),
+            syn::GenericParam::Lifetime(p) => p.lifetime.ident.clone(),
+        })
+        .collect();
+    // Checked outside the struct's scope, where `Self` means nothing.
+    unchecked.push(syn::Ident::new("Self", proc_macro2::Span::call_site()));
+    let field_checks: Vec<TokenStream2> = travelling
+        .iter()
+        .filter(|f| !mentions_any(&f.ty, &unchecked))
         .map(|f| {
             let ty = &f.ty;
             quote_spanned!(ty.span()=> #private::assert_pipeline_field::<#ty>();)
@@ -286,14 +381,15 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
             if let Err(e) = field_errors.finish() {
                 tokens.extend(e.to_compile_error());
             }
-            if type_params.is_empty() {
-                tokens.extend(quote!(const _: () = { #(#field_checks)* };));
-            }
+            tokens.extend(quote!(const _: () = { #(#field_checks)* };));
             return Ok(tokens);
         }
     };
-    let processor_check = quote_spanned!(processor.span()=>
-        #private::assert_processor_of::<#processor, Self>();
+    // Through `ProcessorOf` rather than naming the processor directly, so that a processor
+    // of another pipeline, or a type that is no processor, is reported with its own message
+    // at the attribute instead of as a type mismatch.
+    let processor_type = quote_spanned!(processor.span()=>
+        <#processor as #private::ProcessorOf<Self>>::Processor
     );
 
     let inputs_body = match &attrs.inputs {
@@ -320,23 +416,15 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
     Ok(quote! {
         #field_errors
 
+        // Type-checked (not evaluated beyond empty calls), which is all the checks need.
+        const _: () = { #(#field_checks)* };
+
         impl #impl_generics #krate::Pipeline for #name #ty_generics #bounds {
-            type Processor = #processor;
+            type Processor = #processor_type;
 
             fn inputs(&self) -> ::std::vec::Vec<#krate::Input> {
                 #inputs_body
             }
         }
-
-        // Type-checked (not evaluated) by the compiler, which is all the checks need.
-        impl #impl_generics #name #ty_generics #bounds {
-            #[doc(hidden)]
-            #[allow(dead_code)]
-            const __DICOMNODE_PIPELINE_CHECKS: () = {
-                #(#field_checks)*
-                #processor_check
-            };
-        }
-
     })
 }

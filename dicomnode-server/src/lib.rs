@@ -61,6 +61,10 @@ pub use storage_classes::STORAGE_SOP_CLASSES;
 /// The dicom-rs crates a pipeline usually needs, re-exported so versions match.
 pub use {dicom_core, dicom_dictionary_std, dicom_object, dicom_ul};
 
+/// The logging facade to log with inside `process`: in the child, its records reach the
+/// node's log, in the patient's span.
+pub use tracing;
+
 use runner::ChildRunner;
 use scp::Scp;
 use std::net::SocketAddr;

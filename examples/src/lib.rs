@@ -108,7 +108,7 @@ pub mod plus_one {
             node: &PlusOneNode,
             mut input: InputContainer,
         ) -> Result<Output, ProcessError> {
-            let mut ct = input.take("ct");
+            let mut ct = input.take("ct")?;
             ct.sort_by_key(|i| {
                 value_of(i, tags::INSTANCE_NUMBER)
                     .and_then(|n| n.parse::<i64>().ok())

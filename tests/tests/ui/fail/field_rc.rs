@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 #[pipeline(processor = Work)]
 struct Node {
     threshold: f32,
-    state: std::rc::Rc<String>,
+    cache: std::rc::Rc<Vec<u8>>,
 }
 
 struct Work;

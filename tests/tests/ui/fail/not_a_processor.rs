@@ -1,4 +1,4 @@
-use dicomnode_server::{InputContainer, NoOutput, Output, Pipeline, ProcessError, Processor};
+use dicomnode_server::Pipeline;
 use serde::{Deserialize, Serialize};
 
 #[derive(Pipeline, Serialize, Deserialize)]
