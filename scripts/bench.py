@@ -6,6 +6,13 @@
   scripts/bench.py durable   # storescu 300 CT: store_node --data-dir vs in memory vs storescp, with peak RSS
   scripts/bench.py children  # 100 tiny patients at concurrency 2: fresh child vs warm worker; 1 s set-up
   scripts/bench.py scu       # 300 CT 512x512 16-bit to storescp: `dicomnode store` vs DCMTK storescu, interleaved
+  scripts/bench.py latency-vs OTHER_RELEASE_DIR   # release -> process over 100 patients, this build vs another
+                             # (e.g. an earlier commit's target/release), interleaved rounds
+  scripts/bench.py timelimit # an escaped (setsid) grandchild: time limit -> "timed out" -> next patient's process
+  scripts/bench.py slowpeer  # a peer sending one byte every 2 s (association request; inside a PDU): how long
+                             # store_node (default deadlines) holds it
+  scripts/bench.py tls       # storescu 300 CT 512x512: store_node over TLS vs plain vs storescp +tls, interleaved
+                             # (certificates made with the openssl command)
 
 Every process started here is ended here, by PID.
 """
@@ -49,15 +56,16 @@ def storescu(port, aec, paths):
     return time.perf_counter() - t
 
 
-def latency(patients=20):
+def latency(patients=20, rel=REL, quiet=False):
     work = tempfile.mkdtemp(prefix="bench-latency-")
     try:
         subprocess.run([os.path.join(REL, "gen_series"), "--out", os.path.join(work, "in"), "--patients",
-                        str(patients), "--slices", "1", "--size", "64", "--prefix", "LAT-"], check=True)
+                        str(patients), "--slices", "1", "--size", "64", "--prefix", "LAT-"], check=True,
+                       stdout=subprocess.DEVNULL)
         port = free_port()
         log_path = os.path.join(work, "node.log")
         with open(log_path, "w") as log:
-            node = start([os.path.join(REL, "examples", "store_node"), "--port", str(port), "--out",
+            node = start([os.path.join(rel, "examples", "store_node"), "--port", str(port), "--out",
                           os.path.join(work, "out")], log)
             try:
                 wait_port(port)
@@ -70,8 +78,197 @@ def latency(patients=20):
             finally:
                 stop(node)
         values = sorted(float(m) for m in re.findall(r"trigger_to_process_ms=([0-9.]+)", open(log_path).read()))
-        print(f"release->process over {len(values)} patients: median {statistics.median(values):.2f} ms, "
-              f"min {values[0]:.2f} ms, max {values[-1]:.2f} ms")
+        if not quiet:
+            print(f"release->process over {len(values)} patients: median {statistics.median(values):.2f} ms, "
+                  f"min {values[0]:.2f} ms, max {values[-1]:.2f} ms")
+        return values
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def latency_vs(other, rounds=3, patients=100):
+    values = {"this": [], "other": []}
+    for r in range(rounds):
+        for which in (["this", "other"] if r % 2 == 0 else ["other", "this"]):
+            values[which] += latency(patients, REL if which == "this" else other, quiet=True)
+    print(f"release->process, {rounds} interleaved rounds of {patients} patients each (one at a time):")
+    for k, v in values.items():
+        print(f"  {k:5s} median {statistics.median(v):.2f} ms, p95 {percentile(v, 0.95):.2f} ms ({len(v)} patients)")
+    print(f"  ratio this/other = {statistics.median(values['this']) / statistics.median(values['other']):.2f}")
+
+
+def log_time(line):
+    stamp = line.split()[0].rstrip("Z")
+    whole, _, frac = stamp.partition(".")
+    return time.mktime(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
+
+
+def timelimit(rounds=5, limit=2):
+    """A processor whose grandchild escapes its process group (setsid sleep 1000) and which hangs: from
+    the time limit to the patient's report, and to the next patient entering `process` (one child slot)."""
+    work = tempfile.mkdtemp(prefix="bench-timelimit-")
+    grandchildren = []
+    try:
+        subprocess.run([os.path.join(REL, "gen_series"), "--out", os.path.join(work, "in"), "--patients", "1",
+                        "--slices", "1", "--size", "16", "--prefix", "ESCAPE-"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([os.path.join(REL, "gen_series"), "--out", os.path.join(work, "in"), "--patients", "1",
+                        "--slices", "1", "--size", "16", "--prefix", "NEXT-"], check=True, stdout=subprocess.DEVNULL)
+        to_report, to_next = [], []
+        for r in range(rounds):
+            port = free_port()
+            out = os.path.join(work, f"out-{r}")
+            log_path = os.path.join(work, f"node-{r}.log")
+            with open(log_path, "w") as log:
+                node = start([os.path.join(REL, "test_node"), "--port", str(port), "--out", out, "--time-limit",
+                              str(limit), "--max-children", "1", "--attempts", "1"], log)
+                try:
+                    wait_port(port)
+                    storescu(port, "TEST_NODE", [os.path.join(work, "in", "ESCAPE-1")])
+                    storescu(port, "TEST_NODE", [os.path.join(work, "in", "NEXT-1")])
+                    end = time.time() + limit + 30
+                    while "key=NEXT-1" not in "".join(l for l in open(log_path) if "child timings" in l) \
+                            and time.time() < end:
+                        time.sleep(0.05)
+                finally:
+                    stop(node)
+            lines = open(log_path).read().splitlines()
+            fired = next(log_time(l) for l in lines if "time limit reached" in l)
+            failed = next(log_time(l) for l in lines if "processing failed" in l)
+            entered = next(log_time(l) for l in lines if "child timings" in l and "NEXT-1" in l)
+            to_report.append((failed - fired) * 1000)
+            to_next.append((entered - fired) * 1000)
+            pid_file = os.path.join(out, "ESCAPE-1.grandchild")
+            if os.path.exists(pid_file):
+                grandchildren.append(int(open(pid_file).read()))
+        print(f"time limit {limit} s, escaped grandchild, one child slot, {rounds} rounds:")
+        print(f"  limit -> 'timed out' reported: median {statistics.median(to_report):.0f} ms, runs {[round(x) for x in to_report]}")
+        print(f"  limit -> next patient in process: median {statistics.median(to_next):.0f} ms, runs {[round(x) for x in to_next]}")
+    finally:
+        for pid in grandchildren:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def slowpeer(gap=2.0):
+    import struct
+    port = free_port()
+    work = tempfile.mkdtemp(prefix="bench-slowpeer-")
+    with open(os.path.join(work, "node.log"), "w") as log:
+        node = start([os.path.join(REL, "examples", "store_node"), "--port", str(port), "--out", work], log)
+        try:
+            wait_port(port)
+
+            def trickle(prefix, payload):
+                s = socket.create_connection(("127.0.0.1", port))
+                s.sendall(prefix)
+                t = time.perf_counter()
+                try:
+                    for b in payload:
+                        s.sendall(bytes([b]))
+                        s.settimeout(gap)
+                        try:
+                            if s.recv(65536) == b"":
+                                break
+                        except socket.timeout:
+                            pass
+                except OSError:
+                    pass
+                held = time.perf_counter() - t
+                s.close()
+                return held
+
+            # An A-ASSOCIATE-RQ header promising 200 bytes, sent a byte at a time.
+            held = trickle(b"", b"\x01\x00" + struct.pack(">I", 200) + bytes(200))
+            print(f"one byte every {gap:.0f} s of an association request: held {held:.1f} s")
+            # Associate properly (echoscu's request, captured by a real association), then trickle a P-DATA.
+            rq = associate_rq("STORE_NODE")
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(rq)
+            s.recv(65536)
+            t = time.perf_counter()
+            pdata = b"\x04\x00" + struct.pack(">I", 1000) + bytes(1000)
+            closed = None
+            try:
+                for b in pdata:
+                    s.sendall(bytes([b]))
+                    s.settimeout(gap)
+                    try:
+                        got = s.recv(65536)
+                        if got == b"" or got[:1] == b"\x07":
+                            closed = time.perf_counter() - t
+                            break
+                    except socket.timeout:
+                        pass
+            except OSError:
+                closed = time.perf_counter() - t
+            s.close()
+            print(f"one byte every {gap:.0f} s inside a P-DATA PDU: aborted after {closed:.1f} s")
+        finally:
+            stop(node)
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def associate_rq(called, calling="SLOW"):
+    """A minimal A-ASSOCIATE-RQ proposing Verification in implicit VR little endian."""
+    import struct
+
+    def item(kind, body):
+        return bytes([kind, 0]) + struct.pack(">H", len(body)) + body
+    app = item(0x10, b"1.2.840.10008.3.1.1.1")
+    pc = item(0x20, bytes([1, 0, 0, 0]) + item(0x30, b"1.2.840.10008.1.1") + item(0x40, b"1.2.840.10008.1.2"))
+    user = item(0x50, item(0x51, struct.pack(">I", 16384)) + item(0x52, b"1.2.3.4"))
+    body = struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + bytes(32) + app + pc + user
+    return bytes([1, 0]) + struct.pack(">I", len(body)) + body
+
+
+def tls(rounds=5, slices=300):
+    work = tempfile.mkdtemp(prefix="bench-tls-")
+    try:
+        data = os.path.join(work, "in")
+        subprocess.run([os.path.join(REL, "gen_series"), "--out", data, "--slices", str(slices), "--size", "512",
+                        "--prefix", "TLS-"], check=True, stdout=subprocess.DEVNULL)
+        key, crt = os.path.join(work, "node.key"), os.path.join(work, "node.crt")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
+                        "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        kinds = ["store_node tls", "store_node plain", "storescp tls"]
+        times = {k: [] for k in kinds}
+        for r in range(rounds):
+            for which in (kinds if r % 2 == 0 else list(reversed(kinds))):
+                port = free_port()
+                out = os.path.join(work, f"out-{r}")
+                os.makedirs(out)
+                with open(os.path.join(work, f"{which.replace(' ', '-')}-{r}.log"), "w") as log:
+                    if which.startswith("store_node"):
+                        cmd = [os.path.join(REL, "examples", "store_node"), "--port", str(port), "--out", out]
+                        if which.endswith("tls"):
+                            cmd += ["--tls-cert", crt, "--tls-key", key]
+                        proc, aec = start(cmd, log), "STORE_NODE"
+                    else:
+                        proc = start(["/usr/bin/storescp", "+tls", key, crt, "-aet", "STORESCP", "-od", out,
+                                      str(port)], log)
+                        aec = "STORESCP"
+                    try:
+                        wait_port(port)
+                        tls_args = ["+tla", "+cf", crt] if which.endswith("tls") else []
+                        t = time.perf_counter()
+                        subprocess.run(["/usr/bin/storescu"] + tls_args + ["-aec", aec, "+sd", "+r", "127.0.0.1",
+                                        str(port), data], env=ENV, check=True, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+                        times[which].append(time.perf_counter() - t)
+                        time.sleep(1.0)
+                    finally:
+                        stop(proc)
+                shutil.rmtree(out, ignore_errors=True)
+        print(f"storescu {slices} CT 512x512 16-bit, {rounds} interleaved rounds:")
+        for k, v in times.items():
+            print(f"  {k:17s} median {statistics.median(v)*1000:.0f} ms  runs {[round(x*1000) for x in v]}")
+        base = statistics.median(times["store_node tls"])
+        print(f"  ratio tls/plain = {base / statistics.median(times['store_node plain']):.2f}, "
+              f"store_node tls / storescp tls = {base / statistics.median(times['storescp tls']):.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -270,3 +467,11 @@ if __name__ == "__main__":
         durable()
     if what in ("children", "all"):
         children()
+    if what == "latency-vs":
+        latency_vs(sys.argv[2])
+    if what in ("timelimit", "all"):
+        timelimit()
+    if what in ("slowpeer", "all"):
+        slowpeer()
+    if what in ("tls", "all"):
+        tls()
