@@ -248,12 +248,12 @@ def tls(rounds=5, slices=300):
                             cmd += ["--tls-cert", crt, "--tls-key", key]
                         proc, aec = start(cmd, log), "STORE_NODE"
                     else:
-                        proc = start(["/usr/bin/storescp", "+tls", key, crt, "-aet", "STORESCP", "-od", out,
-                                      str(port)], log)
+                        proc = start(["/usr/bin/storescp", "+tls", key, crt, "+cf", crt, "-aet", "STORESCP",
+                                      "-od", out, str(port)], log)
                         aec = "STORESCP"
                     try:
                         wait_port(port)
-                        tls_args = ["+tla", "+cf", crt] if which.endswith("tls") else []
+                        tls_args = ["+tls", key, crt, "+cf", crt] if which.endswith("tls") else []
                         t = time.perf_counter()
                         subprocess.run(["/usr/bin/storescu"] + tls_args + ["-aec", aec, "+sd", "+r", "127.0.0.1",
                                         str(port), data], env=ENV, check=True, stdout=subprocess.DEVNULL,

@@ -25,6 +25,8 @@ use std::time::Duration;
 
 /// How long a child may take to connect to its job channel after it started.
 const CONNECT_WAIT: Duration = Duration::from_secs(20);
+/// How long the output pumps may take to drain a child's pipes once it has exited.
+const PUMPS_WAIT: Duration = Duration::from_millis(300);
 /// How long a child may take to exit once it has no more jobs.
 const EXIT_WAIT: Duration = Duration::from_secs(10);
 /// A child's stdout/stderr line longer than this is logged in pieces.
@@ -245,8 +247,9 @@ impl ChildProcess {
         };
         // Grandchildren it left behind would keep its output open and live on.
         kill_group(self.pid);
-        // A process that left the group may still hold the output: do not wait for ever.
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        // A process that left the group (`setsid`) may still hold the output: what the
+        // child wrote before it ended is in the pipe already, and is read in far less.
+        let deadline = std::time::Instant::now() + PUMPS_WAIT;
         for _ in 0..self.pumps.len() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if self.pumps_done.recv_timeout(left).is_err() {

@@ -63,6 +63,9 @@ pub(crate) enum PduReadError {
     Io(#[source] io::Error),
 }
 
+/// How stale a socket time-out may get before it is set again.
+const RESET: Duration = Duration::from_millis(100);
+
 /// PDU header: type, reserved, 4-byte length.
 const HEADER: usize = 6;
 
@@ -87,6 +90,10 @@ impl PduReader {
         let waiting_since = Instant::now();
         let mut started: Option<Instant> = None;
         let mut chunk = [0u8; 64 * 1024];
+        // The time-out is set again only when it is stale by more than RESET (it is a
+        // system call, and TLS reads come 16 KiB at a time): a read then overruns the
+        // deadline by at most that much.
+        let mut timeout_set: Option<(Instant, bool)> = None;
         loop {
             if let Some(pdu) = self.complete_pdu()? {
                 return Ok(pdu);
@@ -100,11 +107,17 @@ impl PduReader {
             if left.is_zero() {
                 return Err(self.late(started.is_some()));
             }
-            // Never zero: a zero time-out means "block for ever".
-            stream
-                .socket()
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .map_err(PduReadError::Io)?;
+            let stale = timeout_set.is_none_or(|(at, in_pdu)| {
+                in_pdu != started.is_some() || now.duration_since(at) > RESET
+            });
+            if stale {
+                // Never zero: a zero time-out means "block for ever".
+                stream
+                    .socket()
+                    .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                    .map_err(PduReadError::Io)?;
+                timeout_set = Some((now, started.is_some()));
+            }
             // Never read past the end of the current PDU's declared length by much: the
             // buffer stays within one PDU plus one chunk.
             match stream.read(&mut chunk) {
