@@ -34,19 +34,37 @@ impl fmt::Display for ProcessError {
 
 impl<E: std::error::Error> From<E> for ProcessError {
     fn from(error: E) -> Self {
-        let mut message = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
+        ProcessError {
+            message: error_chain(&error),
         }
-        ProcessError { message }
     }
+}
+
+/// An error's message followed by its causes, `: `-separated. A cause whose text the
+/// message already ends with (an error that shows its source) is not repeated.
+///
+/// ```
+/// use dicomnode_core::error::error_chain;
+/// let io = std::io::Error::other("disk full");
+/// assert_eq!(error_chain(&io), "disk full");
+/// ```
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Why an [`Output`](crate::Output) could not be exported.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ExportError {
     /// A file or directory could not be written.
     #[error("cannot write {path}: {source}")]
@@ -109,6 +127,7 @@ impl fmt::Display for SendFailure {
 
 /// Why synthetic test data could not be made or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SyntheticError {
     /// The file meta group could not be built.
     #[error("cannot attach the file meta group: {0}")]

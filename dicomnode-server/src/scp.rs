@@ -4,12 +4,12 @@
 //! PDUs as the peer splits them into; each data set is read in the transfer syntax of its
 //! own presentation context and kept as received.
 
+use crate::config::NodeConfig;
 use crate::dimse::{self, status, Command};
 use crate::runner::ChildRunner;
 use crate::storage::{Incoming, Offer, ReceiveError, Storage};
 use crate::storage_classes::STORAGE_SOP_CLASSES;
 use crate::trigger::PatientsTouched;
-use crate::NodeConfig;
 use dicom_core::Tag;
 use dicom_dictionary_std::uids;
 use dicom_encoding::TransferSyntaxIndex;

@@ -6,6 +6,7 @@ use dicomnode_server::dicom_object::open_file;
 use dicomnode_server::dimse::status;
 use dicomnode_server::dispatch::StoreAssociation;
 use dicomnode_server::synthetic::SyntheticSeries;
+use dicomnode_server::uid::trim_uid;
 use dicomnode_tests::{
     cli_exe, ct_contexts, dcmtk, files_under, raw_ct_association, record_uids, run, store_pdu,
     NodeProcess,
@@ -42,6 +43,24 @@ fn processed_uids(out: &Path) -> HashSet<String> {
         uids.extend(record_uids(&text));
     }
     uids
+}
+
+/// Where each processing's batch came from (the `origin=` line of each run record).
+fn origins(out: &Path) -> Vec<String> {
+    let mut origins = Vec::new();
+    for entry in std::fs::read_dir(out.join("runs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        origins.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("origin="))
+                .map(str::to_string),
+        );
+    }
+    origins
 }
 
 fn send(node: &NodeProcess, instances: &[dicomnode_server::DicomInstance]) -> Vec<u16> {
@@ -110,12 +129,13 @@ fn sigkill_during_transfers_loses_no_acknowledged_instance() {
                 let file = current.take().expect("a response follows a file");
                 let obj = open_file(&file).unwrap();
                 acknowledged.insert(
-                    obj.element(tags::SOP_INSTANCE_UID)
-                        .unwrap()
-                        .to_str()
-                        .unwrap()
-                        .trim_end_matches('\0')
-                        .to_string(),
+                    trim_uid(
+                        &obj.element(tags::SOP_INSTANCE_UID)
+                            .unwrap()
+                            .to_str()
+                            .unwrap(),
+                    )
+                    .to_string(),
                 );
             }
         }
@@ -316,6 +336,16 @@ fn a_failing_processor_is_quarantined_and_requeue_brings_it_back() {
     let line = node.wait_for_log("processing finished", WAIT);
     assert!(line.contains("key=FAIL-Q"), "{line}");
     assert!(files_under(&data.path().join("quarantine")).is_empty());
+    let handed = node.wait_for_count("patient has enough", 2, WAIT);
+    assert!(
+        handed[0].contains("cause=association ended") && handed[1].contains("cause=requeued"),
+        "{handed:#?}"
+    );
+    assert!(
+        origins(out.path()).iter().any(|o| o == "requeued"),
+        "{:?}",
+        origins(out.path())
+    );
 }
 
 #[test]
@@ -338,6 +368,9 @@ fn a_complete_patient_left_on_disk_is_processed_at_start_up() {
     let line = node.wait_for_log("processing finished", WAIT);
     assert!(line.contains("key=LEFT-1"), "{line}");
     assert_eq!(processed_uids(out.path()).len(), 3);
+    let line = node.wait_for_log("patient has enough", WAIT);
+    assert!(line.contains("cause=restored"), "{line}");
+    assert_eq!(origins(out.path()), ["restored from the data directory"]);
 }
 
 #[test]
@@ -605,11 +638,7 @@ fn a_data_set_cut_off_by_a_dropped_connection_leaves_no_file() {
     let mut dataset = Vec::new();
     instance.write_dataset(&mut dataset).unwrap();
     let mut raw = raw_ct_association(&node, "CUTTER");
-    let uid = instance
-        .meta()
-        .media_storage_sop_instance_uid()
-        .trim_end_matches('\0')
-        .to_string();
+    let uid = trim_uid(instance.meta().media_storage_sop_instance_uid()).to_string();
     dataset.truncate(dataset.len() / 2);
     raw.send(&store_pdu(1, &uid, dataset, false)).unwrap();
     // Wait until the node has the partial file, then drop the connection.
@@ -647,6 +676,13 @@ fn a_quiet_period_gathers_instances_sent_one_association_each() {
     }
     let line = node.wait_for_log("processing finished", WAIT);
     assert!(line.contains("key=QUIET-1"), "{line}");
+    let line = node.wait_for_log("patient has enough", WAIT);
+    assert!(line.contains("cause=quiet period"), "{line}");
+    let origin = origins(out.path());
+    assert!(
+        origin.len() == 1 && origin[0].starts_with("association from SCU at 127.0.0.1:"),
+        "{origin:?}"
+    );
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(node.log().matches("processing finished").count(), 1);
     assert_eq!(

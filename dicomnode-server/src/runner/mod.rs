@@ -11,12 +11,11 @@ mod child;
 mod supervise;
 pub mod wire;
 
-pub use child::{child_entry_among, child_main, decode_instance, is_child, ChildEntry};
+pub use child::{child_entry_among, is_child, ChildEntry};
 
-use crate::config::FailurePolicy;
+use crate::config::{ChildPolicy, NodeConfig};
 use crate::storage::{InstanceData, PatientBatch, Storage};
-use crate::NodeConfig;
-use dicomnode_core::Pipeline;
+use dicomnode_core::{Pipeline, RetryPolicy};
 use std::collections::{HashSet, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -32,20 +31,16 @@ pub const CHILD_ENV: &str = "DICOMNODE_CHILD";
 /// Set in a child's environment to its memory limit (RLIMIT_AS, bytes).
 pub const MEMORY_LIMIT_ENV: &str = "DICOMNODE_MEMORY_LIMIT";
 
-/// The Implementation Class UID this node writes into file meta groups.
-pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.302143227262591287434591426338478069411";
-/// The Implementation Version Name this node writes into file meta groups.
-pub const IMPLEMENTATION_VERSION_NAME: &str = "DICOMNODE_RS_01";
-
 /// Why the runner could not be prepared.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RunnerError {
     /// The pipeline's state could not be encoded.
     #[error("cannot encode the pipeline's state for the child: {0}")]
-    EncodePipeline(postcard::Error),
+    EncodePipeline(#[source] postcard::Error),
     /// The worker executable is unknown.
     #[error("cannot find the node's own executable to re-execute: {0}")]
-    CurrentExe(std::io::Error),
+    CurrentExe(#[source] std::io::Error),
 }
 
 /// How a patient's processing ended, as the node tells it.
@@ -115,32 +110,6 @@ pub(crate) fn unix_micros(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// Limits and modes of the children.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChildPolicy {
-    /// At most this many children at once (1: strictly one patient at a time).
-    pub max_children: usize,
-    /// Per-patient processing time limit.
-    pub time_limit: Option<Duration>,
-    /// Per-child memory limit (RLIMIT_AS), bytes.
-    pub memory_limit: Option<u64>,
-    /// Warm workers: a child takes up to this many patients before it is replaced.
-    /// `None`: a fresh child for each patient.
-    pub warm_patients: Option<u32>,
-}
-
-impl Default for ChildPolicy {
-    /// As many children as cores, no limits, a fresh child per patient.
-    fn default() -> Self {
-        ChildPolicy {
-            max_children: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            time_limit: None,
-            memory_limit: None,
-            warm_patients: None,
-        }
-    }
-}
-
 /// Starts children for patients, at most `max_children` at once, and supervises them.
 pub struct ChildRunner {
     exe: PathBuf,
@@ -148,7 +117,7 @@ pub struct ChildRunner {
     pipeline: Vec<u8>,
     work_root: PathBuf,
     storage: Arc<Storage>,
-    failure: FailurePolicy,
+    failure: RetryPolicy,
     policy: ChildPolicy,
     queue: Mutex<VecDeque<PatientBatch>>,
     wake: Condvar,
@@ -265,7 +234,7 @@ impl ChildRunner {
             tracing::warn!(%outcome, "processing interrupted by the shutdown; not counted as an attempt{}", if batch.dir.is_some() { ", kept for the next start" } else { "" });
             return;
         }
-        let attempts = self.failure.attempts.max(1);
+        let attempts = self.failure.attempts();
         tracing::error!(
             %outcome,
             instances = batch.instance_count(),
@@ -285,10 +254,7 @@ impl ChildRunner {
             tracing::error!(%place, "every attempt failed: the patient is quarantined (put it back with `dicomnode requeue`)");
             return;
         }
-        let backoff = self
-            .failure
-            .backoff
-            .saturating_mul(1 << (batch.attempt - 1).min(16));
+        let backoff = self.failure.wait_after(batch.attempt);
         tracing::warn!(retry_in = ?backoff, "processing will be retried");
         batch.attempt += 1;
         // The wait does not hold a child slot.
@@ -456,7 +422,7 @@ fn job_for<'a>(batch: &'a PatientBatch, pipeline: &'a [u8], work_root: &'a str) 
     Job {
         pipeline,
         patient_key: &batch.patient_key,
-        sender: batch.sender.clone(),
+        origin: batch.origin.clone(),
         work_root,
         triggered_at_us: unix_micros(batch.triggered_at),
         inputs: batch
