@@ -58,7 +58,6 @@ mod trigger;
 pub use config::NodeConfig;
 pub use dicomnode_derive::Pipeline;
 pub use runner::{ChildEntry, RunnerError};
-pub use storage::StorageError;
 pub use storage_classes::STORAGE_SOP_CLASSES;
 
 /// The model (`dicomnode-core`), re-exported so that a node depends on this crate alone.

@@ -341,7 +341,7 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The SOP Instance UIDs listed in a record the test node wrote (the lines after pid,
-/// cwd and count that are not `name=value`).
+/// cwd and count that are not `name=value`, such as `origin=`).
 pub fn record_uids(record: &str) -> Vec<String> {
     record
         .lines()

@@ -12,7 +12,7 @@
 //! Every instance is written to `tmp/`, fsynced, renamed into place and its directory
 //! fsynced before the node answers success.
 //!
-//! The node opens its data directory with [`DiskLayout::open`] (creating it); tools open
+//! The node opens its data directory with `DiskLayout::open` (creating it); tools open
 //! an existing one with [`DiskLayout::open_existing`], which creates nothing, to list the
 //! quarantine ([`DiskLayout::quarantined`]) and put batches back
 //! ([`DiskLayout::requeue_quarantined`]).

@@ -9,8 +9,8 @@
 //! where each instance is streamed to a file and fsynced before the node answers success,
 //! and the state is rebuilt from the files at start-up.
 //!
-//! Where a C-STORE goes: [`Storage::incoming`] and [`Storage::receive`] (`receive`),
-//! [`Storage::offer`] (`patients`); a batch taken out is a [`PatientBatch`] (`batch`);
+//! Where a C-STORE goes: `Storage::incoming` and `Storage::receive` (module `receive`),
+//! `Storage::offer` (`patients`); a batch taken out is a `PatientBatch` (`batch`);
 //! a start-up and `dicomnode requeue` come back through `restore`. Every file-system
 //! operation is in [`disk`].
 
