@@ -206,37 +206,27 @@ mod tests {
         storage.receive(incoming, class, uid, ts).unwrap()
     }
 
+    /// Receives a synthetic instance and offers it to the inputs of patient `P`.
+    fn offer(storage: &Storage, obj: &dicomnode_core::DicomInstance) -> Offer {
+        let (instance, temp) = receive(storage, obj);
+        storage.offer("P", instance, temp.as_deref())
+    }
+
     fn exercise(storage: &Storage) -> PatientBatch {
         let series = SyntheticSeries::ct("P", 3).size(4, 4).build().unwrap();
         let mut mr = series[2].clone();
         mr.put(DataElement::new(tags::MODALITY, VR::CS, "MR"));
         storage.begin_adding("P");
         storage.begin_adding("P");
-        let (a, temp) = receive(storage, &series[0]);
-        assert!(matches!(
-            storage.offer("P", a, temp.as_deref()),
-            Offer::Stored(_)
-        ));
-        let (again, temp) = receive(storage, &series[0]);
-        assert!(matches!(
-            storage.offer("P", again, temp.as_deref()),
-            Offer::Stored(_)
-        ));
+        assert!(matches!(offer(storage, &series[0]), Offer::Stored(_)));
+        assert!(matches!(offer(storage, &series[0]), Offer::Stored(_)));
         assert_eq!(
             storage.held_for("P"),
             1,
             "the same SOP instance is stored once"
         );
-        let (rejected, temp) = receive(storage, &mr);
-        assert!(matches!(
-            storage.offer("P", rejected, temp.as_deref()),
-            Offer::Rejected(_)
-        ));
-        let (b, temp) = receive(storage, &series[1]);
-        assert!(matches!(
-            storage.offer("P", b, temp.as_deref()),
-            Offer::Stored(_)
-        ));
+        assert!(matches!(offer(storage, &mr), Offer::Rejected(_)));
+        assert!(matches!(offer(storage, &series[1]), Offer::Stored(_)));
         assert!(
             storage.finish_adding("P", &origin()).is_none(),
             "one association still live"
