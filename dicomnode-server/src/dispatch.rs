@@ -382,7 +382,7 @@ impl DicomOutput {
                             destination: destination.to_string(),
                             kind,
                             attempts: attempt,
-                            message: error.to_string(),
+                            source: Box::new(error),
                         });
                     }
                     std::thread::sleep(self.retry.wait_after(attempt));
