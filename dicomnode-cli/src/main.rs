@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 use dicomnode_server::dimse::status;
 use dicomnode_server::dispatch::StoreAssociation;
 use dicomnode_server::part10::Part10;
-use dicomnode_server::storage::disk::{self, DiskLayout};
+use dicomnode_server::storage::disk::DiskLayout;
+use dicomnode_server::uid::meta_uids;
 use dicomnode_server::{Address, ClientTls};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -153,12 +154,8 @@ fn store(address: &Address, calling: &str, paths: &[PathBuf], quiet: bool) -> an
             }
             match Part10::read_meta(entry.path()) {
                 Ok(meta) => {
-                    contexts.push((
-                        meta.media_storage_sop_class_uid()
-                            .trim_end_matches('\0')
-                            .to_string(),
-                        meta.transfer_syntax().trim_end_matches('\0').to_string(),
-                    ));
+                    let (sop_class, _, transfer_syntax) = meta_uids(&meta);
+                    contexts.push((sop_class.to_string(), transfer_syntax.to_string()));
                     files.push(entry.into_path());
                 }
                 Err(error) => {
@@ -248,29 +245,23 @@ fn store(address: &Address, calling: &str, paths: &[PathBuf], quiet: bool) -> an
     Ok(failed == 0)
 }
 
-/// The quarantined batches: (directory, patient key).
-fn quarantined(data_dir: &std::path::Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
-    let layout = DiskLayout::open(data_dir)
-        .with_context(|| format!("cannot open data directory {}", data_dir.display()))?;
-    let mut batches = Vec::new();
-    for dir in DiskLayout::subdirs(&layout.quarantine())? {
-        let key = std::fs::read(dir.join(disk::KEY_FILE))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        batches.push((dir, key));
-    }
-    Ok(batches)
+/// Opens a data directory for listing or requeueing: one that does not exist (a typing
+/// error) is an error, never created.
+fn open_data_dir(data_dir: &std::path::Path) -> anyhow::Result<DiskLayout> {
+    Ok(DiskLayout::open_existing(data_dir)?)
 }
 
 fn quarantine(data_dir: &std::path::Path) -> anyhow::Result<bool> {
-    let batches = quarantined(data_dir)?;
-    for (dir, key) in &batches {
-        let files = DiskLayout::files_of(dir).map(|f| f.len()).unwrap_or(0);
-        println!("{key:?}: {files} files in {}", dir.display());
-        if let Ok(log) = std::fs::read_to_string(dir.join(disk::FAILURES_FILE)) {
-            for line in log.lines().filter(|l| l.starts_with("attempt ")) {
-                println!("    {line}");
-            }
+    let batches = open_data_dir(data_dir)?.quarantined()?;
+    for batch in &batches {
+        println!(
+            "{:?}: {} files in {}",
+            batch.patient_key,
+            batch.files,
+            batch.dir.display()
+        );
+        for line in &batch.failures {
+            println!("    {line}");
         }
     }
     println!("{} quarantined batches", batches.len());
@@ -278,34 +269,16 @@ fn quarantine(data_dir: &std::path::Path) -> anyhow::Result<bool> {
 }
 
 fn requeue(data_dir: &std::path::Path, patients: &[String]) -> anyhow::Result<bool> {
-    let layout = DiskLayout::open(data_dir)?;
+    let layout = open_data_dir(data_dir)?;
     let mut moved = 0;
-    for (dir, key) in quarantined(data_dir)? {
-        if !patients.is_empty() && !patients.contains(&key) {
+    for batch in layout.quarantined()? {
+        if !patients.is_empty() && !patients.contains(&batch.patient_key) {
             continue;
         }
-        // A person decided to try again: the attempts start over; the records are kept.
-        let failures = dir.join(disk::FAILURES_FILE);
-        if failures.exists() {
-            let records = std::fs::read(&failures)?;
-            let mut history = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(disk::HISTORY_FILE))?;
-            std::io::Write::write_all(&mut history, &records)?;
-            history.sync_all()?;
-            std::fs::remove_file(&failures)?;
-            disk::fsync_dir(&dir)?;
-        }
-        let name = dir
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_default();
-        let target = layout.requeue().join(name);
-        std::fs::rename(&dir, &target)
-            .with_context(|| format!("cannot move {} to {}", dir.display(), target.display()))?;
-        disk::fsync_dir(&layout.requeue())?;
-        println!("requeued {key:?}");
+        layout
+            .requeue_quarantined(&batch)
+            .with_context(|| format!("cannot requeue {}", batch.dir.display()))?;
+        println!("requeued {:?}", batch.patient_key);
         moved += 1;
     }
     println!("{moved} batches requeued");

@@ -50,6 +50,7 @@ impl Address {
 
 /// Why a text is not an `AE@host:port` address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AddressError {
     /// No `@` between AE title and host.
     #[error("{0:?} is not AE@host:port: no '@'")]

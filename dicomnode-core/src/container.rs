@@ -4,7 +4,7 @@ use crate::DicomInstance;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The peer that sent the instances that completed the patient's batch.
+/// A peer that sent instances over an association.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sender {
     /// The calling AE title of the association.
@@ -13,11 +13,55 @@ pub struct Sender {
     pub address: String,
 }
 
+/// Where a patient's batch came from.
+///
+/// ```
+/// use dicomnode_core::{Origin, Sender};
+/// let origin = Origin::Association(Sender { ae_title: "CT1".into(), address: "10.0.0.7:4012".into() });
+/// assert_eq!(origin.sender().map(|s| s.ae_title.as_str()), Some("CT1"));
+/// assert_eq!(Origin::Restored.sender(), None);
+/// assert_eq!(origin.to_string(), "association from CT1 at 10.0.0.7:4012");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Origin {
+    /// Received from this peer: the last association that added to the patient.
+    Association(Sender),
+    /// Rebuilt from the node's data directory at start-up, the association unknown.
+    Restored,
+    /// Put back for processing by a person (`dicomnode requeue`).
+    Requeued,
+}
+
+impl Origin {
+    /// The peer, when the batch came from an association.
+    pub fn sender(&self) -> Option<&Sender> {
+        match self {
+            Origin::Association(sender) => Some(sender),
+            Origin::Restored | Origin::Requeued => None,
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Association(sender) => write!(
+                f,
+                "association from {} at {}",
+                sender.ae_title, sender.address
+            ),
+            Origin::Restored => f.write_str("restored from the data directory"),
+            Origin::Requeued => f.write_str("requeued"),
+        }
+    }
+}
+
 /// One patient's instances, sorted into the pipeline's inputs.
 #[derive(Debug)]
 pub struct InputContainer {
     patient_key: String,
-    sender: Sender,
+    origin: Origin,
     inputs: Vec<(String, Vec<DicomInstance>)>,
 }
 
@@ -25,12 +69,12 @@ impl InputContainer {
     /// A container for `patient_key` holding `inputs` (name, instances) in declaration order.
     pub fn new(
         patient_key: String,
-        sender: Sender,
+        origin: Origin,
         inputs: Vec<(String, Vec<DicomInstance>)>,
     ) -> Self {
         InputContainer {
             patient_key,
-            sender,
+            origin,
             inputs,
         }
     }
@@ -40,9 +84,10 @@ impl InputContainer {
         &self.patient_key
     }
 
-    /// Who sent the instances that completed the batch.
-    pub fn sender(&self) -> &Sender {
-        &self.sender
+    /// Where the batch came from: an association (and its peer), the data directory at
+    /// start-up, a requeue.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// The instances of the input named `name`.
@@ -176,7 +221,7 @@ mod tests {
                 (name.to_string(), instances)
             })
             .collect();
-        InputContainer::new("P1".into(), sender, inputs)
+        InputContainer::new("P1".into(), Origin::Association(sender), inputs)
     }
 
     #[test]

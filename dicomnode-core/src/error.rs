@@ -34,19 +34,40 @@ impl fmt::Display for ProcessError {
 
 impl<E: std::error::Error> From<E> for ProcessError {
     fn from(error: E) -> Self {
-        let mut message = error.to_string();
-        let mut source = error.source();
-        while let Some(cause) = source {
-            message.push_str(": ");
-            message.push_str(&cause.to_string());
-            source = cause.source();
+        ProcessError {
+            message: error_chain(&error),
         }
-        ProcessError { message }
     }
+}
+
+/// An error's message followed by its causes, `: `-separated. A cause whose text is in
+/// the message already (an error that shows its source) is not repeated.
+///
+/// ```
+/// use dicomnode_core::error::error_chain;
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("cannot store: {0}")]
+/// struct Store(#[source] std::io::Error);
+/// let error = Store(std::io::Error::other("disk full"));
+/// assert_eq!(error_chain(&error), "cannot store: disk full");
+/// ```
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Why an [`Output`](crate::Output) could not be exported.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ExportError {
     /// A file or directory could not be written.
     #[error("cannot write {path}: {source}")]
@@ -70,7 +91,7 @@ pub enum ExportError {
     #[error("instance lacks {0}")]
     MissingAttribute(&'static str),
     /// Sending to a DICOM destination failed.
-    #[error("sending to {destination} failed ({kind}) after {attempts} attempt(s): {message}")]
+    #[error("sending to {destination} failed ({kind}) after {attempts} attempt(s): {source}")]
     Send {
         /// The destination, `AE@host:port`.
         destination: String,
@@ -78,8 +99,8 @@ pub enum ExportError {
         kind: SendFailure,
         /// How many attempts were made.
         attempts: u32,
-        /// What went wrong, with its causes.
-        message: String,
+        /// What went wrong (the last attempt's error).
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Several outputs failed (a [`MultiOutput`](crate::MultiOutput)).
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
@@ -109,6 +130,7 @@ impl fmt::Display for SendFailure {
 
 /// Why synthetic test data could not be made or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SyntheticError {
     /// The file meta group could not be built.
     #[error("cannot attach the file meta group: {0}")]
@@ -129,4 +151,36 @@ pub enum SyntheticError {
         /// The underlying error.
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("terse")]
+    struct Terse(#[source] std::io::Error);
+
+    /// Shows its whole chain, like `DispatchError::Associate`.
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot associate: {}", error_chain(.0))]
+    struct Shows(#[source] Terse);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("sending failed: {0}")]
+    struct Outer(#[source] Shows);
+
+    #[test]
+    fn causes_follow_once() {
+        let terse = || Terse(std::io::Error::other("refused"));
+        assert_eq!(error_chain(&terse()), "terse: refused");
+        assert_eq!(
+            error_chain(&Outer(Shows(terse()))),
+            "sending failed: cannot associate: terse: refused"
+        );
+        assert_eq!(
+            ProcessError::from(Outer(Shows(terse()))).message(),
+            "sending failed: cannot associate: terse: refused"
+        );
+    }
 }

@@ -260,6 +260,7 @@ impl fmt::Debug for Enough {
 
 /// Why an input did not admit an instance.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Rejection {
     /// A required tag is absent or empty.
     #[error("{} is missing or empty", tag_name(*tag))]

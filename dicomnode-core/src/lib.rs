@@ -8,6 +8,7 @@
 //! Most users depend on `dicomnode-server` only, which re-exports this crate.
 
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod address;
 pub mod container;
@@ -17,17 +18,20 @@ pub mod output;
 pub mod part10;
 pub mod pipeline;
 pub mod pixels;
+pub mod retry;
 pub mod sanitize;
 pub mod series;
 pub mod structure;
 pub mod synthetic;
+pub mod uid;
 
 pub use address::{Address, AddressError, ClientTls};
-pub use container::{InputContainer, Sender, UnknownInput};
+pub use container::{InputContainer, Origin, Sender, UnknownInput};
 pub use error::{ExportError, ProcessError, SendFailure, SyntheticError};
 pub use input::{Enough, Input, Matcher, Rejection};
 pub use output::{Export, FileOutput, MultiOutput, NoOutput, Output};
 pub use pipeline::{Pipeline, Processor};
+pub use retry::RetryPolicy;
 
 /// A DICOM object with its file meta group, as processors receive and outputs write it.
 pub type DicomInstance = dicom_object::DefaultDicomObject;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// Why a file is not a readable Part-10 file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Part10Error {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
@@ -86,15 +87,7 @@ impl Part10 {
 
     /// SOP Class UID, SOP Instance UID and transfer syntax, without padding.
     pub fn uids(&self) -> (&str, &str, &str) {
-        (
-            self.meta
-                .media_storage_sop_class_uid()
-                .trim_end_matches('\0'),
-            self.meta
-                .media_storage_sop_instance_uid()
-                .trim_end_matches('\0'),
-            self.meta.transfer_syntax().trim_end_matches('\0'),
-        )
+        crate::uid::meta_uids(&self.meta)
     }
 }
 

@@ -16,6 +16,7 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 /// Why pixel values could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PixelError {
     /// The pixel data are compressed; decoding is not supported yet.
     #[error("pixel data in transfer syntax {0} are compressed: only native pixel data can be read (decompress first, e.g. with dcmdjpeg)")]
@@ -50,7 +51,7 @@ impl Rescale {
 
 /// The stored pixel values of a native single-sample image (all frames), as i32.
 pub fn stored(instance: &DicomInstance) -> Result<Vec<i32>, PixelError> {
-    let ts_uid = instance.meta().transfer_syntax().trim_end_matches('\0');
+    let ts_uid = crate::uid::trim_uid(instance.meta().transfer_syntax());
     let ts = TransferSyntaxRegistry
         .get(ts_uid)
         .ok_or_else(|| PixelError::Unsupported(format!("unknown transfer syntax {ts_uid}")))?;

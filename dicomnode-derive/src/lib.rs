@@ -6,6 +6,8 @@
 //! processor belongs to this pipeline. Every problem is reported at the place that causes
 //! it, all at once; the macro never panics.
 
+#![forbid(unsafe_code)]
+
 use proc_macro::TokenStream;
 use proc_macro2::{TokenStream as TokenStream2, TokenTree};
 use quote::{quote, quote_spanned, ToTokens};

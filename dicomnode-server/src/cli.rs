@@ -17,7 +17,8 @@
 //! assert_eq!(config.bind.port(), 104);
 //! ```
 
-use crate::config::{ExpiryAction, FailurePolicy, NodeConfig, ServerTls};
+use crate::config::{ExpiryAction, NodeConfig, ServerTls};
+use dicomnode_core::RetryPolicy;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -143,10 +144,7 @@ impl NodeArgs {
             .data_dir
             .as_ref()
             .map(|d| std::path::absolute(d).unwrap_or(d.clone()));
-        config.failure = FailurePolicy {
-            attempts: self.attempts.max(1),
-            backoff: seconds(self.retry_backoff),
-        };
+        config.failure = RetryPolicy::new(self.attempts.max(1), seconds(self.retry_backoff));
         config.expiry = Some(seconds(self.expiry_days * 24.0 * 3600.0));
         config.expiry_action = match self.expiry_action {
             ExpiryChoice::Remove => ExpiryAction::Remove,

@@ -1,13 +1,13 @@
-//! The node's settings: where it listens, who it is, how it keys patients.
+//! The node's settings: where it listens, who it is, how it keys patients, and the
+//! settings types the subsystems share. A leaf: it imports no other module of the node.
 
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
+use dicomnode_core::RetryPolicy;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::runner::ChildPolicy;
-pub use crate::storage::ExpiryAction;
 pub use dicomnode_core::address::ClientTls;
 
 /// How a node serves. Build it with [`NodeConfig::new`] and the setters.
@@ -42,8 +42,9 @@ pub struct NodeConfig {
     /// success status is sent, and the node rebuilds its state from it at start-up.
     /// `None`: in memory.
     pub data_dir: Option<PathBuf>,
-    /// What happens when processing fails.
-    pub failure: FailurePolicy,
+    /// How often a failed processing is tried again before the patient is quarantined
+    /// (3 attempts, 30 s then 60 s apart, by default).
+    pub failure: RetryPolicy,
     /// A patient that gets no new instance for this long without having enough expires.
     pub expiry: Option<Duration>,
     /// Whether an expired patient is removed or quarantined.
@@ -92,21 +93,37 @@ pub struct ServerTls {
     pub require_client_cert: bool,
 }
 
-/// How often a failed processing is tried again before the patient is quarantined.
+/// What happens to a patient that never gets enough within the configured age.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FailurePolicy {
-    /// Attempts in all, the first included.
-    pub attempts: u32,
-    /// Wait before the second attempt; doubled before each further one.
-    pub backoff: Duration,
+pub enum ExpiryAction {
+    /// Delete its instances.
+    Remove,
+    /// Move them to the quarantine (in memory: keep them aside).
+    Quarantine,
 }
 
-impl Default for FailurePolicy {
-    /// 3 attempts, 30 s then 60 s apart.
+/// Limits and modes of the processing children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildPolicy {
+    /// At most this many children at once (1: strictly one patient at a time).
+    pub max_children: usize,
+    /// Per-patient processing time limit.
+    pub time_limit: Option<Duration>,
+    /// Per-child memory limit (RLIMIT_AS), bytes.
+    pub memory_limit: Option<u64>,
+    /// Warm workers: a child takes up to this many patients before it is replaced.
+    /// `None`: a fresh child for each patient.
+    pub warm_patients: Option<u32>,
+}
+
+impl Default for ChildPolicy {
+    /// As many children as cores, no limits, a fresh child per patient.
     fn default() -> Self {
-        FailurePolicy {
-            attempts: 3,
-            backoff: Duration::from_secs(30),
+        ChildPolicy {
+            max_children: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            time_limit: None,
+            memory_limit: None,
+            warm_patients: None,
         }
     }
 }
@@ -125,7 +142,7 @@ impl NodeConfig {
             worker_exe: None,
             work_root: None,
             data_dir: None,
-            failure: FailurePolicy::default(),
+            failure: RetryPolicy::new(3, Duration::from_secs(30)),
             expiry: Some(Duration::from_secs(14 * 24 * 3600)),
             expiry_action: ExpiryAction::Remove,
             disk_watermark: 0.95,

@@ -47,6 +47,7 @@ pub mod status {
 
 /// Why a command set could not be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CommandError {
     /// The bytes are not an Implicit VR LE data set.
     #[error("cannot parse the command set: {0}")]
@@ -82,7 +83,7 @@ pub struct Command {
 fn uid(obj: &InMemDicomObject, tag: Tag) -> String {
     obj.get(tag)
         .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+        .map(|s| dicomnode_core::uid::trim_uid(&s).to_string())
         .unwrap_or_default()
 }
 

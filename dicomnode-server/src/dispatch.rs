@@ -9,13 +9,16 @@ use dicom_encoding::TransferSyntaxIndex;
 use dicom_ul::association::client::ClientAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use dicom_ul::{ClientAssociationOptions, Pdu};
-use dicomnode_core::{Address, DicomInstance, Export, ExportError, SendFailure};
+use dicomnode_core::error::error_chain;
+use dicomnode_core::uid::{meta_uids, trim_uid};
+use dicomnode_core::{Address, DicomInstance, Export, ExportError, RetryPolicy, SendFailure};
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
 /// Why sending failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DispatchError {
     /// The peer answered a C-STORE with a failure status.
     #[error("{address} refused {sop_instance} with status {status:#06x}")]
@@ -28,7 +31,7 @@ pub enum DispatchError {
         status: u16,
     },
     /// The association could not be established (refused, rejected, timed out).
-    #[error("cannot associate with {address}: {}", with_causes(source.as_ref()))]
+    #[error("cannot associate with {address}: {}", error_chain(source.as_ref()))]
     Associate {
         /// The destination.
         address: String,
@@ -36,7 +39,7 @@ pub enum DispatchError {
         source: Box<dicom_ul::association::Error>,
     },
     /// The TLS settings of the destination's address are not usable.
-    #[error("cannot associate with {address} over TLS: {}", with_causes(source))]
+    #[error("cannot associate with {address} over TLS: {}", error_chain(source))]
     Tls {
         /// The destination.
         address: String,
@@ -56,12 +59,12 @@ pub enum DispatchError {
         transfer_syntax: String,
     },
     /// Talking on the association failed.
-    #[error("association with {address} failed: {message}")]
+    #[error("association with {address} failed: {source}")]
     Transfer {
         /// The destination.
         address: String,
         /// What went wrong.
-        message: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -93,18 +96,6 @@ impl DispatchError {
             DispatchError::Transfer { .. } => SendFailure::Transient,
         }
     }
-}
-
-/// An error's message followed by its causes (dicom-ul's top-level messages are terse).
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// An open association for C-STORE (and C-ECHO) to one destination.
@@ -199,10 +190,13 @@ impl StoreAssociation {
         })
     }
 
-    fn transfer_error(&self, message: impl ToString) -> DispatchError {
+    fn transfer_error(
+        &self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> DispatchError {
         DispatchError::Transfer {
             address: self.address.clone(),
-            message: message.to_string(),
+            source: source.into(),
         }
     }
 
@@ -275,10 +269,7 @@ impl StoreAssociation {
     /// or, when the peer accepted only the other native little endian one for its SOP
     /// class, in that (a native data set converts without touching its pixel data).
     pub fn store(&mut self, instance: &DicomInstance) -> Result<u16, DispatchError> {
-        let meta = instance.meta();
-        let sop_class = meta.media_storage_sop_class_uid().trim_end_matches('\0');
-        let sop_instance = meta.media_storage_sop_instance_uid().trim_end_matches('\0');
-        let own = meta.transfer_syntax().trim_end_matches('\0');
+        let (sop_class, sop_instance, own) = meta_uids(instance.meta());
         let ts = if self.accepted_context(sop_class, Some(own)).is_some() {
             own
         } else {
@@ -294,11 +285,11 @@ impl StoreAssociation {
         // Encoded straight into P-DATA PDUs sized for the peer: no intermediate copy.
         self.send_store(sop_class, sop_instance, ts, |writer| {
             if ts == own {
-                instance.write_dataset(writer).map_err(|e| with_causes(&e))
+                instance.write_dataset(writer).map_err(|e| error_chain(&e))
             } else {
                 instance
                     .write_dataset_with_ts(writer, syntax)
-                    .map_err(|e| with_causes(&e))
+                    .map_err(|e| error_chain(&e))
             }
         })
     }
@@ -346,27 +337,8 @@ impl StoreAssociation {
         let address = self.address.clone();
         on_link!(self.association, a => a.release()).map_err(|e| DispatchError::Transfer {
             address,
-            message: e.to_string(),
+            source: Box::new(e),
         })
-    }
-}
-
-/// How often and how patiently a transient failure is retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included (at least 1).
-    pub attempts: u32,
-    /// Wait before the second attempt; doubled before each further one.
-    pub first_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// 3 attempts, waiting 1 s then 2 s.
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 3,
-            first_backoff: Duration::from_secs(1),
-        }
     }
 }
 
@@ -386,13 +358,14 @@ pub struct DicomOutput {
 }
 
 impl DicomOutput {
-    /// Sends `instances` to each of `destinations`, calling as `DICOMNODE`.
+    /// Sends `instances` to each of `destinations`, calling as `DICOMNODE`, retrying a
+    /// transient failure twice, 1 s then 2 s later.
     pub fn new(destinations: Vec<Address>, instances: Vec<DicomInstance>) -> Self {
         DicomOutput {
             destinations,
             calling_ae_title: "DICOMNODE".to_string(),
             instances,
-            retry: RetryPolicy::default(),
+            retry: RetryPolicy::new(3, Duration::from_secs(1)),
         }
     }
 
@@ -413,13 +386,8 @@ impl DicomOutput {
             .instances
             .iter()
             .map(|i| {
-                let meta = i.meta();
-                (
-                    meta.media_storage_sop_class_uid()
-                        .trim_end_matches('\0')
-                        .to_string(),
-                    meta.transfer_syntax().trim_end_matches('\0').to_string(),
-                )
+                let (sop_class, _, transfer_syntax) = meta_uids(i.meta());
+                (sop_class.to_string(), transfer_syntax.to_string())
             })
             .collect();
         contexts.sort();
@@ -434,8 +402,7 @@ impl DicomOutput {
         contexts: &[(String, String)],
     ) -> Result<usize, ExportError> {
         let mut acknowledged = vec![false; self.instances.len()];
-        let mut backoff = self.retry.first_backoff;
-        let attempts = self.retry.attempts.max(1);
+        let attempts = self.retry.attempts();
         for attempt in 1..=attempts {
             match self.attempt(destination, contexts, &mut acknowledged) {
                 Ok(()) => return Ok(acknowledged.len()),
@@ -454,11 +421,10 @@ impl DicomOutput {
                             destination: destination.to_string(),
                             kind,
                             attempts: attempt,
-                            message: error.to_string(),
+                            source: Box::new(error),
                         });
                     }
-                    std::thread::sleep(backoff);
-                    backoff = backoff.saturating_mul(2);
+                    std::thread::sleep(self.retry.wait_after(attempt));
                 }
             }
         }
@@ -485,10 +451,7 @@ impl DicomOutput {
                 // Keep sending the rest: the peer may take them; the export fails anyway.
                 refused = Some(DispatchError::Refused {
                     address: destination.to_string(),
-                    sop_instance: instance
-                        .meta()
-                        .media_storage_sop_instance_uid()
-                        .trim_end_matches('\0')
+                    sop_instance: trim_uid(instance.meta().media_storage_sop_instance_uid())
                         .to_string(),
                     status,
                 });

@@ -14,11 +14,12 @@
 use dicomnode_examples::plus_one::PlusOneNode;
 use dicomnode_examples::store::StoreNode;
 use dicomnode_server::dicom_dictionary_std::tags;
-use dicomnode_server::dispatch::{RetryPolicy, StoreAssociation};
+use dicomnode_server::dispatch::StoreAssociation;
 use dicomnode_server::input::value_of;
-use dicomnode_server::runner::ChildEntry;
 use dicomnode_server::synthetic::SyntheticSeries;
-use dicomnode_server::{pixels, Address, DicomInstance, Node, NodeConfig, Pipeline};
+use dicomnode_server::{
+    pixels, Address, ChildEntry, DicomInstance, Node, NodeConfig, Pipeline, RetryPolicy,
+};
 use std::collections::HashMap;
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -73,7 +74,7 @@ fn demo() -> Result<(), Box<dyn Error>> {
             destination: receiver.clone(),
             calling_ae_title: "PLUS_ONE".into(),
             slices: None,
-            retry: RetryPolicy::default(),
+            retry: RetryPolicy::new(3, Duration::from_secs(1)),
         },
         "PLUS_ONE",
     )?;

@@ -8,8 +8,8 @@
 use clap::Parser;
 use dicomnode_examples::plus_one::PlusOneNode;
 use dicomnode_server::cli::NodeArgs;
-use dicomnode_server::dispatch::RetryPolicy;
 use dicomnode_server::Address;
+use dicomnode_server::RetryPolicy;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -40,10 +40,10 @@ fn main() -> ExitCode {
             destination: args.dest,
             calling_ae_title: config.ae_title.clone(),
             slices: args.slices,
-            retry: RetryPolicy {
-                attempts: args.send_attempts.max(1),
-                first_backoff: Duration::from_secs_f64(args.send_backoff.max(0.0)),
-            },
+            retry: RetryPolicy::new(
+                args.send_attempts.max(1),
+                Duration::from_secs_f64(args.send_backoff.max(0.0)),
+            ),
         };
         (node, config)
     })

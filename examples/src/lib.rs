@@ -60,12 +60,12 @@ pub mod plus_one {
     //! derived series to a destination.
 
     use dicomnode_server::dicom_dictionary_std::tags;
-    use dicomnode_server::dispatch::{DicomOutput, RetryPolicy};
+    use dicomnode_server::dispatch::DicomOutput;
     use dicomnode_server::input::value_of;
     use dicomnode_server::series::{DerivedSeries, PixelBuffer};
     use dicomnode_server::{
         pixels, Address, Enough, Input, InputContainer, Matcher, Output, Pipeline, ProcessError,
-        Processor,
+        Processor, RetryPolicy,
     };
     use serde::{Deserialize, Serialize};
 
@@ -121,8 +121,9 @@ pub mod plus_one {
                 ))
             })?;
             println!(
-                "patient {}: derived {} instances, sending to {}",
+                "patient {} ({}): derived {} instances, sending to {}",
                 input.patient_key(),
+                input.origin(),
                 derived.len(),
                 node.destination
             );

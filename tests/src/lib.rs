@@ -324,6 +324,23 @@ pub fn ct_contexts() -> Vec<(String, String)> {
     )]
 }
 
+/// Sends `instances` to a test node (`TEST_NODE`) on one association calling as `SCU`;
+/// returns their statuses.
+pub fn store_all(node: &NodeProcess, instances: &[dicomnode_server::DicomInstance]) -> Vec<u16> {
+    let mut association = dicomnode_server::dispatch::StoreAssociation::open(
+        &node.address("TEST_NODE"),
+        "SCU",
+        &ct_contexts(),
+    )
+    .expect("the test node accepts the association");
+    let statuses = instances
+        .iter()
+        .map(|i| association.store(i).expect("a C-STORE response"))
+        .collect();
+    association.release().expect("the release is answered");
+    statuses
+}
+
 /// Every file below `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -342,7 +359,7 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The SOP Instance UIDs listed in a record the test node wrote (the lines after pid,
-/// cwd and count that are not `name=value`).
+/// cwd and count that are not `name=value`, such as `origin=`).
 pub fn record_uids(record: &str) -> Vec<String> {
     record
         .lines()

@@ -6,6 +6,7 @@ use dicomnode_server::dicom_object::{open_file, DefaultDicomObject};
 use dicomnode_server::dimse::status;
 use dicomnode_server::dispatch::StoreAssociation;
 use dicomnode_server::synthetic::{Modality, SyntheticSeries};
+use dicomnode_server::uid::trim_uid;
 use dicomnode_tests::{
     ct_contexts, dcmtk, example_exe, field, raw_ct_association, run, store_pdu, NodeProcess,
     RichState,
@@ -78,12 +79,13 @@ fn runs_of(out: &Path, patient: &str) -> Vec<(u32, PathBuf, Vec<String>)> {
 }
 
 fn sop_uid(obj: &DefaultDicomObject) -> String {
-    obj.element(tags::SOP_INSTANCE_UID)
-        .expect("SOPInstanceUID")
-        .to_str()
-        .expect("text")
-        .trim_end_matches('\0')
-        .to_string()
+    trim_uid(
+        &obj.element(tags::SOP_INSTANCE_UID)
+            .expect("SOPInstanceUID")
+            .to_str()
+            .expect("text"),
+    )
+    .to_string()
 }
 
 #[test]
@@ -267,16 +269,8 @@ fn two_live_associations_for_one_patient_lead_to_one_processing_of_all() {
         .build()
         .unwrap();
     let contexts = vec![(
-        instances[0]
-            .meta()
-            .media_storage_sop_class_uid()
-            .trim_end_matches('\0')
-            .to_string(),
-        instances[0]
-            .meta()
-            .transfer_syntax()
-            .trim_end_matches('\0')
-            .to_string(),
+        trim_uid(instances[0].meta().media_storage_sop_class_uid()).to_string(),
+        trim_uid(instances[0].meta().transfer_syntax()).to_string(),
     )];
     let address = node.address("TEST_NODE");
     let mut first = StoreAssociation::open(&address, "SCU_ONE", &contexts).unwrap();
@@ -507,10 +501,10 @@ fn encapsulated_transfer_syntaxes_are_kept_as_received() {
         (&jpeg, "1.2.840.10008.1.2.4.70"),
     ] {
         let original = open_file(path).unwrap();
-        assert_eq!(original.meta().transfer_syntax().trim_end_matches('\0'), ts);
+        assert_eq!(trim_uid(original.meta().transfer_syntax()), ts);
         let copy = open_file(FileOutputPath::of(out.path(), &original)).unwrap();
         assert_eq!(
-            copy.meta().transfer_syntax().trim_end_matches('\0'),
+            trim_uid(copy.meta().transfer_syntax()),
             ts,
             "not transcoded"
         );

@@ -8,8 +8,9 @@
 use super::wire::{
     read_frame, write_frame, ChildMessage, ChildOutcome, Job, JobInstance, LogRecord, Report,
 };
-use super::{micros, unix_micros, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
+use super::{micros, unix_micros};
 use super::{CHANNEL_ENV, CHILD_ENV, MEMORY_LIMIT_ENV};
+use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::InMemDicomObject;
@@ -311,7 +312,7 @@ fn process_in_child<P: Pipeline>(
         }
         inputs.push((input.name.to_string(), instances));
     }
-    let container = InputContainer::new(job.patient_key.to_string(), job.sender.clone(), inputs);
+    let container = InputContainer::new(job.patient_key.to_string(), job.origin.clone(), inputs);
     if processor.is_none() {
         match P::Processor::build(&pipeline) {
             Ok(built) => *processor = Some(built),

@@ -13,12 +13,11 @@ mod supervise;
 pub mod wire;
 mod workdirs;
 
-pub use child::{child_entry_among, child_main, decode_instance, is_child, ChildEntry};
+pub use child::{child_entry_among, is_child, ChildEntry};
 
-use crate::config::FailurePolicy;
+use crate::config::{ChildPolicy, NodeConfig};
 use crate::storage::{InstanceData, PatientBatch, Storage};
-use crate::NodeConfig;
-use dicomnode_core::Pipeline;
+use dicomnode_core::{Pipeline, RetryPolicy};
 use std::collections::{HashSet, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -37,26 +36,23 @@ pub const MEMORY_LIMIT_ENV: &str = "DICOMNODE_MEMORY_LIMIT";
 /// Set in a child's environment to the path of the Unix socket it connects to for its jobs.
 pub const CHANNEL_ENV: &str = "DICOMNODE_CHANNEL";
 
-/// The Implementation Class UID this node writes into file meta groups.
-pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.302143227262591287434591426338478069411";
-/// The Implementation Version Name this node writes into file meta groups.
-pub const IMPLEMENTATION_VERSION_NAME: &str = "DICOMNODE_RS_01";
-
 /// Why the runner could not be prepared.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RunnerError {
     /// The pipeline's state could not be encoded.
     #[error("cannot encode the pipeline's state for the child: {0}")]
-    EncodePipeline(postcard::Error),
+    EncodePipeline(#[source] postcard::Error),
     /// The worker executable is unknown.
     #[error("cannot find the node's own executable to re-execute: {0}")]
-    CurrentExe(std::io::Error),
+    CurrentExe(#[source] std::io::Error),
     /// The runner's directory under the work root could not be made.
-    #[error("cannot make the runner's directory in {root}: {source}")]
+    #[error("cannot make the runner's directory in {root}")]
     WorkDir {
         /// The work root.
         root: PathBuf,
         /// The cause.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -128,32 +124,6 @@ pub(crate) fn unix_micros(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// Limits and modes of the children.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChildPolicy {
-    /// At most this many children at once (1: strictly one patient at a time).
-    pub max_children: usize,
-    /// Per-patient processing time limit.
-    pub time_limit: Option<Duration>,
-    /// Per-child memory limit (RLIMIT_AS), bytes.
-    pub memory_limit: Option<u64>,
-    /// Warm workers: a child takes up to this many patients before it is replaced.
-    /// `None`: a fresh child for each patient.
-    pub warm_patients: Option<u32>,
-}
-
-impl Default for ChildPolicy {
-    /// As many children as cores, no limits, a fresh child per patient.
-    fn default() -> Self {
-        ChildPolicy {
-            max_children: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            time_limit: None,
-            memory_limit: None,
-            warm_patients: None,
-        }
-    }
-}
-
 /// Starts children for patients, at most `max_children` at once, and supervises them.
 pub struct ChildRunner {
     exe: PathBuf,
@@ -162,7 +132,7 @@ pub struct ChildRunner {
     /// Holds the children's job directories; owned (locked) while the runner lives.
     dir: RunnerDir,
     storage: Arc<Storage>,
-    failure: FailurePolicy,
+    failure: RetryPolicy,
     policy: ChildPolicy,
     queue: Mutex<VecDeque<PatientBatch>>,
     wake: Condvar,
@@ -284,7 +254,7 @@ impl ChildRunner {
             tracing::warn!(%outcome, "processing interrupted by the shutdown; not counted as an attempt{}", if batch.dir.is_some() { ", kept for the next start" } else { "" });
             return;
         }
-        let attempts = self.failure.attempts.max(1);
+        let attempts = self.failure.attempts();
         tracing::error!(
             %outcome,
             instances = batch.instance_count(),
@@ -293,11 +263,9 @@ impl ChildRunner {
             "processing failed; the patient's instances are kept"
         );
         // Named, not pathed: the batch's directory moves (to the quarantine, say).
-        let output = output
-            .and_then(|path| path.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .map_or(String::new(), |name| {
-                format!("all of the child's output: {name}, beside this file\n")
-            });
+        let output = output.map_or(String::new(), |name| {
+            format!("all of the child's output: {name}, beside this file\n")
+        });
         let record = format!(
             "attempt {} of {attempts} failed at {} (unix time): {outcome}\n{output}last lines of the child's output:\n{}\n\n",
             batch.attempt,
@@ -310,10 +278,7 @@ impl ChildRunner {
             tracing::error!(%place, "every attempt failed: the patient is quarantined (put it back with `dicomnode requeue`)");
             return;
         }
-        let backoff = self
-            .failure
-            .backoff
-            .saturating_mul(1 << (batch.attempt - 1).min(16));
+        let backoff = self.failure.wait_after(batch.attempt);
         tracing::warn!(retry_in = ?backoff, "processing will be retried");
         batch.attempt += 1;
         // The wait does not hold a child slot.
@@ -332,7 +297,7 @@ impl ChildRunner {
         &self,
         batch: &PatientBatch,
         warm: &mut Option<ChildProcess>,
-    ) -> (Outcome, Vec<String>, Option<PathBuf>) {
+    ) -> (Outcome, Vec<String>, Option<String>) {
         let mut child = match warm.take() {
             Some(child) => child,
             None => match ChildProcess::spawn(&Launch {
@@ -379,7 +344,7 @@ impl ChildRunner {
                 let tail = child.tail();
                 let output = match outcome {
                     Outcome::Success(_) => None,
-                    _ => keep_output(batch, &child),
+                    _ => self.keep_output(batch, &child),
                 };
                 self.retire(child, end.timed_out);
                 (outcome, tail, output)
@@ -387,7 +352,7 @@ impl ChildRunner {
             None => {
                 // No report: the child died or was killed. Its status says how.
                 let tail = child.tail();
-                let output = keep_output(batch, &child);
+                let output = self.keep_output(batch, &child);
                 let status = self.retire(child, true);
                 let outcome = if end.timed_out {
                     Outcome::TimedOut(self.policy.time_limit.unwrap_or_default())
@@ -433,6 +398,12 @@ impl ChildRunner {
             ChildOutcome::Success(summary) => Outcome::Success(summary.clone()),
             other => Outcome::Failed(other.clone()),
         }
+    }
+
+    /// Keeps all of a failed attempt's output beside its failure record (on disk); returns
+    /// the name it is kept under.
+    fn keep_output(&self, batch: &PatientBatch, child: &ChildProcess) -> Option<String> {
+        self.storage.keep_output(batch, &child.output_file()?)
     }
 
     fn retire(&self, child: ChildProcess, kill_now: bool) -> Option<std::process::ExitStatus> {
@@ -485,27 +456,12 @@ impl ChildRunner {
     }
 }
 
-/// Keeps all of a failed attempt's output beside its failure record (on disk); returns
-/// where.
-fn keep_output(batch: &PatientBatch, child: &ChildProcess) -> Option<PathBuf> {
-    let dir = batch.dir.as_ref()?;
-    let source = child.output_file()?;
-    let target = dir.join(format!("output.attempt-{}.log", batch.attempt));
-    match std::fs::copy(&source, &target) {
-        Ok(_) => Some(target),
-        Err(error) => {
-            tracing::warn!(%error, "cannot keep the child's output beside the failure record");
-            None
-        }
-    }
-}
-
 /// The job for a batch: paths for instances on disk, bytes for those in memory.
 fn job_for<'a>(batch: &'a PatientBatch, pipeline: &'a [u8], work_root: &'a str) -> Job<'a> {
     Job {
         pipeline,
         patient_key: &batch.patient_key,
-        sender: batch.sender.clone(),
+        origin: batch.origin.clone(),
         work_root,
         triggered_at_us: unix_micros(batch.triggered_at),
         inputs: batch

@@ -6,7 +6,7 @@
 //! side when there are no more; the child answers each job with [`ChildMessage::Log`]
 //! records as its code logs, then one [`ChildMessage::Report`].
 
-use dicomnode_core::Sender;
+use dicomnode_core::Origin;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
@@ -51,8 +51,8 @@ pub struct Job<'a> {
     pub pipeline: &'a [u8],
     /// The patient key.
     pub patient_key: &'a str,
-    /// The peer that completed the batch.
-    pub sender: Sender,
+    /// Where the batch came from.
+    pub origin: Origin,
     /// Where the child makes this job's working directory.
     pub work_root: &'a str,
     /// When the batch was triggered, microseconds since the Unix epoch.

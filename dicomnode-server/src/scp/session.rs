@@ -552,7 +552,7 @@ impl AssociationSession {
         let patient_key = self.config.patient_key;
         let Some(key) = value_of(&instance.header, patient_key) else {
             if let Some(temp) = temp {
-                let _ = std::fs::remove_file(temp);
+                crate::storage::disk::remove_temp(&temp);
             }
             return refuse(
                 status::DATA_SET_DOES_NOT_MATCH,

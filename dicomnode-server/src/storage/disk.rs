@@ -1,4 +1,4 @@
-//! The durable layout of a data directory:
+//! The durable layout of a data directory, and every file-system operation on it:
 //!
 //! ```text
 //! <data>/tmp/                               instances being received (removed at start-up)
@@ -11,49 +11,100 @@
 //!
 //! Every instance is written to `tmp/`, fsynced, renamed into place and its directory
 //! fsynced before the node answers success.
+//!
+//! The node opens its data directory with `DiskLayout::open` (creating it); tools open
+//! an existing one with [`DiskLayout::open_existing`], which creates nothing, to list the
+//! quarantine ([`DiskLayout::quarantined`]) and put batches back
+//! ([`DiskLayout::requeue_quarantined`]).
 
 use super::names::{input_dir_name, patient_dir_name, safe_name};
+use super::StorageError;
 use dicom_object::meta::FileMetaTable;
+use dicomnode_core::uid::trim_uid;
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// The file holding a patient's key beside its data.
-pub const KEY_FILE: &str = "key";
+const KEY_FILE: &str = "key";
 /// The file collecting a batch's failure records; its `attempt ` lines count the attempts
 /// made, across restarts of the node.
-pub const FAILURES_FILE: &str = "failures.log";
+const FAILURES_FILE: &str = "failures.log";
 /// Failure records of attempts before a person requeued the batch.
-pub const HISTORY_FILE: &str = "history.log";
+const HISTORY_FILE: &str = "history.log";
 
-/// A data directory.
+/// A node's data directory.
 #[derive(Debug, Clone)]
 pub struct DiskLayout {
     root: PathBuf,
 }
 
-/// Fsyncs a directory, so that renames and creations in it survive a crash.
-pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+/// A batch in the quarantine of a data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedBatch {
+    /// Its directory, under `quarantine/`.
+    pub dir: PathBuf,
+    /// The patient key (empty if its key file is unreadable).
+    pub patient_key: String,
+    /// How many instance files it holds (a file in two inputs counts twice).
+    pub files: usize,
+    /// The first line of each failed attempt's record (`attempt N of M failed ...`).
+    pub failures: Vec<String>,
 }
 
+/// Why a stored file is set aside in the quarantine when the node restores its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Aside {
+    /// It cannot be read as DICOM.
+    Unreadable,
+    /// No input admits it any more (the rules changed).
+    Rejected,
+}
+
+impl Aside {
+    /// The quarantine directory's suffix and the subdirectory the files go to.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Aside::Unreadable => ("unreadable", "unreadable"),
+            Aside::Rejected => ("rejected-at-restart", "rejected"),
+        }
+    }
+}
+
+/// The subdirectories every data directory has.
+const SUBDIRS: [&str; 5] = ["tmp", "patients", "processing", "quarantine", "requeue"];
+
 impl DiskLayout {
-    /// Opens (and creates) a data directory.
-    pub fn open(root: &Path) -> io::Result<DiskLayout> {
+    /// Opens (and creates) a data directory, for the node.
+    pub(crate) fn open(root: &Path) -> io::Result<DiskLayout> {
         let layout = DiskLayout {
             root: root.to_path_buf(),
         };
-        for dir in [
-            layout.tmp(),
-            layout.patients(),
-            layout.processing(),
-            layout.quarantine(),
-            layout.requeue(),
-        ] {
-            fs::create_dir_all(&dir)?;
+        for dir in SUBDIRS {
+            fs::create_dir_all(root.join(dir))?;
         }
         fsync_dir(root)?;
         Ok(layout)
+    }
+
+    /// Opens an existing data directory without creating or changing anything: a path
+    /// that is not a node's data directory (a typing error) is an error, not a new one.
+    pub fn open_existing(root: &Path) -> Result<DiskLayout, StorageError> {
+        fs::metadata(root).map_err(|source| StorageError::Io {
+            dir: root.to_path_buf(),
+            source,
+        })?;
+        if let Some(missing) = SUBDIRS.into_iter().find(|d| !root.join(d).is_dir()) {
+            return Err(StorageError::NotADataDirectory {
+                dir: root.to_path_buf(),
+                missing,
+            });
+        }
+        Ok(DiskLayout {
+            root: root.to_path_buf(),
+        })
     }
 
     /// The data directory.
@@ -64,30 +115,33 @@ impl DiskLayout {
         self.root.join("tmp")
     }
     /// Where patients gather.
-    pub fn patients(&self) -> PathBuf {
+    pub(crate) fn patients(&self) -> PathBuf {
         self.root.join("patients")
     }
     /// Where batches being processed are.
-    pub fn processing(&self) -> PathBuf {
+    pub(crate) fn processing(&self) -> PathBuf {
         self.root.join("processing")
     }
     /// Where batches that failed every attempt are.
-    pub fn quarantine(&self) -> PathBuf {
+    fn quarantine(&self) -> PathBuf {
         self.root.join("quarantine")
     }
     /// Where `dicomnode requeue` puts batches back.
-    pub fn requeue(&self) -> PathBuf {
+    pub(crate) fn requeue(&self) -> PathBuf {
         self.root.join("requeue")
     }
 
     /// The directory of a patient.
-    pub fn patient_dir(&self, key: &str) -> PathBuf {
+    pub(crate) fn patient_dir(&self, key: &str) -> PathBuf {
         self.patients().join(patient_dir_name(key))
     }
 
     /// Creates a temporary Part-10 file with its preamble and meta group written; the data
     /// set is appended by the caller as it arrives.
-    pub fn new_temp_file(&self, meta: &FileMetaTable) -> io::Result<(BufWriter<File>, PathBuf)> {
+    pub(crate) fn new_temp_file(
+        &self,
+        meta: &FileMetaTable,
+    ) -> io::Result<(BufWriter<File>, PathBuf)> {
         let path = self.tmp().join(format!(
             "{}.tmp",
             uuid_like(meta.media_storage_sop_instance_uid())
@@ -103,7 +157,7 @@ impl DiskLayout {
             meta.write(&mut writer).map_err(io::Error::other)
         })();
         if let Err(error) = written {
-            let _ = fs::remove_file(&path);
+            remove_temp(&path);
             return Err(error);
         }
         Ok((writer, path))
@@ -111,7 +165,7 @@ impl DiskLayout {
 
     /// Moves a received file (fsynced) into the patient's input directories: renamed into
     /// the first, hard-linked into the others; each directory fsynced.
-    pub fn place(
+    pub(crate) fn place(
         &self,
         key: &str,
         temp: &Path,
@@ -150,20 +204,14 @@ impl DiskLayout {
         let patient = self.patient_dir(key);
         if !patient.join(KEY_FILE).exists() {
             fs::create_dir_all(&patient)?;
-            // Unique: two associations may create the same patient at once.
-            let key_tmp = patient.join(format!("key.{}.tmp", uuid::Uuid::new_v4().simple()));
-            let mut file = File::create(&key_tmp)?;
-            file.write_all(key.as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&key_tmp, patient.join(KEY_FILE))?;
-            fsync_dir(&patient)?;
+            write_key(&patient, key)?;
             fsync_dir(&self.patients())?;
         }
         Ok(patient)
     }
 
     /// Takes a patient's directory out for processing (a rename); returns where it went.
-    pub fn take_out(&self, key: &str, sequence: u64) -> io::Result<PathBuf> {
+    pub(crate) fn take_out(&self, key: &str, sequence: u64) -> io::Result<PathBuf> {
         let target = self
             .processing()
             .join(format!("{}.{sequence}", patient_dir_name(key)));
@@ -174,26 +222,30 @@ impl DiskLayout {
     }
 
     /// How many attempts at processing a batch directory have failed so far.
-    pub fn failed_attempts(batch_dir: &Path) -> u32 {
-        fs::read_to_string(batch_dir.join(FAILURES_FILE))
-            .map(|text| text.lines().filter(|l| l.starts_with("attempt ")).count())
-            .ok()
-            .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(0)
+    pub(crate) fn failed_attempts(batch_dir: &Path) -> u32 {
+        u32::try_from(failure_lines(batch_dir).len()).unwrap_or(u32::MAX)
     }
 
     /// Appends a failure record to a batch directory.
-    pub fn record_failure(&self, batch_dir: &Path, record: &str) -> io::Result<()> {
-        let mut file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(batch_dir.join(FAILURES_FILE))?;
-        file.write_all(record.as_bytes())?;
-        file.sync_all()
+    pub(crate) fn record_failure(&self, batch_dir: &Path, record: &str) -> io::Result<()> {
+        append_synced(&batch_dir.join(FAILURES_FILE), record.as_bytes())
+    }
+
+    /// Copies a failed attempt's output file into a batch directory, as
+    /// `output.attempt-<n>.log`; returns that name.
+    pub(crate) fn keep_output(
+        &self,
+        batch_dir: &Path,
+        attempt: u32,
+        output: &Path,
+    ) -> io::Result<String> {
+        let name = format!("output.attempt-{attempt}.log");
+        fs::copy(output, batch_dir.join(&name))?;
+        Ok(name)
     }
 
     /// Moves a batch directory to the quarantine; returns where it went.
-    pub fn quarantine_batch(
+    pub(crate) fn quarantine_batch(
         &self,
         batch_dir: &Path,
         key: &str,
@@ -208,7 +260,7 @@ impl DiskLayout {
     }
 
     /// Removes a batch directory (after success, or expiry).
-    pub fn remove_batch(&self, batch_dir: &Path) -> io::Result<()> {
+    pub(crate) fn remove_batch(&self, batch_dir: &Path) -> io::Result<()> {
         fs::remove_dir_all(batch_dir)?;
         if let Some(parent) = batch_dir.parent() {
             fsync_dir(parent)?;
@@ -216,8 +268,36 @@ impl DiskLayout {
         Ok(())
     }
 
+    /// How many instance files of a batch directory are not among `held`.
+    pub(crate) fn count_strays(&self, batch_dir: &Path, held: &HashSet<PathBuf>) -> usize {
+        DiskLayout::files_of(batch_dir)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, path)| !held.contains(path))
+            .count()
+    }
+
+    /// After success, when files the batch did not hold are beside it: deletes what it
+    /// held (and its failure records) and moves the rest to `requeue/`, for processing.
+    pub(crate) fn put_back_strays(
+        &self,
+        batch_dir: &Path,
+        held: &HashSet<PathBuf>,
+    ) -> io::Result<()> {
+        for path in held {
+            let _ = fs::remove_file(path);
+        }
+        let _ = fs::remove_file(batch_dir.join(FAILURES_FILE));
+        let name = batch_dir
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        fs::rename(batch_dir, self.requeue().join(name))?;
+        fsync_dir(&self.requeue())
+    }
+
     /// Removes half-written files left by a crash.
-    pub fn clean_tmp(&self) -> io::Result<usize> {
+    pub(crate) fn clean_tmp(&self) -> io::Result<usize> {
         let mut removed = 0;
         for entry in fs::read_dir(self.tmp())? {
             let entry = entry?;
@@ -234,24 +314,12 @@ impl DiskLayout {
 
     /// Moves every file of a batch directory (from `processing/` or `requeue/`) back into
     /// its patient's directory; returns the patient key.
-    pub fn merge_back(&self, batch_dir: &Path) -> io::Result<String> {
-        let key =
-            fs::read(batch_dir.join(KEY_FILE)).map(|b| String::from_utf8_lossy(&b).into_owned())?;
+    pub(crate) fn merge_back(&self, batch_dir: &Path) -> io::Result<String> {
+        let key = read_key(batch_dir)?;
         let patient = self.ensure_patient_dir(&key)?;
         // The failure records travel with the data: the attempts count on.
         for record in [FAILURES_FILE, HISTORY_FILE] {
-            if let Ok(text) = fs::read(batch_dir.join(record)) {
-                let mut file = fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(patient.join(record))?;
-                file.write_all(&text)?;
-                file.sync_all()?;
-                // Gone from the source at once: a merge interrupted later must not
-                // append the same records again.
-                fs::remove_file(batch_dir.join(record))?;
-                fsync_dir(batch_dir)?;
-            }
+            move_records(&batch_dir.join(record), &patient.join(record))?;
         }
         for input in fs::read_dir(batch_dir)? {
             let input = input?;
@@ -278,8 +346,92 @@ impl DiskLayout {
         Ok(key)
     }
 
+    /// Makes an instance file's links in a patient's directory those of the input
+    /// directories named `wanted`: links where they are missing, none elsewhere.
+    pub(crate) fn relink(patient_dir: &Path, file: &Path, wanted: &[String]) -> io::Result<()> {
+        let Some(file_name) = file.file_name() else {
+            return Ok(());
+        };
+        for input_dir in wanted {
+            let link = patient_dir.join(input_dir).join(file_name);
+            if !link.exists() {
+                fs::create_dir_all(patient_dir.join(input_dir))?;
+                fs::hard_link(file, &link)?;
+            }
+        }
+        for input_dir in DiskLayout::subdirs(patient_dir)? {
+            let is_wanted = input_dir
+                .file_name()
+                .is_some_and(|name| wanted.iter().any(|w| name == w.as_str()));
+            let link = input_dir.join(file_name);
+            if !is_wanted && link.exists() {
+                fs::remove_file(&link)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a stored instance file out of a patient's directory into the quarantine (its
+    /// other links removed), where it cannot be swept out with a batch and deleted.
+    pub(crate) fn set_aside(
+        &self,
+        patient_dir: &Path,
+        key: &str,
+        file: &Path,
+        why: Aside,
+    ) -> io::Result<()> {
+        let (suffix, subdir) = why.names();
+        let aside = self
+            .quarantine()
+            .join(format!("{}.{suffix}", patient_dir_name(key)));
+        fs::create_dir_all(aside.join(subdir))?;
+        write_key(&aside, key)?;
+        for (_, linked) in DiskLayout::files_of(patient_dir)? {
+            if linked.file_name() == file.file_name() && linked != file {
+                fs::remove_file(&linked)?;
+            }
+        }
+        let file_name = file.file_name().unwrap_or_default();
+        fs::rename(file, aside.join(subdir).join(file_name))?;
+        fsync_dir(&aside.join(subdir))
+    }
+
+    /// The batches in the quarantine, with their patient keys and failures.
+    pub fn quarantined(&self) -> io::Result<Vec<QuarantinedBatch>> {
+        let mut batches = Vec::new();
+        for dir in DiskLayout::subdirs(&self.quarantine())? {
+            batches.push(QuarantinedBatch {
+                patient_key: read_key(&dir).unwrap_or_default(),
+                files: DiskLayout::files_of(&dir).map_or(0, |f| f.len()),
+                failures: failure_lines(&dir),
+                dir,
+            });
+        }
+        Ok(batches)
+    }
+
+    /// Puts a quarantined batch back for processing: a person decided to try again, so
+    /// the attempts start over (the failure records are kept as its history). A running
+    /// node adopts it within its maintenance interval, a stopped one at its start.
+    /// Returns where it went.
+    pub fn requeue_quarantined(&self, batch: &QuarantinedBatch) -> io::Result<PathBuf> {
+        move_records(
+            &batch.dir.join(FAILURES_FILE),
+            &batch.dir.join(HISTORY_FILE),
+        )?;
+        let name = batch
+            .dir
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        let target = self.requeue().join(name);
+        fs::rename(&batch.dir, &target)?;
+        fsync_dir(&self.requeue())?;
+        Ok(target)
+    }
+
     /// The directories directly under `dir`.
-    pub fn subdirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    pub(crate) fn subdirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
         let mut dirs = Vec::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
@@ -292,7 +444,7 @@ impl DiskLayout {
     }
 
     /// Every instance file of a patient's directory: (input directory name, path).
-    pub fn files_of(patient_dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    pub(crate) fn files_of(patient_dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
         let mut files = Vec::new();
         for input in Self::subdirs(patient_dir)? {
             let name = input
@@ -310,11 +462,128 @@ impl DiskLayout {
     }
 }
 
+/// Fsyncs a directory, so that renames and creations in it survive a crash.
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The patient key kept in `dir` (a patient's, a batch's or a quarantined batch's).
+pub(crate) fn read_key(dir: &Path) -> io::Result<String> {
+    fs::read(dir.join(KEY_FILE)).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Writes the patient key into `dir` durably: a unique temporary file (two associations
+/// may create the same patient at once), fsynced, renamed, the directory fsynced.
+fn write_key(dir: &Path, key: &str) -> io::Result<()> {
+    let key_tmp = dir.join(format!("key.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let mut file = File::create(&key_tmp)?;
+    file.write_all(key.as_bytes())?;
+    file.sync_all()?;
+    fs::rename(&key_tmp, dir.join(KEY_FILE))?;
+    fsync_dir(dir)
+}
+
+/// Appends `bytes` to a file (created if need be) and fsyncs it.
+fn append_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Appends the failure records in `from` (if any) to `to`, then removes `from` at once: a
+/// move interrupted later must not append the same records again.
+fn move_records(from: &Path, to: &Path) -> io::Result<()> {
+    let records = match fs::read(from) {
+        Ok(records) => records,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    append_synced(to, &records)?;
+    fs::remove_file(from)?;
+    match from.parent() {
+        Some(dir) => fsync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+/// The `attempt ` lines of a batch directory's failure records (one per failed attempt).
+fn failure_lines(batch_dir: &Path) -> Vec<String> {
+    fs::read_to_string(batch_dir.join(FAILURES_FILE))
+        .map(|text| {
+            text.lines()
+                .filter(|l| l.starts_with("attempt "))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes a temporary file of the receive path; it may be gone already.
+pub(crate) fn remove_temp(path: &Path) {
+    let _ = fs::remove_file(path);
+}
+
+/// When a stored file was last written (the arrival of its instance).
+pub(crate) fn modified(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 /// A file name from a UID that is unique even when the same UID arrives twice at once.
 fn uuid_like(uid: &str) -> String {
     format!(
         "{}-{}",
-        safe_name(uid.trim_end_matches('\0')),
+        safe_name(trim_uid(uid)),
         uuid::Uuid::new_v4().simple()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_existing_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mistyped = dir.path().join("no-such-dir");
+        assert!(matches!(
+            DiskLayout::open_existing(&mistyped),
+            Err(StorageError::Io { .. })
+        ));
+        assert!(!mistyped.exists());
+        assert!(matches!(
+            DiskLayout::open_existing(dir.path()),
+            Err(StorageError::NotADataDirectory { missing: "tmp", .. })
+        ));
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+        DiskLayout::open(dir.path()).unwrap();
+        let layout = DiskLayout::open_existing(dir.path()).unwrap();
+        assert!(layout.quarantined().unwrap().is_empty());
+    }
+
+    #[test]
+    fn requeue_keeps_the_records_as_history_and_restarts_the_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = DiskLayout::open(dir.path()).unwrap();
+        let batch = layout.quarantine().join("p.1");
+        fs::create_dir_all(batch.join("in-ct")).unwrap();
+        write_key(&batch, "P").unwrap();
+        fs::write(batch.join("in-ct").join("1.dcm"), b"").unwrap();
+        layout
+            .record_failure(&batch, "attempt 1 of 1 failed: no\ndetails\n")
+            .unwrap();
+        let listed = layout.quarantined().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].patient_key, "P");
+        assert_eq!(listed[0].files, 1);
+        assert_eq!(listed[0].failures, ["attempt 1 of 1 failed: no"]);
+        let target = layout.requeue_quarantined(&listed[0]).unwrap();
+        assert_eq!(DiskLayout::failed_attempts(&target), 0);
+        let history = fs::read_to_string(target.join(HISTORY_FILE)).unwrap();
+        assert!(history.starts_with("attempt 1 of 1 failed"));
+        assert!(layout.quarantined().unwrap().is_empty());
+        assert_eq!(read_key(&target).unwrap(), "P");
+    }
 }

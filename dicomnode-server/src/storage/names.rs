@@ -5,27 +5,21 @@ use sha2::{Digest, Sha256};
 
 /// A directory name for a patient key: a readable, sanitized prefix and a hash of the raw
 /// key, so that `../../etc`, `/`, `..`, an empty key, control characters, 300-character and
-/// non-ASCII keys all map to distinct names that stay inside their parent directory.
-///
-/// ```
-/// use dicomnode_server::storage::names::patient_dir_name;
-/// assert!(patient_dir_name("../../etc").starts_with(".._.._etc-"));
-/// assert_ne!(patient_dir_name("PAT 1"), patient_dir_name("PAT_1"));
-/// assert_eq!(patient_dir_name("x"), patient_dir_name("x"));
-/// ```
-pub fn patient_dir_name(key: &str) -> String {
+/// non-ASCII keys all map to distinct names that stay inside their parent directory
+/// (`../../etc` becomes `.._.._etc-<hash>`).
+pub(crate) fn patient_dir_name(key: &str) -> String {
     format!("{}-{}", readable_prefix(key, 40), short_hash(key))
 }
 
 /// The directory of an input inside a patient's directory (prefixed, so that no input
 /// name can collide with the files beside it, such as `key`).
-pub fn input_dir_name(input: &str) -> String {
+pub(crate) fn input_dir_name(input: &str) -> String {
     format!("in-{}", safe_name(input))
 }
 
 /// A file or directory name for a UID or an input name: the value itself when it is a
 /// plain UID-like token, else a sanitized prefix and a hash.
-pub fn safe_name(value: &str) -> String {
+pub(crate) fn safe_name(value: &str) -> String {
     let plain = !value.is_empty()
         && value.len() <= 64
         && value
@@ -83,6 +77,8 @@ mod tests {
             assert!(matches!(components[0], Component::Normal(_)), "{name}");
             assert!(name.len() <= 80 && name.is_ascii(), "{name}");
         }
+        assert!(patient_dir_name("../../etc").starts_with(".._.._etc-"));
+        assert_eq!(patient_dir_name("x"), patient_dir_name("x"));
         assert_eq!(safe_name("1.2.840.10008"), "1.2.840.10008");
         assert_ne!(safe_name(".."), "..");
         assert_ne!(safe_name("a/b"), safe_name("a_b"));

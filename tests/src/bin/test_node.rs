@@ -2,7 +2,7 @@
 //! request, so tests can observe the child from the outside.
 //!
 //! For each patient it writes `<out>/runs/<patient>-<pid>-<n>.txt` with the child's PID,
-//! its working directory and the SOP Instance UIDs it saw. A patient whose ID starts with
+//! its working directory, where the batch came from and the SOP Instance UIDs it saw. A patient whose ID starts with
 //! `SEGV` segfaults; `EXIT3` exits with code 3; `MEM` allocates 4 GiB; `HANG` starts a
 //! grandchild (its PID in `<out>/<patient>.grandchild`) and hangs; `SLOW` makes it take 0.7 s; `PANIC` makes the processor panic; `FAIL` makes it return an error (until `<out>/heal`
 //! exists); `FLAKY` fails on its first two runs; `ABORT` makes the
@@ -65,6 +65,7 @@ impl Processor for Recorder {
         let started = unix_nanos();
         tracing::info!(patient = %input.patient_key(), instances = input.instance_count(), "test processor starts");
         let key = input.patient_key().to_string();
+        let origin = input.origin().to_string();
         // The key comes from the network: never a raw path.
         let name = dicomnode_server::sanitize::path_component(&key);
         let cwd = std::env::current_dir()?;
@@ -87,7 +88,7 @@ impl Processor for Recorder {
         };
         let write_record = |ended: u128| {
             let record = format!(
-                "pid={}\ncwd={}\ncount={}\n{}\nstart={started}\nend={ended}\n",
+                "pid={}\ncwd={}\ncount={}\norigin={origin}\n{}\nstart={started}\nend={ended}\n",
                 std::process::id(),
                 cwd.display(),
                 uids.len(),

@@ -1,0 +1,133 @@
+//! A patient's batch once taken out: what it holds, and what becomes of it after
+//! processing (deleted, its failure recorded, quarantined).
+
+use super::names::input_dir_name;
+use super::{unix_seconds, ReceivedInstance, Storage};
+use dicomnode_core::Origin;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// One patient's instances, taken out of storage to be processed.
+#[derive(Debug)]
+pub(crate) struct PatientBatch {
+    /// The value of the patient key tag.
+    pub(crate) patient_key: String,
+    /// Each input's name and instances, in declaration order.
+    pub(crate) inputs: Vec<(String, Vec<Arc<ReceivedInstance>>)>,
+    /// Where the batch came from.
+    pub(crate) origin: Origin,
+    /// When the batch was taken out (the trigger's moment).
+    pub(crate) triggered_at: SystemTime,
+    /// Which attempt at processing this is (1 for the first).
+    pub(crate) attempt: u32,
+    /// On disk: the batch's directory under `processing/`.
+    pub(crate) dir: Option<PathBuf>,
+}
+
+impl PatientBatch {
+    /// Number of distinct instances over all inputs.
+    pub(crate) fn instance_count(&self) -> usize {
+        let mut uids: Vec<&str> = self
+            .inputs
+            .iter()
+            .flat_map(|(_, v)| v.iter().map(|i| i.sop_instance_uid.as_str()))
+            .collect();
+        uids.sort_unstable();
+        uids.dedup();
+        uids.len()
+    }
+
+    /// The file of an instance of input `input`, for a batch on disk.
+    pub(crate) fn file_of(&self, input: &str, instance: &ReceivedInstance) -> Option<PathBuf> {
+        self.dir
+            .as_ref()
+            .map(|dir| dir.join(input_dir_name(input)).join(instance.file_name()))
+    }
+}
+
+impl Storage {
+    /// A batch was processed (or expired and is removed): its data are deleted.
+    pub(crate) fn batch_succeeded(&self, batch: PatientBatch) {
+        let (Some(layout), Some(dir)) = (&self.disk, &batch.dir) else {
+            return;
+        };
+        // Only what the batch held is deleted: a file that reached the directory without
+        // being part of the batch goes back for processing.
+        let held: HashSet<PathBuf> = batch
+            .inputs
+            .iter()
+            .flat_map(|(input, instances)| instances.iter().filter_map(|i| batch.file_of(input, i)))
+            .collect();
+        let strays = layout.count_strays(dir, &held);
+        if strays > 0 {
+            match layout.put_back_strays(dir, &held) {
+                Ok(()) => {
+                    tracing::warn!(patient = %batch.patient_key, strays, "files the batch did not hold were beside it: put back for processing")
+                }
+                Err(error) => {
+                    tracing::error!(patient = %batch.patient_key, %error, dir = %dir.display(), "files the batch did not hold stay in its directory")
+                }
+            }
+            return;
+        }
+        if let Err(error) = layout.remove_batch(dir) {
+            tracing::error!(patient = %batch.patient_key, dir = %dir.display(), %error, "cannot delete the processed batch");
+        }
+    }
+
+    /// A batch failed: its failure is recorded beside its data (on disk).
+    pub(crate) fn record_failure(&self, batch: &PatientBatch, record: &str) {
+        if let (Some(layout), Some(dir)) = (&self.disk, &batch.dir) {
+            if let Err(error) = layout.record_failure(dir, record) {
+                tracing::error!(patient = %batch.patient_key, %error, "cannot write the failure record");
+            }
+        }
+    }
+
+    /// Keeps all of a failed attempt's output (the file `output`) beside the batch's
+    /// failure record, on disk; returns the name it is kept under.
+    pub(crate) fn keep_output(&self, batch: &PatientBatch, output: &Path) -> Option<String> {
+        let (Some(layout), Some(dir)) = (&self.disk, &batch.dir) else {
+            return None;
+        };
+        match layout.keep_output(dir, batch.attempt, output) {
+            Ok(name) => Some(name),
+            Err(error) => {
+                tracing::warn!(patient = %batch.patient_key, %error, "cannot keep the child's output beside the failure record");
+                None
+            }
+        }
+    }
+
+    /// A batch failed its last attempt: it goes to the quarantine, where a person can
+    /// inspect it and put it back (`dicomnode requeue`). Returns where it is.
+    pub(crate) fn quarantine(&self, batch: PatientBatch) -> String {
+        match (&self.disk, &batch.dir) {
+            (Some(layout), Some(dir)) => {
+                let suffix = format!(
+                    "{}-{}",
+                    unix_seconds(SystemTime::now()),
+                    self.sequence.fetch_add(1, Ordering::SeqCst)
+                );
+                match layout.quarantine_batch(dir, &batch.patient_key, &suffix) {
+                    Ok(place) => place.display().to_string(),
+                    Err(error) => {
+                        tracing::error!(patient = %batch.patient_key, %error, "cannot move the batch to the quarantine; it stays in processing/ and is retried at the next start");
+                        dir.display().to_string()
+                    }
+                }
+            }
+            _ => {
+                let mut held = self
+                    .held_in_memory
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                held.push(batch);
+                format!("memory (held batch {} of this run)", held.len())
+            }
+        }
+    }
+}

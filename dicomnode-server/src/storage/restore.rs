@@ -1,0 +1,199 @@
+//! Coming back from the data directory: at start-up (interrupted batches put back, every
+//! patient rebuilt by the inputs' rules as they are now) and when a person requeues a
+//! quarantined batch.
+
+use super::disk::{self, Aside, DiskLayout};
+use super::names::input_dir_name;
+use super::patients::PatientEntry;
+use super::receive::read_stored;
+use super::{PatientBatch, Storage, StorageError};
+use dicomnode_core::{Input, Origin};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// What was restored from a data directory at start-up.
+#[derive(Debug, Default)]
+pub(crate) struct Restored {
+    /// Patients rebuilt.
+    pub(crate) patients: usize,
+    /// Instances rebuilt.
+    pub(crate) instances: usize,
+    /// Half-written files removed.
+    pub(crate) temp_files_removed: usize,
+    /// Batches whose processing was interrupted, put back.
+    pub(crate) interrupted_batches: usize,
+    /// Patients that already have enough, taken out for processing.
+    pub(crate) ready: Vec<PatientBatch>,
+}
+
+impl Storage {
+    /// Durable storage in `dir`, rebuilt from what is there.
+    pub(crate) fn on_disk(
+        inputs: Vec<Input>,
+        dir: &Path,
+        quiet_period: Option<Duration>,
+    ) -> Result<(Self, Restored), StorageError> {
+        let io = |source| StorageError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let layout = DiskLayout::open(dir).map_err(io)?;
+        let storage = Storage::new(inputs, Some(layout.clone()), quiet_period);
+        let mut restored = Restored {
+            temp_files_removed: layout.clean_tmp().map_err(io)?,
+            ..Restored::default()
+        };
+        // One unreadable directory must not keep the node from starting: it is logged and
+        // left where it is for a person to look at.
+        for batch_dir in DiskLayout::subdirs(&layout.processing()).map_err(io)? {
+            match layout.merge_back(&batch_dir) {
+                Ok(_) => restored.interrupted_batches += 1,
+                Err(error) => {
+                    tracing::error!(dir = %batch_dir.display(), %error, "cannot put an interrupted batch back; left in place")
+                }
+            }
+        }
+        for batch_dir in DiskLayout::subdirs(&layout.requeue()).map_err(io)? {
+            if let Err(error) = layout.merge_back(&batch_dir) {
+                tracing::error!(dir = %batch_dir.display(), %error, "cannot adopt a requeued batch; left in place");
+            }
+        }
+        for patient_dir in DiskLayout::subdirs(&layout.patients()).map_err(io)? {
+            match storage.rescan(&patient_dir) {
+                Ok(0) => {}
+                Ok(count) => {
+                    restored.patients += 1;
+                    restored.instances += count;
+                }
+                Err(error) => {
+                    tracing::error!(dir = %patient_dir.display(), %error, "cannot read a patient directory; left in place")
+                }
+            }
+        }
+        restored.ready = storage.take_ready();
+        Ok((storage, restored))
+    }
+
+    /// Adopts batches put back with `dicomnode requeue`; returns those ready to process.
+    pub(crate) fn adopt_requeued(&self) -> Vec<PatientBatch> {
+        let Some(layout) = &self.disk else {
+            return Vec::new();
+        };
+        let mut ready = Vec::new();
+        for dir in DiskLayout::subdirs(&layout.requeue()).unwrap_or_default() {
+            let key = match disk::read_key(&dir) {
+                Ok(key) => key,
+                Err(error) => {
+                    tracing::error!(dir = %dir.display(), %error, "requeued directory without a readable key; left in requeue/");
+                    continue;
+                }
+            };
+            // Held like an association would: the patient is not taken out meanwhile.
+            self.begin_adding(&key);
+            match layout.merge_back(&dir) {
+                Ok(_) => {
+                    if let Err(error) = self.rescan(&layout.patient_dir(&key)) {
+                        tracing::error!(patient = %key, %error, "cannot read the requeued patient");
+                    }
+                    if let Some(entry) = self.patients().get_mut(&key) {
+                        entry.last_added = SystemTime::now();
+                    }
+                    tracing::info!(patient = %key, "requeued batch adopted");
+                }
+                Err(error) => {
+                    tracing::error!(dir = %dir.display(), %error, "cannot adopt a requeued batch")
+                }
+            }
+            ready.extend(self.finish_adding(&key, &Origin::Requeued));
+        }
+        ready
+    }
+
+    /// Rebuilds a patient's entry from its directory, re-applying the inputs' rules;
+    /// returns the number of instances.
+    fn rescan(&self, patient_dir: &Path) -> std::io::Result<usize> {
+        let Some(layout) = &self.disk else {
+            return Ok(0);
+        };
+        let key = match disk::read_key(patient_dir) {
+            Ok(key) => key,
+            Err(error) => {
+                tracing::warn!(dir = %patient_dir.display(), %error, "patient directory without a key; left alone");
+                return Ok(0);
+            }
+        };
+        let mut seen: HashMap<String, PathBuf> = HashMap::new();
+        for (_, path) in DiskLayout::files_of(patient_dir)? {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            seen.entry(name).or_insert(path);
+        }
+        let mut entry = PatientEntry::new(self.inputs.len());
+        // When the newest stored instance arrived (its file's time), for expiry and quiet.
+        entry.last_added = SystemTime::UNIX_EPOCH;
+        let mut count = 0;
+        for (file_name, path) in seen {
+            let instance = match read_stored(&path) {
+                Ok(instance) => instance,
+                Err(error) => {
+                    // Set aside: it must not be swept out with a batch and deleted.
+                    layout.set_aside(patient_dir, &key, &path, Aside::Unreadable)?;
+                    tracing::error!(patient = %key, file = %file_name, %error, "stored file unreadable; moved to the quarantine");
+                    continue;
+                }
+            };
+            let admitted: Vec<usize> = self
+                .inputs
+                .iter()
+                .enumerate()
+                .filter(|(_, input)| input.admit(&instance.header).is_ok())
+                .map(|(i, _)| i)
+                .collect();
+            if admitted.is_empty() {
+                layout.set_aside(patient_dir, &key, &path, Aside::Rejected)?;
+                tracing::warn!(patient = %key, file = %file_name, "no input admits this stored instance any more; moved to the quarantine");
+                continue;
+            }
+            if let Some(modified) = disk::modified(&path) {
+                entry.last_added = entry.last_added.max(modified);
+            }
+            // Links follow the rules as they are now.
+            let wanted: Vec<String> = admitted
+                .iter()
+                .map(|&i| input_dir_name(self.inputs[i].name()))
+                .collect();
+            DiskLayout::relink(patient_dir, &path, &wanted)?;
+            let instance = Arc::new(instance);
+            for index in admitted {
+                entry.inputs[index].push(Arc::clone(&instance));
+            }
+            count += 1;
+        }
+        if count > 0 {
+            // Merge with what associations may be adding right now.
+            let mut patients = self.patients();
+            match patients.get_mut(&key) {
+                Some(existing) => {
+                    for (held, found) in existing.inputs.iter_mut().zip(entry.inputs) {
+                        for instance in found {
+                            if !held
+                                .iter()
+                                .any(|i| i.sop_instance_uid == instance.sop_instance_uid)
+                            {
+                                held.push(instance);
+                            }
+                        }
+                    }
+                }
+                None => {
+                    patients.insert(key, entry);
+                }
+            }
+        }
+        Ok(count)
+    }
+}
