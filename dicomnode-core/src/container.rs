@@ -111,13 +111,13 @@ impl InputContainer {
     /// which `?` turns into a [`ProcessError`] inside `process`:
     ///
     /// ```
-    /// # use dicomnode_core::{InputContainer, ProcessError, Sender};
+    /// # use dicomnode_core::{InputContainer, Origin, ProcessError, Sender};
     /// # fn process(mut input: InputContainer) -> Result<(), ProcessError> {
     /// let ct = input.take("ct")?;
     /// # Ok(())
     /// # }
     /// # let sender = Sender { ae_title: "SCU".into(), address: "127.0.0.1:104".into() };
-    /// # let input = InputContainer::new("P1".into(), sender, vec![("ct".into(), Vec::new())]);
+    /// # let input = InputContainer::new("P1".into(), Origin::Association(sender), vec![("ct".into(), Vec::new())]);
     /// # process(input).unwrap();
     /// ```
     ///

@@ -120,6 +120,10 @@ pub struct NodeArgs {
     /// With TLS: refuse clients without a certificate signed by --tls-ca (mutual TLS).
     #[arg(long, requires = "tls_ca")]
     pub tls_require_client_cert: bool,
+    /// With TLS: listen with TLS on this port and in plain TCP on --port both (0 picks a
+    /// free port). Without it, --port is TLS only.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_port: Option<u16>,
 }
 
 /// `--expiry-action`.
@@ -174,6 +178,7 @@ impl NodeArgs {
                 key: key.clone(),
                 client_ca: self.tls_ca.clone(),
                 require_client_cert: self.tls_require_client_cert,
+                listen: self.tls_port.map(|port| SocketAddr::new(self.host, port)),
             }),
             _ => None,
         };

@@ -91,6 +91,9 @@ pub struct ServerTls {
     pub client_ca: Option<PathBuf>,
     /// Refuse clients without a certificate signed by `client_ca` (mutual TLS).
     pub require_client_cert: bool,
+    /// TLS on this address, and plain TCP on the node's `bind` both; `None`: `bind` is
+    /// TLS only.
+    pub listen: Option<SocketAddr>,
 }
 
 /// What happens to a patient that never gets enough within the configured age.

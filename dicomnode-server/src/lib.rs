@@ -82,7 +82,7 @@ pub use tracing;
 
 use handover::{hand_over, Cause};
 use runner::ChildRunner;
-use scp::Scp;
+use scp::{Scp, StopHandle};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -120,6 +120,9 @@ pub enum NodeError {
 /// A node bound to its address, ready to serve.
 pub struct Node {
     scp: Scp,
+    /// With TLS on a port of its own (`ServerTls::listen`): the TLS listener, beside the
+    /// plain one.
+    tls_scp: Option<Scp>,
     runner: Arc<ChildRunner>,
     grace: std::time::Duration,
 }
@@ -158,17 +161,24 @@ impl Node {
         }
         let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
         let runner = ChildRunner::start(&pipeline, &config, Arc::clone(&storage))?;
-        let scp = Scp::bind(&config, tls, Arc::clone(&storage), Arc::clone(&runner)).map_err(
-            |source| NodeError::Bind {
-                addr: config.bind,
-                source,
-            },
-        )?;
+        let bind = |addr: SocketAddr, tls| {
+            let mut at = config.clone();
+            at.bind = addr;
+            Scp::bind(&at, tls, Arc::clone(&storage), Arc::clone(&runner))
+                .map_err(|source| NodeError::Bind { addr, source })
+        };
+        // TLS on a port of its own keeps plain TCP on the node's address; else TLS only.
+        let tls_listen = config.tls.as_ref().and_then(|t| t.listen);
+        let (scp, tls_scp) = match (tls, tls_listen) {
+            (Some(tls), Some(listen)) => (bind(config.bind, None)?, Some(bind(listen, Some(tls))?)),
+            (tls, _) => (bind(config.bind, tls)?, None),
+        };
         // Patients that were complete when the node stopped are processed at once.
         hand_over(&runner, restored.ready, Cause::Restored);
         maintenance::start(storage, Arc::clone(&runner), &config);
         Ok(Node {
             scp,
+            tls_scp,
             runner,
             grace: config.shutdown_grace,
         })
@@ -179,8 +189,30 @@ impl Node {
         self.scp.local_addr()
     }
 
+    /// The address of the TLS listener, when TLS has a port of its own.
+    pub fn tls_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.tls_scp.as_ref().map(Scp::local_addr)
+    }
+
+    /// Serves the TLS listener, when it has a port of its own, on a thread.
+    fn serve_tls_port(&mut self) {
+        if let Some(tls_scp) = self.tls_scp.take() {
+            let spawned = std::thread::Builder::new()
+                .name("tls-listener".into())
+                .spawn(move || {
+                    if let Err(error) = tls_scp.serve() {
+                        tracing::error!(%error, "the TLS listener failed");
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start the TLS listener");
+            }
+        }
+    }
+
     /// Serves until the listener fails (or forever, in a thread of a bigger program).
-    pub fn serve(self) -> Result<(), NodeError> {
+    pub fn serve(mut self) -> Result<(), NodeError> {
+        self.serve_tls_port();
         self.scp.serve().map_err(NodeError::Serve)
     }
 
@@ -188,14 +220,24 @@ impl Node {
     /// lets running associations and children finish within the grace period, kills the
     /// process groups of children still running, and returns. A second signal kills the
     /// children at once and exits the process.
-    pub fn serve_until_signalled(self) -> Result<(), NodeError> {
+    pub fn serve_until_signalled(mut self) -> Result<(), NodeError> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let stop = self.scp.stop_handle().map_err(NodeError::Serve)?;
+        let tls_stop = match &self.tls_scp {
+            Some(tls_scp) => Some(tls_scp.stop_handle().map_err(NodeError::Serve)?),
+            None => None,
+        };
+        self.serve_tls_port();
+        let live = {
+            let (stop, tls_stop) = (stop.clone(), tls_stop.clone());
+            move || stop.live() + tls_stop.as_ref().map_or(0, StopHandle::live)
+        };
         let mut signals =
             signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(NodeError::Serve)?;
         let runner = Arc::clone(&self.runner);
         let grace = self.grace;
         let on_signal = stop.clone();
+        let on_signal_tls = tls_stop.clone();
         std::thread::spawn(move || {
             let mut received = 0;
             for signal in signals.forever() {
@@ -203,6 +245,9 @@ impl Node {
                 if received == 1 {
                     tracing::info!(signal, ?grace, "shutting down: no new associations; running work may finish within the grace period");
                     on_signal.stop();
+                    if let Some(tls) = &on_signal_tls {
+                        tls.stop();
+                    }
                 } else {
                     tracing::warn!(
                         signal,
@@ -215,12 +260,12 @@ impl Node {
         });
         self.scp.serve().map_err(NodeError::Serve)?;
         let deadline = std::time::Instant::now() + grace;
-        while stop.live() > 0 && std::time::Instant::now() < deadline {
+        while live() > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        if stop.live() > 0 {
+        if live() > 0 {
             tracing::warn!(
-                live = stop.live(),
+                live = live(),
                 "associations still open at the end of the grace period are dropped"
             );
         }
@@ -329,9 +374,19 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match node.local_addr() {
-        Ok(addr) => tracing::info!(ae_title = %config.ae_title, "listening on {addr}"),
-        Err(error) => tracing::warn!(%error, "listening, address unknown"),
+    let tls = if config.tls.is_some() {
+        " with TLS"
+    } else {
+        ""
+    };
+    match (node.local_addr(), node.tls_addr()) {
+        (Ok(addr), None) => tracing::info!(ae_title = %config.ae_title, "listening on {addr}{tls}"),
+        (Ok(addr), Some(Ok(tls_addr))) => {
+            tracing::info!(ae_title = %config.ae_title, "listening on {addr} and with TLS on {tls_addr}")
+        }
+        (Err(error), _) | (_, Some(Err(error))) => {
+            tracing::warn!(%error, "listening, address unknown")
+        }
     }
     match node.serve_until_signalled() {
         Ok(()) => ExitCode::SUCCESS,

@@ -214,3 +214,31 @@ fn the_nodes_scu_speaks_tls_to_a_node_and_to_storescp() {
     assert_eq!(arrived.len(), paths.len(), "{arrived:?}");
     node.wait_for_log("association established", WAIT);
 }
+
+#[test]
+fn tls_and_plain_tcp_on_ports_of_their_own() {
+    let pki = Pki::new("both");
+    let (server_cert, server_key) = pki.issue("server", false);
+    let out = tempfile::tempdir().unwrap();
+    let mut node = tls_node(out.path(), &server_cert, &server_key, &["--tls-port", "0"]);
+    let line = node.wait_for_log("with TLS on 127.0.0.1:", WAIT);
+    let tls_port: u16 = line
+        .rsplit("with TLS on 127.0.0.1:")
+        .next()
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no TLS port in {line:?}"));
+    assert_ne!(tls_port, node.port);
+    let plain_echo = |port: u16| {
+        let mut c = dcmtk("echoscu");
+        c.args(["-aec", "TEST_NODE", "127.0.0.1", &port.to_string()]);
+        run(c).0.status.success()
+    };
+    assert!(plain_echo(node.port), "plain TCP on --port");
+    assert!(echoscu_tls(tls_port, None, &pki.ca()), "TLS on --tls-port");
+    assert!(!plain_echo(tls_port), "plain TCP on the TLS port");
+    assert!(
+        !echoscu_tls(node.port, None, &pki.ca()),
+        "TLS on the plain port"
+    );
+}

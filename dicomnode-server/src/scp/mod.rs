@@ -7,9 +7,11 @@
 //! deadlines: the association request within the ACSE time-out, each PDU within the PDU
 //! time-out, and no more than the idle time-out between PDUs ([`session`]).
 
+mod messages;
 mod negotiating;
 mod pdu_reader;
 mod session;
+mod transport;
 
 use crate::runner::ChildRunner;
 use crate::storage::Storage;

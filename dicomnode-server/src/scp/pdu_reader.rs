@@ -6,7 +6,7 @@
 //! has started the whole PDU must arrive within the PDU limit. A PDU longer than the
 //! node's maximum is refused from its header, before anything is buffered for it.
 
-use super::session::Transport;
+use super::transport::Transport;
 use dicom_ul::Pdu;
 use std::io;
 use std::time::{Duration, Instant};
