@@ -717,3 +717,80 @@ fn peer_text_cannot_forge_log_lines() {
     );
     assert!(log.contains("EV\\r\\nERROR X"), "{log}");
 }
+
+/// The node's CPU time (user and system), in seconds, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+#[test]
+fn connections_that_end_early_leave_no_thread_behind() {
+    // With TLS too: a TLS probe that meets the end of the stream must not spin.
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("a certificate");
+    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("written");
+    std::fs::write(&key_path, key.serialize_pem()).expect("written");
+    let plain = node(out.path(), &[]);
+    let out_tls = tempfile::tempdir().expect("a temporary directory");
+    let tls = node(
+        out_tls.path(),
+        &[
+            "--tls-cert",
+            cert_path.to_str().expect("utf-8"),
+            "--tls-key",
+            key_path.to_str().expect("utf-8"),
+        ],
+    );
+    for node in [&plain, &tls] {
+        let (_, threads_before) = peak_rss_and_threads(node.pid());
+        for round in 0..30 {
+            let mut raw = Raw::connect(node.port);
+            // Nothing, a byte of a request, or the start of a TLS record: then gone.
+            match round % 3 {
+                0 => {}
+                1 => {
+                    let _ = raw.send(&[0x01]);
+                }
+                _ => {
+                    let _ = raw.send(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]);
+                }
+            }
+            drop(raw);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let cpu = cpu_seconds(node.pid());
+        std::thread::sleep(Duration::from_secs(2));
+        let busy = cpu_seconds(node.pid()) - cpu;
+        let (_, threads_after) = peak_rss_and_threads(node.pid());
+        assert!(
+            busy < 0.5,
+            "the node used {busy:.2} s of CPU in 2 s of quiet"
+        );
+        assert!(
+            threads_after <= threads_before + 2,
+            "{threads_before} threads before, {threads_after} after"
+        );
+    }
+    assert_alive(&plain, "connections that ended early");
+}

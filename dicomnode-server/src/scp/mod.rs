@@ -9,6 +9,7 @@
 
 mod messages;
 mod negotiating;
+mod negotiation;
 mod pdu_reader;
 mod session;
 mod transport;
@@ -18,13 +19,13 @@ use crate::storage::Storage;
 use crate::storage_classes::STORAGE_SOP_CLASSES;
 use crate::NodeConfig;
 use dicom_dictionary_std::uids;
-use dicom_ul::association::server::{AccessControl, DefaultNegotiation, ServerAssociationOptions};
 use dicom_ul::pdu::{
-    AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason, UserIdentity,
+    AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason,
 };
 use dicom_ul::Pdu;
 use dicomnode_core::sanitize::escape_control;
 use negotiating::Negotiating;
+use negotiation::Acceptor;
 use session::{AssociationSession, Peer};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -42,20 +43,21 @@ const ASSOCIATION_STACK: usize = 4 << 20;
 /// Checks the called AE title (when asked to) and the calling AE title against an allow
 /// list (when one is given), and logs who is refused.
 #[derive(Debug, Clone)]
-pub struct CalledAeTitle {
+pub(crate) struct CalledAeTitle {
     /// Whether to check the called AE title.
-    pub check: bool,
+    pub(crate) check: bool,
     /// Calling AE titles allowed to associate; empty: any.
-    pub allowed_calling: Vec<String>,
+    pub(crate) allowed_calling: Vec<String>,
 }
 
-impl AccessControl for CalledAeTitle {
-    fn check_access(
+impl CalledAeTitle {
+    /// Whether a peer calling `called_ae_title` as `calling_ae_title` may associate with
+    /// the node whose title is `this_ae_title`; if not, the reason to reject it with.
+    pub(crate) fn check(
         &self,
         this_ae_title: &str,
         calling_ae_title: &str,
         called_ae_title: &str,
-        _user_identity: Option<&UserIdentity>,
     ) -> Result<(), AssociationRJServiceUserReason> {
         if self.check && called_ae_title.trim() != this_ae_title.trim() {
             tracing::warn!(
@@ -116,9 +118,9 @@ impl Drop for Slot {
 /// The listening SCP.
 pub struct Scp {
     listener: TcpListener,
-    options: Arc<ServerAssociationOptions<'static, CalledAeTitle, DefaultNegotiation>>,
-    /// Whether associations are over TLS.
-    tls: bool,
+    acceptor: Arc<Acceptor>,
+    /// TLS on this port, with this configuration.
+    tls: Option<Arc<rustls::ServerConfig>>,
     storage: Arc<Storage>,
     runner: Arc<ChildRunner>,
     config: Arc<NodeConfig>,
@@ -160,26 +162,21 @@ impl Scp {
     ) -> std::io::Result<Self> {
         raise_open_files_limit();
         let listener = TcpListener::bind(config.bind)?;
-        let mut options = ServerAssociationOptions::new()
-            .ae_access_control(CalledAeTitle {
+        let acceptor = Acceptor {
+            ae_title: config.ae_title.clone(),
+            access: CalledAeTitle {
                 check: config.check_called_ae_title,
                 allowed_calling: config.allowed_calling_ae_titles.clone(),
-            })
-            .ae_title(config.ae_title.clone())
-            .max_pdu_length(config.max_pdu_length)
-            .read_timeout(config.acse_timeout)
-            .write_timeout(config.association_timeout)
-            .with_abstract_syntax(uids::VERIFICATION);
-        for sop_class in STORAGE_SOP_CLASSES {
-            options = options.with_abstract_syntax(*sop_class);
-        }
-        let tls = tls.is_some_and(|tls| {
-            options = options.clone().tls_config(tls);
-            true
-        });
+            },
+            abstract_syntaxes: std::iter::once(uids::VERIFICATION)
+                .chain(STORAGE_SOP_CLASSES.iter().copied())
+                .map(str::to_string)
+                .collect(),
+            max_pdu_length: config.max_pdu_length,
+        };
         Ok(Scp {
             listener,
-            options: Arc::new(options),
+            acceptor: Arc::new(acceptor),
             tls,
             storage,
             runner,
@@ -257,18 +254,22 @@ impl Scp {
                 continue;
             };
             let session = AssociationSession {
-                options: Arc::clone(&self.options),
-                tls: self.tls,
+                acceptor: Arc::clone(&self.acceptor),
+                tls: self.tls.clone(),
                 storage: Arc::clone(&self.storage),
                 runner: Arc::clone(&self.runner),
                 config: Arc::clone(&self.config),
                 connections: Arc::clone(&self.connections),
                 negotiating: Arc::clone(&self.negotiating),
             };
+            // Watched from now on, before its thread runs: it can be evicted at once.
+            let watch = self
+                .negotiating
+                .watch(&stream, Instant::now() + self.config.acse_timeout);
             let spawned = std::thread::Builder::new()
                 .name("association".into())
                 .stack_size(ASSOCIATION_STACK)
-                .spawn(move || session.run(Peer::new(stream), slot));
+                .spawn(move || session.run(Peer::new(stream), slot, watch));
             if let Err(error) = spawned {
                 tracing::error!(%error, "cannot start an association thread");
             }
@@ -301,15 +302,10 @@ impl Scp {
                 "every connection slot is taken: the connection negotiating longest ({negotiating_for:.1?}) closed to make room for this one"
             ),
         );
-        // Its thread ends as soon as its socket is shut down.
-        let deadline = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < deadline {
-            if let Some(slot) = self.connections.try_take(self.config.max_associations) {
-                return Some(slot);
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        None
+        // The evicted connection's thread ends as soon as it runs again; its slot is lent to
+        // this one meanwhile (never more than as many again as the cap).
+        self.connections
+            .try_take(self.config.max_associations.saturating_mul(2))
     }
 
     /// Refuses a connection transiently (the peer may try later), on a refusing thread if

@@ -85,6 +85,13 @@ impl PduReader {
         }
     }
 
+    /// The same reader (what it has buffered beyond the last PDU included), held to other
+    /// deadlines from now on.
+    pub(crate) fn with_deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = deadlines;
+        self
+    }
+
     /// The next PDU; the time-outs are set on the TCP socket under `stream`.
     pub(crate) fn next<S: Transport>(&mut self, stream: &mut S) -> Result<Pdu, PduReadError> {
         let waiting_since = Instant::now();

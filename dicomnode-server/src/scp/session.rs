@@ -4,28 +4,22 @@
 //! taken to storage.
 
 use super::messages::{Gathering, Violation};
-use super::negotiating::{Ended, Negotiating};
+use super::negotiating::{Ended, Negotiating, Watch};
+use super::negotiation::{send_pdu, tls_handshake, Acceptor, Association, NegotiationError};
 use super::pdu_reader::{Deadlines, PduReadError, PduReader};
 use super::transport::Transport;
-use super::{CalledAeTitle, Connections, Slot};
+use super::{Connections, Slot};
 use crate::runner::ChildRunner;
 use crate::storage::Storage;
 use crate::trigger::PatientsTouched;
 use crate::NodeConfig;
-use dicom_ul::association::server::{DefaultNegotiation, ServerAssociationOptions};
-use dicom_ul::association::ServerAssociation;
-use dicom_ul::pdu::{
-    AbortRQServiceProviderReason, AbortRQSource, PDataValue, PDataValueType,
-    PresentationContextResultReason,
-};
+use dicom_ul::pdu::{AbortRQServiceProviderReason, AbortRQSource, PDataValue, PDataValueType};
 use dicom_ul::Pdu;
 use dicomnode_core::error::error_chain;
 use dicomnode_core::sanitize::escape_control;
 use dicomnode_core::Sender;
-use std::collections::HashMap;
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// The smallest maximum PDU length a peer may announce: below it, not even a response
 /// fits in one PDU, and the peer would wait for ever.
@@ -48,9 +42,9 @@ impl Peer {
 
 /// What one association's thread needs.
 pub(crate) struct AssociationSession {
-    pub(crate) options: Arc<ServerAssociationOptions<'static, CalledAeTitle, DefaultNegotiation>>,
-    /// Whether associations are over TLS (the options hold its configuration).
-    pub(crate) tls: bool,
+    pub(crate) acceptor: Arc<Acceptor>,
+    /// TLS on this port, with this configuration.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) storage: Arc<Storage>,
     pub(crate) runner: Arc<ChildRunner>,
     pub(crate) config: Arc<NodeConfig>,
@@ -58,52 +52,66 @@ pub(crate) struct AssociationSession {
     pub(crate) negotiating: Arc<Negotiating>,
 }
 
-/// Sends an A-ABORT; the connection closes when the association is dropped. Written to
-/// the stream directly: the peer's maximum PDU length bounds P-DATA, not an abort (and a
-/// peer announcing a maximum of 1 byte must still hear it).
-fn abort<S: Transport>(
-    association: &mut ServerAssociation<S>,
-    reason: AbortRQServiceProviderReason,
-) {
+/// Sends an A-ABORT; the connection closes when the association is dropped. The peer's
+/// maximum PDU length bounds P-DATA, not an abort: a peer announcing a maximum of 1 byte
+/// must still hear it.
+fn abort<S: Transport>(association: &mut Association<S>, reason: AbortRQServiceProviderReason) {
     let pdu = Pdu::AbortRQ {
         source: AbortRQSource::ServiceProvider(reason),
     };
-    let mut bytes = Vec::with_capacity(10);
-    if dicom_ul::pdu::write_pdu(&mut bytes, &pdu).is_ok() {
-        let stream = association.inner_stream();
-        if let Err(error) = stream.write_all(&bytes).and_then(|()| stream.flush()) {
-            tracing::debug!(%error, "cannot send the abort");
-        }
+    if let Err(error) = send_pdu(&mut association.stream, &pdu) {
+        tracing::debug!(%error, "cannot send the abort");
     }
 }
 
+/// Sends a P-DATA or release PDU, within the peer's maximum PDU length.
+fn send<S: Transport>(association: &mut Association<S>, pdu: &Pdu) -> std::io::Result<()> {
+    let mut bytes = Vec::with_capacity(256);
+    dicom_ul::pdu::write_pdu(&mut bytes, pdu).map_err(std::io::Error::other)?;
+    if bytes.len() - 6 > association.peer_max_pdu as usize {
+        return Err(std::io::Error::other(format!(
+            "a PDU of {} bytes is longer than the peer takes ({} bytes)",
+            bytes.len() - 6,
+            association.peer_max_pdu
+        )));
+    }
+    std::io::Write::write_all(&mut association.stream, &bytes)?;
+    std::io::Write::flush(&mut association.stream)
+}
+
 impl AssociationSession {
-    pub(crate) fn run(self, peer: Peer, _slot: Slot) {
+    /// Serves one connection: `watch` holds it to the ACSE deadline until it is
+    /// established.
+    pub(crate) fn run(self, peer: Peer, _slot: Slot, watch: Option<Watch>) {
         let Peer { stream, addr } = peer;
         // Without it every C-STORE waits on Nagle and delayed ACK (45-90 ms here).
         if let Err(error) = stream.set_nodelay(true) {
             tracing::warn!(peer = %addr, %error, "cannot set TCP_NODELAY");
         }
-        let watch = self
-            .negotiating
-            .watch(&stream, Instant::now() + self.config.acse_timeout);
-        let options = Arc::clone(&self.options);
-        // dicom-ul's negotiation is not ours: a panic in it ends this connection only.
-        if self.tls {
-            let established = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                options.establish_tls(stream)
-            }));
-            let ended = watch.map(|w| self.negotiating.finish(w));
-            if let Some(association) = self.established(established, ended, &addr) {
-                self.serve(association, &addr);
+        let _ = stream.set_write_timeout(Some(self.config.association_timeout));
+        // The request is held to the ACSE deadline (the watcher shuts the socket at it).
+        let mut reader = PduReader::new(
+            self.config.max_pdu_length,
+            Deadlines {
+                idle: self.config.acse_timeout,
+                pdu: self.config.acse_timeout,
+            },
+        );
+        match &self.tls {
+            Some(tls) => {
+                let negotiated = tls_handshake(stream, tls)
+                    .and_then(|stream| self.acceptor.negotiate(stream, &mut reader));
+                let ended = watch.map(|w| self.negotiating.finish(w));
+                if let Some(association) = self.established(negotiated, ended, &addr) {
+                    self.serve(association, reader, &addr);
+                }
             }
-        } else {
-            let established = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                options.establish(stream)
-            }));
-            let ended = watch.map(|w| self.negotiating.finish(w));
-            if let Some(association) = self.established(established, ended, &addr) {
-                self.serve(association, &addr);
+            None => {
+                let negotiated = self.acceptor.negotiate(stream, &mut reader);
+                let ended = watch.map(|w| self.negotiating.finish(w));
+                if let Some(association) = self.established(negotiated, ended, &addr) {
+                    self.serve(association, reader, &addr);
+                }
             }
         }
     }
@@ -111,43 +119,35 @@ impl AssociationSession {
     /// The association, or why there is none (logged).
     fn established<S>(
         &self,
-        established: std::thread::Result<
-            Result<ServerAssociation<S>, dicom_ul::association::Error>,
-        >,
+        negotiated: Result<Association<S>, NegotiationError>,
         ended: Option<Ended>,
         addr: &str,
-    ) -> Option<ServerAssociation<S>> {
-        match established {
-            Ok(Ok(association)) => Some(association),
-            Ok(Err(_)) if ended == Some(Ended::Late) => {
+    ) -> Option<Association<S>> {
+        match negotiated {
+            Ok(association) => Some(association),
+            Err(_) if ended == Some(Ended::Late) => {
                 tracing::warn!(peer = %addr, limit = ?self.config.acse_timeout, "association not established: the peer's request did not arrive in time");
                 None
             }
             // Logged, rate-limited, where the eviction happened.
-            Ok(Err(_)) if ended == Some(Ended::Evicted) => None,
-            Ok(Err(error)) => {
+            Err(_) if ended == Some(Ended::Evicted) => None,
+            Err(error) => {
                 tracing::warn!(peer = %addr, error = %error_chain(&error), "association not established");
-                None
-            }
-            Err(_) => {
-                tracing::warn!(peer = %addr, "association not established: its request could not be read");
                 None
             }
         }
     }
 
     /// Serves an established association until it ends.
-    fn serve<S: Transport>(&self, mut association: ServerAssociation<S>, addr: &str) {
+    fn serve<S: Transport>(&self, mut association: Association<S>, reader: PduReader, addr: &str) {
         let sender = Sender {
-            ae_title: dicom_ul::association::Association::peer_ae_title(&association)
-                .trim()
-                .to_string(),
+            ae_title: association.peer_ae_title.clone(),
             address: addr.to_string(),
         };
         let span = tracing::info_span!("association", peer = %addr, calling = %escape_control(&sender.ae_title));
         let _entered = span.enter();
         let live = self.connections.live();
-        let peer_max = association.requestor_max_pdu_length();
+        let peer_max = association.peer_max_pdu;
         if peer_max < MIN_PEER_PDU {
             tracing::warn!(
                 peer_max_pdu = peer_max,
@@ -160,25 +160,16 @@ impl AssociationSession {
             return;
         }
         tracing::info!(live, "association established");
-
-        let contexts: HashMap<u8, (String, String)> = association
-            .presentation_contexts()
-            .iter()
-            .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-            .map(|pc| {
-                (
-                    pc.id,
-                    (pc.abstract_syntax.clone(), pc.transfer_syntax.clone()),
-                )
-            })
-            .collect();
-
+        let mut reader = reader.with_deadlines(Deadlines {
+            idle: self.config.association_timeout,
+            pdu: self.config.pdu_timeout,
+        });
         let mut touched = PatientsTouched::default();
         let mut counts = (0usize, 0usize);
         // Whatever happens in the conversation (even a panic in a user's rule), the
         // association's end is counted and its patients are checked.
         let ending = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.converse(&mut association, &contexts, &mut touched, &mut counts)
+            self.converse(&mut association, &mut reader, &mut touched, &mut counts)
         }))
         .unwrap_or_else(|_| "ended by a panic in the node (see the log above)".to_string());
         let (stored, refused) = counts;
@@ -194,21 +185,14 @@ impl AssociationSession {
     /// Receives and answers until the association ends; returns how it ended.
     fn converse<S: Transport>(
         &self,
-        association: &mut ServerAssociation<S>,
-        contexts: &HashMap<u8, (String, String)>,
+        association: &mut Association<S>,
+        reader: &mut PduReader,
         touched: &mut PatientsTouched,
         counts: &mut (usize, usize),
     ) -> String {
-        let mut reader = PduReader::new(
-            self.config.max_pdu_length,
-            Deadlines {
-                idle: self.config.association_timeout,
-                pdu: self.config.pdu_timeout,
-            },
-        );
         let mut gathering = Gathering::default();
         loop {
-            let pdu = match reader.next(association.inner_stream()) {
+            let pdu = match reader.next(&mut association.stream) {
                 Ok(pdu) => pdu,
                 Err(PduReadError::Closed) if gathering.mid_message() => {
                     return "connection lost: the peer closed it in the middle of a message (what it sent of that data set is discarded)".into()
@@ -233,7 +217,12 @@ impl AssociationSession {
             match pdu {
                 Pdu::PData { data } => {
                     for pdv in data {
-                        let reply = match self.on_fragment(pdv, &mut gathering, contexts, touched) {
+                        let reply = match self.on_fragment(
+                            pdv,
+                            &mut gathering,
+                            &association.contexts,
+                            touched,
+                        ) {
                             Ok(reply) => reply,
                             Err(Violation { reason, why }) => {
                                 abort(association, reason);
@@ -246,14 +235,17 @@ impl AssociationSession {
                             Some(false) => counts.1 += 1,
                             None => {}
                         }
-                        let sent = association.send(&Pdu::PData {
-                            data: vec![PDataValue {
-                                presentation_context_id: reply.pc_id,
-                                value_type: PDataValueType::Command,
-                                is_last: true,
-                                data: reply.bytes,
-                            }],
-                        });
+                        let sent = send(
+                            association,
+                            &Pdu::PData {
+                                data: vec![PDataValue {
+                                    presentation_context_id: reply.pc_id,
+                                    value_type: PDataValueType::Command,
+                                    is_last: true,
+                                    data: reply.bytes,
+                                }],
+                            },
+                        );
                         if let Err(error) = sent {
                             // The peer waits for this answer: do not leave it waiting.
                             abort(
@@ -265,7 +257,7 @@ impl AssociationSession {
                     }
                 }
                 Pdu::ReleaseRQ => {
-                    if let Err(error) = association.send(&Pdu::ReleaseRP) {
+                    if let Err(error) = send(association, &Pdu::ReleaseRP) {
                         tracing::warn!(%error, "cannot send the release response");
                     }
                     return "released".to_string();
@@ -283,7 +275,8 @@ impl AssociationSession {
     }
 }
 
-fn pdu_kind(pdu: &Pdu) -> &'static str {
+/// What kind of PDU it is, for the log.
+pub(super) fn pdu_kind(pdu: &Pdu) -> &'static str {
     match pdu {
         Pdu::AssociationRQ(_) => "A-ASSOCIATE-RQ",
         Pdu::AssociationAC(_) => "A-ASSOCIATE-AC",

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 /// A stream an association runs on, and the TCP socket under it (for time-outs).
-pub(crate) trait Transport: Read + Write + dicom_ul::association::CloseSocket {
+pub(crate) trait Transport: Read + Write {
     /// The TCP socket.
     fn socket(&self) -> &TcpStream;
 }
