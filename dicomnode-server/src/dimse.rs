@@ -115,6 +115,34 @@ impl Command {
     }
 }
 
+/// A command set gathered from its fragments (a command may span several PDVs and
+/// PDUs), never more than [`MAX_COMMAND_LEN`] bytes.
+#[derive(Debug, Default)]
+pub(crate) struct CommandFragments {
+    bytes: Vec<u8>,
+}
+
+impl CommandFragments {
+    /// Adds a fragment; after the last one, returns the command.
+    pub(crate) fn push(
+        &mut self,
+        data: &[u8],
+        is_last: bool,
+    ) -> Result<Option<Command>, CommandError> {
+        if self.bytes.len() + data.len() > MAX_COMMAND_LEN {
+            let length = self.bytes.len() + data.len();
+            self.bytes = Vec::new();
+            return Err(CommandError::TooLong(length));
+        }
+        self.bytes.extend_from_slice(data);
+        if !is_last {
+            return Ok(None);
+        }
+        let bytes = std::mem::take(&mut self.bytes);
+        Command::decode(&bytes).map(Some)
+    }
+}
+
 fn encode(elements: Vec<DataElement<InMemDicomObject>>) -> Vec<u8> {
     let obj = InMemDicomObject::command_from_element_iter(elements);
     let mut bytes = Vec::with_capacity(160);

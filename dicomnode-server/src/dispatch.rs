@@ -3,7 +3,7 @@
 //! One [`StoreAssociation`] sends any number of instances to one destination; every
 //! response status is read and returned to the caller.
 
-use crate::dimse::{self, Command};
+use crate::dimse;
 use dicom_dictionary_std::uids;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_ul::association::client::ClientAssociation;
@@ -239,17 +239,17 @@ impl StoreAssociation {
     }
 
     fn read_response(&mut self) -> Result<u16, DispatchError> {
-        let mut command = Vec::new();
+        let mut command = dimse::CommandFragments::default();
         loop {
             let received = on_link!(&mut self.association, a => a.receive());
             match received.map_err(|e| self.transfer_error(e))? {
                 Pdu::PData { data } => {
                     for pdv in data {
                         if pdv.value_type == PDataValueType::Command {
-                            command.extend_from_slice(&pdv.data);
-                            if pdv.is_last {
-                                let rsp = Command::decode(&command)
-                                    .map_err(|e| self.transfer_error(e))?;
+                            let gathered = command
+                                .push(&pdv.data, pdv.is_last)
+                                .map_err(|e| self.transfer_error(e))?;
+                            if let Some(rsp) = gathered {
                                 return rsp.status.ok_or_else(|| {
                                     self.transfer_error("response without a status")
                                 });

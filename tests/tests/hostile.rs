@@ -536,8 +536,19 @@ fn hostile_peers_leave_the_node_serving() {
         status::SUCCESS,
         "sequences nested 20 deep are real data"
     );
+    // A C-ECHO whose Command Group Length lies: the elements that follow are read as they
+    // are, and answered.
+    let mut echo = Raw::associate(port, "GROUPLEN", &[(uids::VERIFICATION, IMPLICIT_LE)], 0);
+    let mut command = dimse::echo_request(7);
+    command[8..12].copy_from_slice(&99_999u32.to_le_bytes());
+    assert_eq!(
+        echo.request(command, None),
+        status::SUCCESS,
+        "a lying group length"
+    );
+    echo.release();
     raw.release();
-    cases += 6;
+    cases += 7;
     assert!(node.log().contains("sequences nest deeper than 64 levels"));
 
     // A peer announcing a maximum PDU length of 1: aborted at once, not left hanging.

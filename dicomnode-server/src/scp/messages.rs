@@ -3,7 +3,7 @@
 //! taken to storage.
 
 use super::session::AssociationSession;
-use crate::dimse::{self, status, Command, MAX_COMMAND_LEN};
+use crate::dimse::{self, status, Command, CommandFragments};
 use crate::storage::{Incoming, Offer, ReceiveError};
 use crate::trigger::PatientsTouched;
 use dicom_encoding::TransferSyntaxIndex;
@@ -17,7 +17,7 @@ use std::collections::HashMap;
 /// A message being gathered from P-DATA fragments.
 #[derive(Default)]
 pub(super) struct Gathering {
-    command: Vec<u8>,
+    command: CommandFragments,
     /// A command that announced a data set.
     pending: Option<Pending>,
     /// The data set, written where it will be stored as it arrives (none when the
@@ -88,24 +88,17 @@ impl AssociationSession {
                         "a new command before the data set of the last one was complete",
                     ));
                 }
-                if gathering.command.len() + pdv.data.len() > MAX_COMMAND_LEN {
-                    return Err(violation(
-                        AbortRQServiceProviderReason::InvalidPduParameter,
-                        format!("command fragments beyond {MAX_COMMAND_LEN} bytes"),
-                    ));
-                }
-                gathering.command.extend_from_slice(&pdv.data);
-                if !pdv.is_last {
-                    return Ok(None);
-                }
-                let bytes = std::mem::take(&mut gathering.command);
-                let command = Command::decode(&bytes).map_err(|error| {
-                    // No message ID to answer: the peer would wait for ever.
-                    violation(
-                        AbortRQServiceProviderReason::InvalidPduParameter,
-                        format!("unreadable command: {}", error_chain(&error)),
-                    )
-                })?;
+                let command = match gathering.command.push(&pdv.data, pdv.is_last) {
+                    Ok(Some(command)) => command,
+                    Ok(None) => return Ok(None),
+                    Err(error) => {
+                        // No message ID to answer: the peer would wait for ever.
+                        return Err(violation(
+                            AbortRQServiceProviderReason::InvalidPduParameter,
+                            format!("unreadable command: {}", error_chain(&error)),
+                        ));
+                    }
+                };
                 Ok(self.on_command(command, pc_id, abstract_syntax, gathering))
             }
             PDataValueType::Data => {
