@@ -210,12 +210,8 @@ fn ct(id: &str) -> (Vec<u8>, String) {
         .expect("a synthetic CT")[0];
     let mut bytes = Vec::new();
     instance.write_dataset(&mut bytes).expect("encodes");
-    let uid = instance
-        .meta()
-        .media_storage_sop_instance_uid()
-        .trim_end_matches('\0')
-        .to_string();
-    (bytes, uid)
+    let uid = dicomnode_server::uid::trim_uid(instance.meta().media_storage_sop_instance_uid());
+    (bytes, uid.to_string())
 }
 
 /// The node answers C-ECHO and stores an instance, and has not panicked.
@@ -696,17 +692,7 @@ fn peer_text_cannot_forge_log_lines() {
     let calling = "EV\r\nERROR X\x1b[2J";
     let mut raw = Raw::associate(node.port, calling, &[(CT, EXPLICIT_LE)], 0);
     let forged = "P1\r\n2026-11-28T00:00:00Z ERROR fake: thread panicked\x1b[31m\0";
-    let instance = &SyntheticSeries::ct(forged, 1)
-        .size(8, 8)
-        .build()
-        .expect("a synthetic CT")[0];
-    let mut data = Vec::new();
-    instance.write_dataset(&mut data).expect("encodes");
-    let uid = instance
-        .meta()
-        .media_storage_sop_instance_uid()
-        .trim_end_matches('\0')
-        .to_string();
+    let (data, uid) = ct(forged);
     assert_eq!(
         raw.request(dimse::store_request(1, CT, &uid), Some(data)),
         status::SUCCESS

@@ -3,13 +3,14 @@
 //!
 //! Before any user code runs, the child forgets that it is one: the markers are removed
 //! from its environment (a program the processor starts, the node's own binary included,
-//! is an ordinary program), and its end of the channel is close-on-exec.
+//! is an ordinary program), its end of the channel moves from standard input to a
+//! close-on-exec descriptor, and standard input becomes `/dev/null`.
 
 use super::wire::{
     read_frame, write_frame, ChildMessage, ChildOutcome, Job, JobInstance, LogRecord, Report,
 };
 use super::{micros, unix_micros};
-use super::{CHANNEL_ENV, CHILD_ENV, MEMORY_LIMIT_ENV};
+use super::{CHILD_ENV, MEMORY_LIMIT_ENV};
 use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::meta::FileMetaTableBuilder;
@@ -174,27 +175,39 @@ fn install_panic_hook() {
     }));
 }
 
+/// Moves the channel from standard input to a close-on-exec descriptor and puts
+/// `/dev/null` in its place.
+fn take_channel_from_stdin() -> nix::Result<UnixStream> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let channel = nix::unistd::dup(std::io::stdin())?;
+    fcntl(&channel, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    let null = std::fs::File::open("/dev/null").map_err(|e| {
+        e.raw_os_error()
+            .map_or(nix::errno::Errno::EIO, nix::errno::Errno::from_raw)
+    })?;
+    nix::unistd::dup2_stdin(&null)?;
+    Ok(UnixStream::from(channel))
+}
+
 /// The child's `main`: runs the jobs it is sent, one after another, until the parent
 /// closes the channel.
 pub fn child_main<P: Pipeline>() -> ExitCode {
     apply_limits();
-    let Some(channel_path) = std::env::var_os(CHANNEL_ENV) else {
-        eprintln!("dicomnode child: no job channel ({CHANNEL_ENV} is not set)");
-        return ExitCode::from(2);
-    };
-    // From here on nothing this process starts believes it is a child. (Single-threaded
-    // still: nothing else reads the environment now.)
-    for marker in [CHILD_ENV, CHANNEL_ENV, MEMORY_LIMIT_ENV] {
-        std::env::remove_var(marker);
-    }
-    // std opens sockets close-on-exec: what the processor starts does not inherit it.
-    let socket = match UnixStream::connect(&channel_path) {
+    // The channel arrives as standard input: moved to a descriptor of its own,
+    // close-on-exec, and /dev/null put in its place, so that nothing the processor starts
+    // can read job frames or hold the channel open.
+    let socket = match take_channel_from_stdin() {
         Ok(socket) => socket,
         Err(e) => {
-            eprintln!("dicomnode child: cannot connect to the job channel: {e}");
+            eprintln!("dicomnode child: cannot take the job channel from standard input: {e}");
             return ExitCode::from(2);
         }
     };
+    // From here on nothing this process starts believes it is a child. (Single-threaded
+    // still: nothing else reads the environment now.)
+    for marker in [CHILD_ENV, MEMORY_LIMIT_ENV] {
+        std::env::remove_var(marker);
+    }
     let reader = match socket.try_clone() {
         Ok(reader) => reader,
         Err(e) => {

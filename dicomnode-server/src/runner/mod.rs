@@ -33,8 +33,6 @@ use workdirs::RunnerDir;
 pub const CHILD_ENV: &str = "DICOMNODE_CHILD";
 /// Set in a child's environment to its memory limit (RLIMIT_AS, bytes).
 pub const MEMORY_LIMIT_ENV: &str = "DICOMNODE_MEMORY_LIMIT";
-/// Set in a child's environment to the path of the Unix socket it connects to for its jobs.
-pub const CHANNEL_ENV: &str = "DICOMNODE_CHANNEL";
 
 /// Why the runner could not be prepared.
 #[derive(Debug, thiserror::Error)]

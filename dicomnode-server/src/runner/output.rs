@@ -55,12 +55,12 @@ impl ChildOutput {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new patient: a fresh budget, tail and file.
+    /// A new patient: a fresh budget, tail and file (made at the first line: creating a
+    /// file costs about 0.4 ms here, and most children print nothing).
     pub(crate) fn start_job(&self, patient: &str) {
         let mut state = self.lock();
         *state = State {
             patient: patient.to_string(),
-            file: File::create(&self.path).ok().map(BufWriter::new),
             ..State::default()
         };
     }
@@ -71,6 +71,9 @@ impl ChildOutput {
         let mut state = self.lock();
         let bytes = text.len() as u64 + 1;
         if state.file_bytes < FILE_BYTES {
+            if state.file.is_none() {
+                state.file = File::create(&self.path).ok().map(BufWriter::new);
+            }
             if let Some(file) = &mut state.file {
                 let _ = writeln!(file, "{stream}: {text}");
             }

@@ -2,19 +2,19 @@
 //! jobs, relay its logs and output, enforce the time limit, and end it with everything it
 //! started.
 //!
-//! The job channel is a Unix socket the child connects to at a path only it is told (in
-//! the parent's private job directory, removed once connected): it is never the child's
-//! standard input, and the child's end is close-on-exec, so nothing the processor starts
-//! inherits it. The child's standard input is `/dev/null`.
+//! The job channel is one end of a Unix socket pair. It reaches the child as its standard
+//! input, and the child moves it to a descriptor of its own, close-on-exec, and puts
+//! `/dev/null` in its place before any user code runs: nothing the processor starts
+//! inherits the channel or reads job frames.
 
 use super::output::{ChildOutput, OUTPUT_FILE};
 use super::wire::{read_frame, ChildMessage, Job, LogRecord, Report, MAX_CHILD_FRAME};
-use super::{CHANNEL_ENV, CHILD_ENV, MEMORY_LIMIT_ENV};
+use super::{CHILD_ENV, MEMORY_LIMIT_ENV};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::io::{BufRead, BufReader, BufWriter, Read};
-use std::os::fd::AsFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -23,8 +23,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// How long a child may take to connect to its job channel after it started.
-const CONNECT_WAIT: Duration = Duration::from_secs(20);
 /// How long the output pumps may take to drain a child's pipes once it has exited.
 const PUMPS_WAIT: Duration = Duration::from_millis(300);
 /// How long a child may take to exit once it has no more jobs.
@@ -80,18 +78,15 @@ impl ChildProcess {
                     launch.work_root.display()
                 )
             })?;
-        let channel_path = job_dir.path().join("channel");
-        let listener = UnixListener::bind(&channel_path).map_err(|e| {
-            format!(
-                "cannot create the job channel {}: {e}",
-                channel_path.display()
-            )
-        })?;
+        let (ours, theirs) =
+            UnixStream::pair().map_err(|e| format!("cannot create a socket pair: {e}"))?;
         let mut command = Command::new(launch.exe);
         command
             .env(CHILD_ENV, launch.pipeline_name)
-            .env(CHANNEL_ENV, &channel_path)
-            .stdin(Stdio::null())
+            // The channel arrives as standard input, which the child moves to a descriptor
+            // of its own (close-on-exec) and replaces with /dev/null before any user code:
+            // the job can be written while the child starts.
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own process group: a time-out or a shutdown kills it with everything
@@ -128,21 +123,11 @@ impl ChildProcess {
                 })
             })
             .collect();
-        let channel = match accept_child(&listener, &mut child, pid) {
-            Ok(channel) => channel,
-            Err(message) => {
-                kill_group(pid);
-                let _ = child.wait();
-                return Err(message);
-            }
-        };
-        // Nobody else can connect any more.
-        let _ = std::fs::remove_file(&channel_path);
         tracing::info!(pid, node_pid = std::process::id(), "child started");
         Ok(ChildProcess {
             child,
             pid,
-            channel,
+            channel: ours,
             pumps,
             pumps_done,
             output,
@@ -402,56 +387,6 @@ fn pump_lines(stream: Box<dyn Read + Send>, pid: u32, name: &'static str, output
                 tracing::warn!(pid, stream = name, error = %e, "cannot read the child's output");
                 return;
             }
-        }
-    }
-}
-
-/// Waits for the child to connect to its job channel, and checks that it is the child.
-fn accept_child(
-    listener: &UnixListener,
-    child: &mut Child,
-    pid: u32,
-) -> Result<UnixStream, String> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let deadline = std::time::Instant::now() + CONNECT_WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(format!(
-                "the child did not connect to its job channel within {CONNECT_WAIT:?} (is dicomnode_server::run, or child_entry, first in its main?)"
-            ));
-        }
-        // Short waits, so that a child that exits at once is noticed.
-        let wait =
-            PollTimeout::try_from(left.min(Duration::from_millis(50))).unwrap_or(PollTimeout::ZERO);
-        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, wait) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
-            Ok(_) => {
-                let (stream, _) = listener
-                    .accept()
-                    .map_err(|e| format!("cannot accept the child's connection: {e}"))?;
-                let credentials = nix::sys::socket::getsockopt(
-                    &stream,
-                    nix::sys::socket::sockopt::PeerCredentials,
-                )
-                .map_err(|e| format!("cannot check who connected to the job channel: {e}"))?;
-                if u32::try_from(credentials.pid()).ok() != Some(pid) {
-                    tracing::warn!(
-                        pid,
-                        connected = credentials.pid(),
-                        "a process other than the child connected to its job channel: ignored"
-                    );
-                    continue;
-                }
-                return Ok(stream);
-            }
-            Err(e) => return Err(format!("cannot wait for the child's connection: {e}")),
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "the child ended before it connected to its job channel: {status}"
-            ));
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The wire format between the node and a processing child.
 //!
-//! The channel is a Unix socket the child connects to (see `supervise`). Both sides send frames: a
+//! The channel is a Unix socket pair (see `supervise`). Both sides send frames: a
 //! little-endian `u32` length, then that many bytes of postcard. The parent sends [`Job`]s
 //! (one, for a fresh child; several, one after another, for a warm worker) and closes its
 //! side when there are no more; the child answers each job with [`ChildMessage::Log`]
