@@ -2,9 +2,8 @@
 //! P-DATA fragments and checked against the protocol, C-ECHO answered, each C-STORE
 //! taken to storage.
 
-use super::session::AssociationSession;
 use crate::dimse::{self, status, Command, CommandFragments};
-use crate::storage::{Incoming, Offer, ReceiveError};
+use crate::storage::{Incoming, Offer, ReceiveError, Storage};
 use crate::trigger::PatientsTouched;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
@@ -63,7 +62,14 @@ impl Gathering {
     }
 }
 
-impl AssociationSession {
+/// Where the messages of one association are taken: the storage, and the tag that keys
+/// patients.
+pub(super) struct Messages<'a> {
+    pub(super) storage: &'a Storage,
+    pub(super) patient_key: dicom_core::Tag,
+}
+
+impl Messages<'_> {
     /// Handles one fragment; returns a response to send, or why the association must be
     /// aborted.
     pub(super) fn on_fragment(
@@ -262,7 +268,7 @@ impl AssociationSession {
                 return refuse(status::CANNOT_UNDERSTAND, error.to_string())
             }
         };
-        let patient_key = self.config.patient_key;
+        let patient_key = self.patient_key;
         let Some(key) = value_of(&instance.header, patient_key) else {
             if let Some(temp) = temp {
                 crate::storage::disk::remove_temp(&temp);
@@ -275,7 +281,7 @@ impl AssociationSession {
                 ),
             );
         };
-        touched.touch(&self.storage, &key);
+        touched.touch(self.storage, &key);
         let patient = escape_control(&key);
         match self.storage.offer(&key, instance, temp.as_deref()) {
             Offer::Stored(inputs) => {

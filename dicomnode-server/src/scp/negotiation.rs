@@ -8,7 +8,7 @@
 //! deadline) sends its fallback TLS probe into a loop on end-of-stream, one spinning
 //! thread for each such connection, and its TLS handshake has the same loop.
 
-use super::pdu_reader::{PduReadError, PduReader};
+use super::pdu_reader::{pdu_kind, PduReadError, PduReader};
 use super::transport::Transport;
 use super::CalledAeTitle;
 use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
@@ -103,9 +103,7 @@ impl Acceptor {
     ) -> Result<Association<S>, NegotiationError> {
         let pdu = reader.next(&mut stream).map_err(NegotiationError::Read)?;
         let Pdu::AssociationRQ(request) = pdu else {
-            return Err(NegotiationError::NotARequest(super::session::pdu_kind(
-                &pdu,
-            )));
+            return Err(NegotiationError::NotARequest(pdu_kind(&pdu)));
         };
         let calling = request.calling_ae_title.trim().to_string();
         let reject = |stream: &mut S, reason: AssociationRJServiceUserReason, why: String| {

@@ -216,3 +216,15 @@ impl PduReader {
         }
     }
 }
+
+/// What kind of PDU it is, for the log.
+pub(crate) fn pdu_kind(pdu: &Pdu) -> &'static str {
+    match pdu {
+        Pdu::AssociationRQ(_) => "A-ASSOCIATE-RQ",
+        Pdu::AssociationAC(_) => "A-ASSOCIATE-AC",
+        Pdu::AssociationRJ(_) => "A-ASSOCIATE-RJ",
+        Pdu::ReleaseRP => "A-RELEASE-RP",
+        Pdu::Unknown { .. } => "unknown PDU",
+        _ => "PDU",
+    }
+}

@@ -3,10 +3,11 @@
 //! sets gathered from their fragments and checked against the protocol, each C-STORE
 //! taken to storage.
 
+use super::messages::Messages;
 use super::messages::{Gathering, Violation};
 use super::negotiating::{Ended, Negotiating, Watch};
 use super::negotiation::{send_pdu, tls_handshake, Acceptor, Association, NegotiationError};
-use super::pdu_reader::{Deadlines, PduReadError, PduReader};
+use super::pdu_reader::{pdu_kind, Deadlines, PduReadError, PduReader};
 use super::transport::Transport;
 use super::{Connections, Slot};
 use crate::runner::ChildRunner;
@@ -190,6 +191,10 @@ impl AssociationSession {
         touched: &mut PatientsTouched,
         counts: &mut (usize, usize),
     ) -> String {
+        let messages = Messages {
+            storage: &self.storage,
+            patient_key: self.config.patient_key,
+        };
         let mut gathering = Gathering::default();
         loop {
             let pdu = match reader.next(&mut association.stream) {
@@ -217,7 +222,7 @@ impl AssociationSession {
             match pdu {
                 Pdu::PData { data } => {
                     for pdv in data {
-                        let reply = match self.on_fragment(
+                        let reply = match messages.on_fragment(
                             pdv,
                             &mut gathering,
                             &association.contexts,
@@ -272,17 +277,5 @@ impl AssociationSession {
                 }
             }
         }
-    }
-}
-
-/// What kind of PDU it is, for the log.
-pub(super) fn pdu_kind(pdu: &Pdu) -> &'static str {
-    match pdu {
-        Pdu::AssociationRQ(_) => "A-ASSOCIATE-RQ",
-        Pdu::AssociationAC(_) => "A-ASSOCIATE-AC",
-        Pdu::AssociationRJ(_) => "A-ASSOCIATE-RJ",
-        Pdu::ReleaseRP => "A-RELEASE-RP",
-        Pdu::Unknown { .. } => "unknown PDU",
-        _ => "PDU",
     }
 }
