@@ -1,6 +1,8 @@
 //! Support for the end-to-end tests: starting nodes as real processes, calling DCMTK,
 //! and the pipeline whose state the round-trip test ships to a child.
 
+pub mod raw;
+
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Read;
