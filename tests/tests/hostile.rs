@@ -634,3 +634,148 @@ fn connections_that_end_early_leave_no_thread_behind() {
     }
     assert_alive(&plain, "connections that ended early");
 }
+
+/// Trusts any server certificate: the test checks the node's deadlines, not its identity.
+#[derive(Debug)]
+struct AnyServer(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[test]
+fn a_tls_record_sent_a_byte_at_a_time_is_cut_at_a_deadline() {
+    use std::io::{Read, Write};
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("a certificate");
+    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("written");
+    std::fs::write(&key_path, key.serialize_pem()).expect("written");
+    let node = node(
+        out.path(),
+        &[
+            "--tls-cert",
+            cert_path.to_str().expect("utf-8"),
+            "--tls-key",
+            key_path.to_str().expect("utf-8"),
+        ],
+    );
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer(provider)))
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+    let mut tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("TLS");
+    let mut tcp = TcpStream::connect(("127.0.0.1", node.port)).expect("connects");
+    tcp.set_nodelay(true).expect("nodelay");
+    while tls.is_handshaking() {
+        tls.complete_io(&mut tcp).expect("handshake");
+    }
+    // Associate, properly.
+    let mut request = Vec::new();
+    write_pdu(&mut request, &rq("TLSSLOW", &[(CT, EXPLICIT_LE)], 0)).expect("encodes");
+    let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
+    stream.write_all(&request).expect("sends");
+    let mut answer = [0u8; 6];
+    stream.read_exact(&mut answer).expect("an answer");
+    assert_eq!(answer[0], 0x02, "A-ASSOCIATE-AC");
+    let mut rest =
+        vec![0u8; u32::from_be_bytes([answer[2], answer[3], answer[4], answer[5]]) as usize];
+    stream.read_exact(&mut rest).expect("the rest of it");
+    // One TLS record holding a P-DATA, sent a byte every 300 ms.
+    let mut pdu = Vec::new();
+    write_pdu(
+        &mut pdu,
+        &pdata(1, PDataValueType::Command, true, dimse::echo_request(1)),
+    )
+    .expect("encodes");
+    tls.writer().write_all(&pdu).expect("buffers");
+    let mut record = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut record).expect("a record");
+    }
+    let started = Instant::now();
+    let mut cut = None;
+    for byte in &record {
+        if tcp.write_all(&[*byte]).is_err() {
+            cut = Some(started.elapsed());
+            break;
+        }
+        tcp.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("a time-out");
+        let mut buf = [0u8; 256];
+        match tcp.read(&mut buf) {
+            Ok(_) => {
+                // An abort (or the close that follows it).
+                cut = Some(started.elapsed());
+                break;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                cut = Some(started.elapsed());
+                break;
+            }
+        }
+    }
+    let cut = cut.expect("the trickled record was never cut");
+    // No byte of the PDU gets through TLS until the record is whole, so this is the wait
+    // for a PDU's first byte (--idle-timeout 4): each of the socket's reads is held to it.
+    assert!(
+        cut >= Duration::from_millis(3500) && cut < Duration::from_secs(6),
+        "{cut:?}"
+    );
+    let mut node = node;
+    let line = node.wait_for_log("association ended", Duration::from_secs(10));
+    assert!(line.contains("aborted by the node: idle for 4s"), "{line}");
+    assert!(!node.log().contains("panicked"));
+}

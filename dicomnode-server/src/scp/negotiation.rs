@@ -9,7 +9,7 @@
 //! thread for each such connection, and its TLS handshake has the same loop.
 
 use super::pdu_reader::{pdu_kind, PduReadError, PduReader};
-use super::transport::Transport;
+use super::transport::{Socket, Transport};
 use super::CalledAeTitle;
 use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use dicom_ul::pdu::{
@@ -21,7 +21,6 @@ use dicom_ul::Pdu;
 use dicomnode_core::uid::trim_uid;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 
 /// The DICOM application context, the only one there is.
@@ -74,14 +73,15 @@ pub(crate) fn send_pdu<S: Write>(stream: &mut S, pdu: &Pdu) -> io::Result<()> {
     stream.flush()
 }
 
-/// The TLS handshake, driven here so that an end of stream ends it.
+/// The TLS handshake, driven here so that an end of stream ends it; the socket's deadline
+/// (the ACSE deadline) bounds every read of it.
 pub(crate) fn tls_handshake(
-    tcp: TcpStream,
+    socket: Socket,
     config: &Arc<rustls::ServerConfig>,
-) -> Result<rustls::StreamOwned<rustls::ServerConnection, TcpStream>, NegotiationError> {
+) -> Result<rustls::StreamOwned<rustls::ServerConnection, Socket>, NegotiationError> {
     let connection = rustls::ServerConnection::new(Arc::clone(config))
         .map_err(|e| NegotiationError::Tls(io::Error::other(e)))?;
-    let mut stream = rustls::StreamOwned::new(connection, tcp);
+    let mut stream = rustls::StreamOwned::new(connection, socket);
     while stream.conn.is_handshaking() {
         match stream.conn.complete_io(&mut stream.sock) {
             Ok((0, 0)) => {
@@ -94,14 +94,39 @@ pub(crate) fn tls_handshake(
     Ok(stream)
 }
 
+/// An association request the node accepts: the answer to send, and what was agreed.
+pub(crate) struct Accepted {
+    answer: Pdu,
+    peer_ae_title: String,
+    peer_max_pdu: u32,
+    contexts: HashMap<u8, (String, String)>,
+}
+
+impl Accepted {
+    /// Sends the A-ASSOCIATE-AC: the association is established.
+    pub(crate) fn establish<S: Transport>(
+        self,
+        mut stream: S,
+    ) -> Result<Association<S>, NegotiationError> {
+        send_pdu(&mut stream, &self.answer).map_err(NegotiationError::Write)?;
+        Ok(Association {
+            stream,
+            peer_ae_title: self.peer_ae_title,
+            peer_max_pdu: self.peer_max_pdu,
+            contexts: self.contexts,
+        })
+    }
+}
+
 impl Acceptor {
-    /// Reads the association request from `stream` and answers it.
+    /// Reads the association request from `stream` and decides: a rejection is sent at
+    /// once; an acceptance is returned, to be sent with [`Accepted::establish`].
     pub(crate) fn negotiate<S: Transport>(
         &self,
-        mut stream: S,
+        stream: &mut S,
         reader: &mut PduReader,
-    ) -> Result<Association<S>, NegotiationError> {
-        let pdu = reader.next(&mut stream).map_err(NegotiationError::Read)?;
+    ) -> Result<Accepted, NegotiationError> {
+        let pdu = reader.next(stream).map_err(NegotiationError::Read)?;
         let Pdu::AssociationRQ(request) = pdu else {
             return Err(NegotiationError::NotARequest(pdu_kind(&pdu)));
         };
@@ -118,14 +143,14 @@ impl Acceptor {
         };
         if request.protocol_version & 1 == 0 {
             return Err(reject(
-                &mut stream,
+                stream,
                 AssociationRJServiceUserReason::NoReasonGiven,
                 format!("protocol version {:#06x}", request.protocol_version),
             ));
         }
         if trim_uid(&request.application_context_name) != APPLICATION_CONTEXT {
             return Err(reject(
-                &mut stream,
+                stream,
                 AssociationRJServiceUserReason::ApplicationContextNameNotSupported,
                 "an application context other than DICOM's".into(),
             ));
@@ -135,7 +160,7 @@ impl Acceptor {
             &request.calling_ae_title,
             &request.called_ae_title,
         ) {
-            return Err(reject(&mut stream, reason, "AE title not accepted".into()));
+            return Err(reject(stream, reason, "AE title not accepted".into()));
         }
         let peer_max_pdu = request
             .user_variables
@@ -198,9 +223,8 @@ impl Acceptor {
                 ),
             ],
         });
-        send_pdu(&mut stream, &accept).map_err(NegotiationError::Write)?;
-        Ok(Association {
-            stream,
+        Ok(Accepted {
+            answer: accept,
             peer_ae_title: calling,
             peer_max_pdu,
             contexts,

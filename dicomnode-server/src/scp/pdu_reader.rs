@@ -63,9 +63,6 @@ pub(crate) enum PduReadError {
     Io(#[source] io::Error),
 }
 
-/// How stale a socket time-out may get before it is set again.
-const RESET: Duration = Duration::from_millis(100);
-
 /// PDU header: type, reserved, 4-byte length.
 const HEADER: usize = 6;
 
@@ -95,12 +92,9 @@ impl PduReader {
     /// The next PDU; the time-outs are set on the TCP socket under `stream`.
     pub(crate) fn next<S: Transport>(&mut self, stream: &mut S) -> Result<Pdu, PduReadError> {
         let waiting_since = Instant::now();
-        let mut started: Option<Instant> = None;
+        // Bytes of the next PDU may have come with the last one: it has started then.
+        let mut started: Option<Instant> = (!self.buffer.is_empty()).then(Instant::now);
         let mut chunk = [0u8; 64 * 1024];
-        // The time-out is set again only when it is stale by more than RESET (it is a
-        // system call, and TLS reads come 16 KiB at a time): a read then overruns the
-        // deadline by at most that much.
-        let mut timeout_set: Option<(Instant, bool)> = None;
         loop {
             if let Some(pdu) = self.complete_pdu()? {
                 return Ok(pdu);
@@ -110,21 +104,11 @@ impl PduReader {
                 None => waiting_since + self.deadlines.idle,
                 Some(at) => at + self.deadlines.pdu,
             };
-            let left = deadline.saturating_duration_since(now);
-            if left.is_zero() {
+            if now >= deadline {
                 return Err(self.late(started.is_some()));
             }
-            let stale = timeout_set.is_none_or(|(at, in_pdu)| {
-                in_pdu != started.is_some() || now.duration_since(at) > RESET
-            });
-            if stale {
-                // Never zero: a zero time-out means "block for ever".
-                stream
-                    .socket()
-                    .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                    .map_err(PduReadError::Io)?;
-                timeout_set = Some((now, started.is_some()));
-            }
+            // Every read of the socket under the stream is held to it (TLS included).
+            stream.set_deadline(deadline);
             // Never read past the end of the current PDU's declared length by much: the
             // buffer stays within one PDU plus one chunk.
             match stream.read(&mut chunk) {
@@ -136,7 +120,8 @@ impl PduReader {
                     })
                 }
                 Ok(n) => {
-                    started.get_or_insert(now);
+                    // The PDU starts when its first byte arrives, not when the wait began.
+                    started.get_or_insert_with(Instant::now);
                     self.buffer.extend_from_slice(&chunk[..n]);
                 }
                 Err(e)

@@ -8,7 +8,7 @@ use super::messages::{Gathering, Violation};
 use super::negotiating::{Ended, Negotiating, Watch};
 use super::negotiation::{send_pdu, tls_handshake, Acceptor, Association, NegotiationError};
 use super::pdu_reader::{pdu_kind, Deadlines, PduReadError, PduReader};
-use super::transport::Transport;
+use super::transport::{Socket, Transport};
 use super::{Connections, Slot};
 use crate::runner::ChildRunner;
 use crate::storage::Storage;
@@ -21,6 +21,7 @@ use dicomnode_core::sanitize::escape_control;
 use dicomnode_core::Sender;
 use std::net::TcpStream;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// The smallest maximum PDU length a peer may announce: below it, not even a response
 /// fits in one PDU, and the peer would wait for ever.
@@ -85,13 +86,21 @@ impl AssociationSession {
     /// established.
     pub(crate) fn run(self, peer: Peer, _slot: Slot, watch: Option<Watch>) {
         let Peer { stream, addr } = peer;
+        let Some(watch) = watch else {
+            // Without the watcher nothing could evict it or hold it to its deadline.
+            tracing::warn!(peer = %addr, "connection closed: it cannot be watched (out of file descriptors?)");
+            return;
+        };
         // Without it every C-STORE waits on Nagle and delayed ACK (45-90 ms here).
         if let Err(error) = stream.set_nodelay(true) {
             tracing::warn!(peer = %addr, %error, "cannot set TCP_NODELAY");
         }
         let _ = stream.set_write_timeout(Some(self.config.association_timeout));
-        // The request is held to the ACSE deadline (the watcher shuts the socket at it).
-        let mut reader = PduReader::new(
+        // The handshake and the request are held to the ACSE deadline: every read by the
+        // socket's own deadline, and the watcher shuts the socket at it besides.
+        let mut socket = Socket::new(stream);
+        socket.set_deadline(Instant::now() + self.config.acse_timeout);
+        let reader = PduReader::new(
             self.config.max_pdu_length,
             Deadlines {
                 idle: self.config.acse_timeout,
@@ -99,42 +108,51 @@ impl AssociationSession {
             },
         );
         match &self.tls {
-            Some(tls) => {
-                let negotiated = tls_handshake(stream, tls)
-                    .and_then(|stream| self.acceptor.negotiate(stream, &mut reader));
-                let ended = watch.map(|w| self.negotiating.finish(w));
-                if let Some(association) = self.established(negotiated, ended, &addr) {
-                    self.serve(association, reader, &addr);
+            Some(tls) => match tls_handshake(socket, tls) {
+                Ok(stream) => self.establish(stream, reader, watch, &addr),
+                Err(error) => {
+                    let ended = self.negotiating.finish(watch);
+                    self.not_established(&error, ended, &addr);
                 }
-            }
-            None => {
-                let negotiated = self.acceptor.negotiate(stream, &mut reader);
-                let ended = watch.map(|w| self.negotiating.finish(w));
-                if let Some(association) = self.established(negotiated, ended, &addr) {
-                    self.serve(association, reader, &addr);
-                }
-            }
+            },
+            None => self.establish(socket, reader, watch, &addr),
         }
     }
 
-    /// The association, or why there is none (logged).
-    fn established<S>(
+    /// Negotiates on `stream`; the acceptance goes out only if the watch ended in time
+    /// (a connection the watcher shut down meanwhile is not answered), then serves.
+    fn establish<S: Transport>(
         &self,
-        negotiated: Result<Association<S>, NegotiationError>,
-        ended: Option<Ended>,
+        mut stream: S,
+        mut reader: PduReader,
+        watch: Watch,
         addr: &str,
-    ) -> Option<Association<S>> {
-        match negotiated {
-            Ok(association) => Some(association),
-            Err(_) if ended == Some(Ended::Late) => {
+    ) {
+        let decided = self.acceptor.negotiate(&mut stream, &mut reader);
+        let ended = self.negotiating.finish(watch);
+        let established = match (decided, ended) {
+            (Ok(accepted), Ended::InTime) => accepted.establish(stream),
+            (Ok(_), _) => Err(NegotiationError::Rejected(
+                "the connection was shut down while its request was answered".into(),
+            )),
+            (Err(error), _) => Err(error),
+        };
+        match established {
+            Ok(association) => self.serve(association, reader, addr),
+            Err(error) => self.not_established(&error, ended, addr),
+        }
+    }
+
+    /// Logs why there is no association.
+    fn not_established(&self, error: &NegotiationError, ended: Ended, addr: &str) {
+        match ended {
+            Ended::Late => {
                 tracing::warn!(peer = %addr, limit = ?self.config.acse_timeout, "association not established: the peer's request did not arrive in time");
-                None
             }
             // Logged, rate-limited, where the eviction happened.
-            Err(_) if ended == Some(Ended::Evicted) => None,
-            Err(error) => {
-                tracing::warn!(peer = %addr, error = %error_chain(&error), "association not established");
-                None
+            Ended::Evicted => {}
+            Ended::InTime => {
+                tracing::warn!(peer = %addr, error = %error_chain(error), "association not established");
             }
         }
     }
