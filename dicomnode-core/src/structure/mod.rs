@@ -211,11 +211,13 @@ fn read_meta(file: &mut std::fs::File, len: u64) -> Result<(u64, String), Struct
     file.read_exact(&mut meta).map_err(|_| truncated(144))?;
     // Explicit VR little endian elements; the transfer syntax UID is (0002,0010).
     let mut at = 0usize;
+    let mut transfer_syntax = None;
     while at + 8 <= meta.len() {
         let group = u16::from_le_bytes([meta[at], meta[at + 1]]);
         let element = u16::from_le_bytes([meta[at + 2], meta[at + 3]]);
         let vr = [meta[at + 4], meta[at + 5]];
-        let (header, value_len) = if matches!(&vr, b"OB" | b"OW" | b"UN" | b"UT" | b"SQ") {
+        let long = walker::has_long_length(VR::from_binary(vr).unwrap_or(VR::UN));
+        let (header, value_len) = if long {
             if at + 12 > meta.len() {
                 break;
             }
@@ -232,16 +234,26 @@ fn read_meta(file: &mut std::fs::File, len: u64) -> Result<(u64, String), Struct
             return Err(truncated(144 + at as u64));
         };
         if (group, element) == (0x0002, 0x0010) {
+            if transfer_syntax.is_some() {
+                // Which one a parser would take is not for a file to decide.
+                return Err(StructureError::Misplaced {
+                    tag: Tag(0x0002, 0x0010),
+                    at: 144 + at as u64,
+                    why: "the file meta group names its transfer syntax twice",
+                });
+            }
             let uid = String::from_utf8_lossy(&meta[value..end]);
-            return Ok((start, uid.trim_end_matches(['\0', ' ']).to_string()));
+            transfer_syntax = Some(uid.trim_end_matches(['\0', ' ']).to_string());
         }
         at = end;
     }
-    Err(StructureError::Misplaced {
-        tag: Tag(0x0002, 0x0010),
-        at: 144,
-        why: "the file meta group names no transfer syntax",
-    })
+    transfer_syntax
+        .map(|ts| (start, ts))
+        .ok_or(StructureError::Misplaced {
+            tag: Tag(0x0002, 0x0010),
+            at: 144,
+            why: "the file meta group names no transfer syntax",
+        })
 }
 
 #[cfg(test)]
@@ -324,6 +336,32 @@ mod tests {
         assert!(matches!(
             check_bytes(&nested(1500), EXPLICIT_LE),
             Err(StructureError::TooDeep { .. })
+        ));
+    }
+
+    #[test]
+    fn a_meta_group_naming_two_transfer_syntaxes_is_refused() {
+        let element = |element: u16, value: &[u8]| {
+            let mut b = vec![0x02, 0x00];
+            b.extend_from_slice(&element.to_le_bytes());
+            b.extend_from_slice(b"UI");
+            b.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            b.extend_from_slice(value);
+            b
+        };
+        let mut group = element(0x0010, b"1.2.840.10008.1.2\0");
+        group.extend(element(0x0010, b"1.2.840.10008.1.2.1\0"));
+        let mut file = vec![0u8; 128];
+        file.extend_from_slice(b"DICM");
+        file.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+        file.extend_from_slice(&(group.len() as u32).to_le_bytes());
+        file.extend(group);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("twice.dcm");
+        std::fs::write(&path, file).unwrap();
+        assert!(matches!(
+            check_file(&path),
+            Err(StructureError::Misplaced { why, .. }) if why.contains("twice")
         ));
     }
 

@@ -313,22 +313,7 @@ impl<B: Bytes> Walker<B> {
         }
         let vr_bytes = self.read::<2>("an element's VR")?;
         let vr = VR::from_binary(vr_bytes).unwrap_or(VR::UN);
-        let long = matches!(
-            vr,
-            VR::OB
-                | VR::OD
-                | VR::OF
-                | VR::OL
-                | VR::OV
-                | VR::OW
-                | VR::SQ
-                | VR::UC
-                | VR::UN
-                | VR::UR
-                | VR::UT
-                | VR::SV
-                | VR::UV
-        );
+        let long = has_long_length(vr);
         if long {
             let _reserved = self.read::<2>("an element's header")?;
             let length = {
@@ -344,6 +329,27 @@ impl<B: Bytes> Walker<B> {
             Ok((Some(vr), u32::from(length)))
         }
     }
+}
+
+/// Whether an explicit VR element of this VR has a 4-byte length (after 2 reserved bytes).
+/// An unknown VR is read as UN, as dicom-rs does.
+pub(super) fn has_long_length(vr: VR) -> bool {
+    matches!(
+        vr,
+        VR::OB
+            | VR::OD
+            | VR::OF
+            | VR::OL
+            | VR::OV
+            | VR::OW
+            | VR::SQ
+            | VR::UC
+            | VR::UN
+            | VR::UR
+            | VR::UT
+            | VR::SV
+            | VR::UV
+    )
 }
 
 /// The VR an implicit VR element is read with: a sequence if the dictionary says so (or

@@ -128,6 +128,12 @@ impl Acceptor {
     ) -> Result<Accepted, NegotiationError> {
         let pdu = reader.next(stream).map_err(NegotiationError::Read)?;
         let Pdu::AssociationRQ(request) = pdu else {
+            let abort = Pdu::AbortRQ {
+                source: dicom_ul::pdu::AbortRQSource::ServiceProvider(
+                    dicom_ul::pdu::AbortRQServiceProviderReason::UnexpectedPdu,
+                ),
+            };
+            let _ = send_pdu(stream, &abort);
             return Err(NegotiationError::NotARequest(pdu_kind(&pdu)));
         };
         let calling = request.calling_ae_title.trim().to_string();
