@@ -578,10 +578,9 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-#[test]
-fn connections_that_end_early_leave_no_thread_behind() {
-    // With TLS too: a TLS probe that meets the end of the stream must not spin.
-    let out = tempfile::tempdir().expect("a temporary directory");
+/// A self-signed certificate for localhost and its key, as PEM files in a directory that
+/// lives as long as the returned guard.
+fn self_signed() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let key = rcgen::KeyPair::generate().expect("a key");
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
@@ -591,6 +590,14 @@ fn connections_that_end_early_leave_no_thread_behind() {
     let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
     std::fs::write(&cert_path, cert.pem()).expect("written");
     std::fs::write(&key_path, key.serialize_pem()).expect("written");
+    (dir, cert_path, key_path)
+}
+
+#[test]
+fn connections_that_end_early_leave_no_thread_behind() {
+    // With TLS too: a TLS probe that meets the end of the stream must not spin.
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let (dir, cert_path, key_path) = self_signed();
     let plain = node(out.path(), &[]);
     let out_tls = tempfile::tempdir().expect("a temporary directory");
     let tls = node(
@@ -685,15 +692,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
 fn a_tls_record_sent_a_byte_at_a_time_is_cut_at_a_deadline() {
     use std::io::{Read, Write};
     let out = tempfile::tempdir().expect("a temporary directory");
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let key = rcgen::KeyPair::generate().expect("a key");
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("a certificate");
-    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-    std::fs::write(&cert_path, cert.pem()).expect("written");
-    std::fs::write(&key_path, key.serialize_pem()).expect("written");
+    let (dir, cert_path, key_path) = self_signed();
     let node = node(
         out.path(),
         &[
