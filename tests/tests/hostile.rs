@@ -597,7 +597,7 @@ fn self_signed() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) 
 fn connections_that_end_early_leave_no_thread_behind() {
     // With TLS too: a TLS probe that meets the end of the stream must not spin.
     let out = tempfile::tempdir().expect("a temporary directory");
-    let (dir, cert_path, key_path) = self_signed();
+    let (_dir, cert_path, key_path) = self_signed();
     let plain = node(out.path(), &[]);
     let out_tls = tempfile::tempdir().expect("a temporary directory");
     let tls = node(
@@ -692,7 +692,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
 fn a_tls_record_sent_a_byte_at_a_time_is_cut_at_a_deadline() {
     use std::io::{Read, Write};
     let out = tempfile::tempdir().expect("a temporary directory");
-    let (dir, cert_path, key_path) = self_signed();
+    let (_dir, cert_path, key_path) = self_signed();
     let node = node(
         out.path(),
         &[
