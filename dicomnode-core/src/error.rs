@@ -132,6 +132,9 @@ impl fmt::Display for SendFailure {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SyntheticError {
+    /// The series has no slices (or a slice has no pixels).
+    #[error("a synthetic series needs at least one slice with pixels")]
+    Empty,
     /// The file meta group could not be built.
     #[error("cannot attach the file meta group: {0}")]
     WithMeta(#[from] Box<dicom_object::WithMetaError>),

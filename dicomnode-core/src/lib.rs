@@ -20,10 +20,12 @@ pub mod pipeline;
 pub mod pixels;
 pub mod retry;
 pub mod sanitize;
+pub mod selection;
 pub mod series;
 pub mod structure;
 pub mod synthetic;
 pub mod uid;
+pub mod volume;
 
 pub use address::{Address, AddressError, ClientTls};
 pub use container::{InputContainer, Origin, Sender, UnknownInput};
@@ -32,6 +34,7 @@ pub use input::{Enough, Input, Matcher, Rejection};
 pub use output::{Export, FileOutput, MultiOutput, NoOutput, Output};
 pub use pipeline::{Pipeline, Processor};
 pub use retry::RetryPolicy;
+pub use volume::{Volume, VolumeOptions};
 
 /// A DICOM object with its file meta group, as processors receive and outputs write it.
 pub type DicomInstance = dicom_object::DefaultDicomObject;

@@ -26,6 +26,10 @@ pub enum Modality {
     Ct,
     /// MR Image Storage, unsigned 16-bit.
     Mr,
+    /// PET Image Storage, unsigned 16-bit in Bq/ml (slope 0.5), with the tags SUVbw needs:
+    /// 75 kg, 370 MBq of F-18 (half-life 6586.2 s) injected at 11:00, series at 12:00,
+    /// decay corrected to the series start.
+    Pet,
 }
 
 /// A description of one synthetic series of a patient.
@@ -55,6 +59,11 @@ impl SyntheticSeries {
     /// A CT series of `slices` 512×512 images in a new study.
     pub fn ct(patient_id: &str, slices: u32) -> Self {
         Self::new(patient_id, slices, Modality::Ct)
+    }
+
+    /// A PET series of `slices` 512×512 images in a new study (see [`Modality::Pet`]).
+    pub fn pet(patient_id: &str, slices: u32) -> Self {
+        Self::new(patient_id, slices, Modality::Pet)
     }
 
     /// An MR series of `slices` 512×512 images in a new study.
@@ -102,6 +111,98 @@ impl SyntheticSeries {
             .collect()
     }
 
+    /// The series as one enhanced multi-frame instance (Enhanced CT, MR or PET Image
+    /// Storage): frames in the order of the classic instances, geometry and rescale in
+    /// functional groups. Frame `k` (0-based) has RescaleIntercept lowered by `k`, in its
+    /// own functional group, so that per-frame rescale is exercised.
+    pub fn build_enhanced(&self) -> Result<DicomInstance, SyntheticError> {
+        use dicom_core::value::DataSetSequence;
+        let classic = self.build()?;
+        let first = classic.first().ok_or(SyntheticError::Empty)?;
+        let item = |elements: Vec<DataElement<InMemDicomObject>>| InMemDicomObject::from_element_iter(elements);
+        let seq = |items: Vec<InMemDicomObject>| DataSetSequence::from(items);
+        let get = |obj: &InMemDicomObject, tag| obj.get(tag).cloned();
+        let rescale = crate::pixels::Rescale::of(first);
+        let shared = item(
+            [
+                DataElement::new(
+                    tags::PIXEL_MEASURES_SEQUENCE,
+                    VR::SQ,
+                    seq(vec![item(
+                        [get(first, tags::PIXEL_SPACING), get(first, tags::SLICE_THICKNESS)]
+                            .into_iter()
+                            .flatten()
+                            .collect(),
+                    )]),
+                ),
+                DataElement::new(
+                    tags::PLANE_ORIENTATION_SEQUENCE,
+                    VR::SQ,
+                    seq(vec![item(get(first, tags::IMAGE_ORIENTATION_PATIENT).into_iter().collect())]),
+                ),
+            ]
+            .into(),
+        );
+        let mut per_frame = Vec::new();
+        let mut pixels: Vec<u16> = Vec::new();
+        for (k, instance) in classic.iter().enumerate() {
+            let transform = item(vec![
+                DataElement::new(
+                    tags::RESCALE_INTERCEPT,
+                    VR::DS,
+                    format!("{}", rescale.intercept - k as f64),
+                ),
+                DataElement::new(tags::RESCALE_SLOPE, VR::DS, format!("{}", rescale.slope)),
+                DataElement::new(tags::RESCALE_TYPE, VR::LO, "US"),
+            ]);
+            per_frame.push(item(vec![
+                DataElement::new(
+                    tags::PLANE_POSITION_SEQUENCE,
+                    VR::SQ,
+                    seq(vec![item(get(instance, tags::IMAGE_POSITION_PATIENT).into_iter().collect())]),
+                ),
+                DataElement::new(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, VR::SQ, seq(vec![transform])),
+            ]));
+            let bytes = instance
+                .get(tags::PIXEL_DATA)
+                .and_then(|e| e.to_bytes().ok())
+                .ok_or(SyntheticError::Empty)?;
+            pixels.extend(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])));
+        }
+        let class = match self.modality {
+            Modality::Ct => uids::ENHANCED_CT_IMAGE_STORAGE,
+            Modality::Mr => uids::ENHANCED_MR_IMAGE_STORAGE,
+            Modality::Pet => uids::ENHANCED_PET_IMAGE_STORAGE,
+        };
+        let sop_uid = new_uid();
+        let mut obj = InMemDicomObject::from_element_iter(first.iter().cloned());
+        for per_slice in [
+            tags::IMAGE_POSITION_PATIENT,
+            tags::IMAGE_ORIENTATION_PATIENT,
+            tags::PIXEL_SPACING,
+            tags::SLICE_THICKNESS,
+            tags::RESCALE_INTERCEPT,
+            tags::RESCALE_SLOPE,
+            tags::RESCALE_TYPE,
+        ] {
+            obj.remove_element(per_slice);
+        }
+        obj.put(DataElement::new(tags::SOP_CLASS_UID, VR::UI, class));
+        obj.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, sop_uid.as_str()));
+        obj.put(DataElement::new(tags::INSTANCE_NUMBER, VR::IS, "1"));
+        obj.put(DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, classic.len().to_string()));
+        obj.put(DataElement::new(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, VR::SQ, seq(vec![shared])));
+        obj.put(DataElement::new(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, VR::SQ, seq(per_frame)));
+        obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into())));
+        obj.with_meta(
+            FileMetaTableBuilder::new()
+                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+                .media_storage_sop_class_uid(class)
+                .media_storage_sop_instance_uid(sop_uid),
+        )
+        .map_err(|e| SyntheticError::WithMeta(Box::new(e)))
+    }
+
     /// Builds the instances and writes them as `<dir>/<series number>_<instance>.dcm`.
     pub fn write_to(&self, dir: &Path) -> Result<Vec<PathBuf>, SyntheticError> {
         std::fs::create_dir_all(dir).map_err(|source| SyntheticError::Io {
@@ -132,6 +233,12 @@ impl SyntheticSeries {
         let (sop_class, modality, pixel_representation, description) = match self.modality {
             Modality::Ct => (uids::CT_IMAGE_STORAGE, "CT", 1u16, "Synthetic CT"),
             Modality::Mr => (uids::MR_IMAGE_STORAGE, "MR", 0u16, "Synthetic MR"),
+            Modality::Pet => (
+                uids::POSITRON_EMISSION_TOMOGRAPHY_IMAGE_STORAGE,
+                "PT",
+                0u16,
+                "Synthetic PET",
+            ),
         };
         let z = f64::from(n) * 2.5;
         let mut obj = InMemDicomObject::from_element_iter([
@@ -181,6 +288,27 @@ impl SyntheticSeries {
             obj.put(DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, "-1024"));
             obj.put(DataElement::new(tags::RESCALE_SLOPE, VR::DS, "1"));
             obj.put(DataElement::new(tags::RESCALE_TYPE, VR::LO, "HU"));
+        }
+        if self.modality == Modality::Pet {
+            obj.put(DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, "0"));
+            obj.put(DataElement::new(tags::RESCALE_SLOPE, VR::DS, "0.5"));
+            obj.put(DataElement::new(tags::UNITS, VR::CS, "BQML"));
+            obj.put(DataElement::new(tags::DECAY_CORRECTION, VR::CS, "START"));
+            obj.put(DataElement::new(tags::PATIENT_WEIGHT, VR::DS, "75"));
+            obj.put(DataElement::new(tags::SERIES_DATE, VR::DA, "20260101"));
+            obj.put(DataElement::new(tags::SERIES_TIME, VR::TM, "120000"));
+            obj.put(DataElement::new(tags::ACQUISITION_DATE, VR::DA, "20260101"));
+            obj.put(DataElement::new(tags::ACQUISITION_TIME, VR::TM, "120000"));
+            let drug = InMemDicomObject::from_element_iter([
+                DataElement::new(tags::RADIOPHARMACEUTICAL_START_TIME, VR::TM, "110000"),
+                DataElement::new(tags::RADIONUCLIDE_TOTAL_DOSE, VR::DS, "370000000"),
+                DataElement::new(tags::RADIONUCLIDE_HALF_LIFE, VR::DS, "6586.2"),
+            ]);
+            obj.put(DataElement::new(
+                tags::RADIOPHARMACEUTICAL_INFORMATION_SEQUENCE,
+                VR::SQ,
+                dicom_core::value::DataSetSequence::from(vec![drug]),
+            ));
         }
         obj.put(DataElement::new(
             tags::PIXEL_DATA,

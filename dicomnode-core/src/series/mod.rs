@@ -18,6 +18,9 @@
 //! ```
 
 use crate::input::value_of;
+mod from_volume;
+mod documents;
+
 use crate::pixels::PixelError;
 use crate::{DicomInstance, ProcessError};
 use dicom_core::value::PrimitiveValue;
@@ -92,6 +95,23 @@ pub struct DerivedSeries {
     description: String,
     series_number: u32,
     uid_root: Option<String>,
+    derivation: Option<String>,
+    stored_as: StoredAs,
+    series_uid: Option<String>,
+}
+
+/// How a derived series stores real values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StoredAs {
+    /// Unsigned 16-bit values with a slope and intercept computed from the data's range
+    /// (slope 1 when the values are integers within a 65 536 range).
+    #[default]
+    Fitted,
+    /// Signed 16-bit values, slope 1, intercept 0 (values rounded and clamped).
+    Signed16,
+    /// Unsigned 16-bit values, slope 1, intercept 0 (values rounded and clamped).
+    Unsigned16,
 }
 
 impl DerivedSeries {
@@ -101,7 +121,34 @@ impl DerivedSeries {
             description: description.into(),
             series_number,
             uid_root: None,
+            derivation: None,
+            stored_as: StoredAs::Fitted,
+            series_uid: None,
         }
+    }
+
+    /// DerivationDescription (0008,2111): how the values were made, in words.
+    pub fn derivation(mut self, text: impl Into<String>) -> Self {
+        self.derivation = Some(text.into());
+        self
+    }
+
+    /// Uses this SeriesInstanceUID (e.g. to put several screenshots in one series)
+    /// instead of a new one for each call.
+    pub fn series_uid(mut self, uid: impl Into<String>) -> Self {
+        self.series_uid = Some(uid.into());
+        self
+    }
+
+    /// The SeriesInstanceUID for the next instances: the one set, else a new one.
+    pub(crate) fn next_series_uid(&self) -> String {
+        self.series_uid.clone().unwrap_or_else(|| self.new_uid())
+    }
+
+    /// How real values are stored (see [`StoredAs`]); used by [`DerivedSeries::from_volume`].
+    pub fn stored_as(mut self, stored_as: StoredAs) -> Self {
+        self.stored_as = stored_as;
+        self
     }
 
     /// Makes new UIDs under an organisation's root (`<root>.<UUID as integer>`, cut to
@@ -140,7 +187,7 @@ impl DerivedSeries {
     where
         F: FnMut(&DicomInstance) -> Result<PixelBuffer, PixelError>,
     {
-        let series_uid = self.new_uid();
+        let series_uid = self.next_series_uid();
         let mut out = Vec::with_capacity(source.len());
         for (index, instance) in source.iter().enumerate() {
             let buffer = pixels(instance)?;
@@ -172,107 +219,131 @@ impl DerivedSeries {
             )));
         }
         let (stored, representation, slope, intercept) = buffer.encode();
-        // Everything but the old pixels, which are replaced anyway.
-        let mut obj = InMemDicomObject::from_element_iter(
-            source
-                .iter()
-                .filter(|e| e.header().tag != tags::PIXEL_DATA)
-                .cloned(),
-        );
-        let sop_uid = self.new_uid();
-        let sop_class = value_of(source, tags::SOP_CLASS_UID)
-            .ok_or_else(|| ProcessError::new("source instance lacks SOPClassUID"))?;
+        let mut obj = header_without_pixels(source);
         let instance_number =
             value_of(source, tags::INSTANCE_NUMBER).unwrap_or_else(|| (index + 1).to_string());
-        let put = |obj: &mut InMemDicomObject, tag, vr, value: PrimitiveValue| {
-            obj.put(DataElement::new(tag, vr, value));
-        };
-        put(
+        let sop_uid = self.new_uid();
+        self.identify(&mut obj, series_uid, &sop_uid, &instance_number);
+        put_grey_pixels(
             &mut obj,
-            tags::SOP_INSTANCE_UID,
-            VR::UI,
-            sop_uid.clone().into(),
+            GreyPixels {
+                stored: PrimitiveValue::U16(stored.into()),
+                bits: 16,
+                signed: representation == 1,
+                slope,
+                intercept,
+            },
         );
+        finish(obj, &sop_uid)
+    }
+
+    /// Sets the identity of a derived instance: new SOP Instance and Series UIDs, number,
+    /// description, ImageType DERIVED\SECONDARY and the derivation description.
+    pub(crate) fn identify(
+        &self,
+        obj: &mut InMemDicomObject,
+        series_uid: &str,
+        sop_uid: &str,
+        instance_number: &str,
+    ) {
+        put(obj, tags::SOP_INSTANCE_UID, VR::UI, sop_uid.into());
+        put(obj, tags::SERIES_INSTANCE_UID, VR::UI, series_uid.into());
         put(
-            &mut obj,
-            tags::SERIES_INSTANCE_UID,
-            VR::UI,
-            series_uid.into(),
-        );
-        put(
-            &mut obj,
+            obj,
             tags::SERIES_NUMBER,
             VR::IS,
             self.series_number.to_string().into(),
         );
         put(
-            &mut obj,
+            obj,
             tags::SERIES_DESCRIPTION,
             VR::LO,
             self.description.clone().into(),
         );
+        put(obj, tags::INSTANCE_NUMBER, VR::IS, instance_number.into());
         put(
-            &mut obj,
-            tags::INSTANCE_NUMBER,
-            VR::IS,
-            instance_number.into(),
-        );
-        put(
-            &mut obj,
+            obj,
             tags::IMAGE_TYPE,
             VR::CS,
             PrimitiveValue::Strs(["DERIVED".to_string(), "SECONDARY".to_string()].into()),
         );
-        put(&mut obj, tags::SAMPLES_PER_PIXEL, VR::US, 1u16.into());
-        put(
-            &mut obj,
-            tags::PHOTOMETRIC_INTERPRETATION,
-            VR::CS,
-            "MONOCHROME2".into(),
-        );
-        put(&mut obj, tags::BITS_ALLOCATED, VR::US, 16u16.into());
-        put(&mut obj, tags::BITS_STORED, VR::US, 16u16.into());
-        put(&mut obj, tags::HIGH_BIT, VR::US, 15u16.into());
-        put(
-            &mut obj,
-            tags::PIXEL_REPRESENTATION,
-            VR::US,
-            representation.into(),
-        );
-        put(
-            &mut obj,
-            tags::RESCALE_SLOPE,
-            VR::DS,
-            format_ds(slope).into(),
-        );
-        put(
-            &mut obj,
-            tags::RESCALE_INTERCEPT,
-            VR::DS,
-            format_ds(intercept).into(),
-        );
-        for stale in [
-            tags::SMALLEST_IMAGE_PIXEL_VALUE,
-            tags::LARGEST_IMAGE_PIXEL_VALUE,
-            tags::WINDOW_CENTER,
-            tags::WINDOW_WIDTH,
-            tags::PLANAR_CONFIGURATION,
-            tags::LOSSY_IMAGE_COMPRESSION,
-        ] {
-            obj.remove_element(stale);
+        if let Some(derivation) = &self.derivation {
+            put(obj, tags::DERIVATION_DESCRIPTION, VR::ST, derivation.clone().into());
         }
-        put(
-            &mut obj,
-            tags::PIXEL_DATA,
-            VR::OW,
-            PrimitiveValue::U16(stored.into()),
-        );
-        let meta = FileMetaTableBuilder::new()
-            .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-            .media_storage_sop_class_uid(sop_class)
-            .media_storage_sop_instance_uid(sop_uid);
-        obj.with_meta(meta).map_err(ProcessError::from)
     }
+}
+
+pub(crate) fn put(obj: &mut InMemDicomObject, tag: dicom_core::Tag, vr: VR, value: PrimitiveValue) {
+    obj.put(DataElement::new(tag, vr, value));
+}
+
+/// Every element of `source` but its pixel data.
+pub(crate) fn header_without_pixels(source: &DicomInstance) -> InMemDicomObject {
+    InMemDicomObject::from_element_iter(
+        source
+            .iter()
+            .filter(|e| e.header().tag != tags::PIXEL_DATA)
+            .cloned(),
+    )
+}
+
+/// Grey-scale stored values and how they map to real-world values.
+pub(crate) struct GreyPixels {
+    pub stored: PrimitiveValue,
+    pub bits: u16,
+    pub signed: bool,
+    pub slope: f64,
+    pub intercept: f64,
+}
+
+/// Writes the image pixel module of a single-sample grey-scale image.
+pub(crate) fn put_grey_pixels(obj: &mut InMemDicomObject, pixels: GreyPixels) {
+    put(obj, tags::SAMPLES_PER_PIXEL, VR::US, 1u16.into());
+    put(
+        obj,
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        "MONOCHROME2".into(),
+    );
+    put(obj, tags::BITS_ALLOCATED, VR::US, pixels.bits.into());
+    put(obj, tags::BITS_STORED, VR::US, pixels.bits.into());
+    put(obj, tags::HIGH_BIT, VR::US, (pixels.bits - 1).into());
+    put(
+        obj,
+        tags::PIXEL_REPRESENTATION,
+        VR::US,
+        u16::from(pixels.signed).into(),
+    );
+    put(obj, tags::RESCALE_SLOPE, VR::DS, format_ds(pixels.slope).into());
+    put(
+        obj,
+        tags::RESCALE_INTERCEPT,
+        VR::DS,
+        format_ds(pixels.intercept).into(),
+    );
+    for stale in [
+        tags::SMALLEST_IMAGE_PIXEL_VALUE,
+        tags::LARGEST_IMAGE_PIXEL_VALUE,
+        tags::WINDOW_CENTER,
+        tags::WINDOW_WIDTH,
+        tags::PLANAR_CONFIGURATION,
+        tags::LOSSY_IMAGE_COMPRESSION,
+    ] {
+        obj.remove_element(stale);
+    }
+    let vr = if pixels.bits == 8 { VR::OB } else { VR::OW };
+    put(obj, tags::PIXEL_DATA, vr, pixels.stored);
+}
+
+/// The Part-10 instance of `obj`, in Explicit VR Little Endian.
+pub(crate) fn finish(obj: InMemDicomObject, sop_uid: &str) -> Result<DicomInstance, ProcessError> {
+    let sop_class = value_of(&obj, tags::SOP_CLASS_UID)
+        .ok_or_else(|| ProcessError::new("source instance lacks SOPClassUID"))?;
+    let meta = FileMetaTableBuilder::new()
+        .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .media_storage_sop_class_uid(sop_class)
+        .media_storage_sop_instance_uid(sop_uid);
+    obj.with_meta(meta).map_err(ProcessError::from)
 }
 
 /// A decimal string of at most 16 characters (the DS limit) that parses back to `value`
