@@ -36,6 +36,9 @@ pub use pipeline::{Pipeline, Processor};
 pub use retry::RetryPolicy;
 pub use volume::{Volume, VolumeOptions};
 
+/// n-dimensional arrays, the type of [`Volume::data`], re-exported so versions match.
+pub use ndarray;
+
 /// A DICOM object with its file meta group, as processors receive and outputs write it.
 pub type DicomInstance = dicom_object::DefaultDicomObject;
 

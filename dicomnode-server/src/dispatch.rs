@@ -58,6 +58,18 @@ pub enum DispatchError {
         /// The instance's transfer syntax.
         transfer_syntax: String,
     },
+    /// The destination accepts the instance only uncompressed, and its pixel data could
+    /// not be decoded.
+    #[error("{address} accepts {sop_instance} only uncompressed, and it cannot be decoded")]
+    Decode {
+        /// The destination.
+        address: String,
+        /// The instance.
+        sop_instance: String,
+        /// Why decoding failed.
+        #[source]
+        source: dicomnode_core::pixels::PixelError,
+    },
     /// Talking on the association failed.
     #[error("association with {address} failed: {source}")]
     Transfer {
@@ -92,7 +104,8 @@ impl DispatchError {
             }
             DispatchError::NoContext { .. }
             | DispatchError::Refused { .. }
-            | DispatchError::Tls { .. } => SendFailure::Permanent,
+            | DispatchError::Tls { .. }
+            | DispatchError::Decode { .. } => SendFailure::Permanent,
             DispatchError::Transfer { .. } => SendFailure::Transient,
         }
     }
@@ -124,10 +137,16 @@ macro_rules! on_link {
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 
+fn is_native(ts: &str) -> bool {
+    ts == EXPLICIT_LE || ts == IMPLICIT_LE
+}
+
 impl StoreAssociation {
     /// Opens an association proposing Verification and, for each (SOP class, transfer
     /// syntax) given, a presentation context with that transfer syntax (plus the native
-    /// little endian ones, if it is native).
+    /// little endian ones, if it is native). A compressed syntax gets a second context
+    /// with the native ones, so that a peer that does not take it can be sent the
+    /// instance decoded.
     pub fn open(
         destination: &Address,
         calling_ae_title: &str,
@@ -152,6 +171,12 @@ impl StoreAssociation {
                 }
             }
             options = options.with_presentation_context(sop_class.clone(), syntaxes);
+            if !is_native(ts) {
+                options = options.with_presentation_context(
+                    sop_class.clone(),
+                    vec![EXPLICIT_LE.to_string(), IMPLICIT_LE.to_string()],
+                );
+            }
         }
         let failed = |source| DispatchError::Associate {
             address: address.clone(),
@@ -266,19 +291,48 @@ impl StoreAssociation {
     }
 
     /// Sends one instance; returns the C-STORE status. It goes in its own transfer syntax,
-    /// or, when the peer accepted only the other native little endian one for its SOP
-    /// class, in that (a native data set converts without touching its pixel data).
+    /// or, when the peer accepted only a native little endian one for its SOP class, in
+    /// that: a native data set converts without touching its pixel data, a compressed one
+    /// is decoded first.
     pub fn store(&mut self, instance: &DicomInstance) -> Result<u16, DispatchError> {
         let (sop_class, sop_instance, own) = meta_uids(instance.meta());
+        if self.accepted_context(sop_class, Some(own)).is_none() && !is_native(own) {
+            if let Some(native) = [EXPLICIT_LE, IMPLICIT_LE]
+                .into_iter()
+                .find(|native| self.accepted_context(sop_class, Some(native)).is_some())
+            {
+                let decoded = dicomnode_core::pixels::decompressed(instance).map_err(|source| {
+                    DispatchError::Decode {
+                        address: self.address.clone(),
+                        sop_instance: sop_instance.to_string(),
+                        source,
+                    }
+                })?;
+                tracing::info!(
+                    destination = %self.address,
+                    sop_instance,
+                    from = own,
+                    to = native,
+                    "the destination does not accept the instance's transfer syntax: sending it decoded"
+                );
+                return self.store_native(&decoded, native);
+            }
+        }
         let ts = if self.accepted_context(sop_class, Some(own)).is_some() {
             own
         } else {
             [EXPLICIT_LE, IMPLICIT_LE]
                 .into_iter()
-                .filter(|_| own == EXPLICIT_LE || own == IMPLICIT_LE)
+                .filter(|_| is_native(own))
                 .find(|native| self.accepted_context(sop_class, Some(native)).is_some())
                 .unwrap_or(own)
         };
+        self.store_native(instance, ts)
+    }
+
+    /// Sends `instance` in `ts`, re-encoding its data set if `ts` is not its own.
+    fn store_native(&mut self, instance: &DicomInstance, ts: &str) -> Result<u16, DispatchError> {
+        let (sop_class, sop_instance, own) = meta_uids(instance.meta());
         let Some(syntax) = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(ts) else {
             return Err(self.transfer_error(format!("unknown transfer syntax {ts}")));
         };

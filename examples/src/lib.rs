@@ -1,5 +1,7 @@
 //! Pipelines shared by the runnable examples (`examples/*.rs`).
 
+pub mod volume_stats;
+
 pub mod store {
     //! A pipeline that writes every patient's instances to a directory, from the child.
 
