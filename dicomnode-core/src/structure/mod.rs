@@ -25,6 +25,7 @@ pub const MAX_SEQUENCE_DEPTH: usize = 64;
 
 /// The implicit VR little endian transfer syntax (the only implicit one).
 const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
+const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 /// A deflated data set inflating past this is refused (a deflate bomb).
 const MAX_INFLATED: u64 = 1 << 32;
 
@@ -159,13 +160,38 @@ pub fn read_header<R: Read + Seek>(
     source
         .seek(SeekFrom::Start(start))
         .map_err(StructureError::Io)?;
-    let reader = io::BufReader::new(source);
-    let mut collector =
-        dicom_object::collector::DicomCollector::new_with_ts(reader, transfer_syntax.to_string());
     let mut header = dicom_object::InMemDicomObject::new_empty();
-    collector
-        .read_dataset_up_to_pixeldata(&mut header)
-        .map_err(|e| HeaderError::Parse(Box::new(e)))?;
+    let deflate = TransferSyntaxRegistry
+        .get(transfer_syntax)
+        .and_then(|ts| match ts.codec() {
+            Codec::Dataset(Some(adapter)) => Some(adapter),
+            _ => None,
+        });
+    let parsed = match deflate {
+        // Deflated: the collector reads the inflated stream as the explicit VR little
+        // endian data set it is (the check above bounded how far it inflates).
+        // The collector needs to seek, so the inflated data set is held in memory: deflate
+        // is rare for images, and the check above bounded its size.
+        Some(adapter) => {
+            let mut inflated = Vec::new();
+            adapter
+                .adapt_reader(Box::new(io::BufReader::new(source)))
+                .take(MAX_INFLATED)
+                .read_to_end(&mut inflated)
+                .map_err(StructureError::Io)?;
+            dicom_object::collector::DicomCollector::new_with_ts(
+                io::BufReader::new(io::Cursor::new(inflated)),
+                EXPLICIT_VR_LE.to_string(),
+            )
+            .read_dataset_up_to_pixeldata(&mut header)
+        }
+        None => dicom_object::collector::DicomCollector::new_with_ts(
+            io::BufReader::new(source),
+            transfer_syntax.to_string(),
+        )
+        .read_dataset_up_to_pixeldata(&mut header),
+    };
+    parsed.map_err(|e| HeaderError::Parse(Box::new(e)))?;
     Ok(header)
 }
 
