@@ -168,7 +168,11 @@ impl SeriesQuery {
                 present: if series.is_empty() {
                     "none".into()
                 } else {
-                    series.iter().map(describe_series).collect::<Vec<_>>().join(", ")
+                    series
+                        .iter()
+                        .map(describe_series)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 },
             }),
             many => Err(SelectError::Ambiguous {

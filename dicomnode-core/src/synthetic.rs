@@ -119,7 +119,9 @@ impl SyntheticSeries {
         use dicom_core::value::DataSetSequence;
         let classic = self.build()?;
         let first = classic.first().ok_or(SyntheticError::Empty)?;
-        let item = |elements: Vec<DataElement<InMemDicomObject>>| InMemDicomObject::from_element_iter(elements);
+        let item = |elements: Vec<DataElement<InMemDicomObject>>| {
+            InMemDicomObject::from_element_iter(elements)
+        };
         let seq = |items: Vec<InMemDicomObject>| DataSetSequence::from(items);
         let get = |obj: &InMemDicomObject, tag| obj.get(tag).cloned();
         let rescale = crate::pixels::Rescale::of(first);
@@ -129,16 +131,23 @@ impl SyntheticSeries {
                     tags::PIXEL_MEASURES_SEQUENCE,
                     VR::SQ,
                     seq(vec![item(
-                        [get(first, tags::PIXEL_SPACING), get(first, tags::SLICE_THICKNESS)]
-                            .into_iter()
-                            .flatten()
-                            .collect(),
+                        [
+                            get(first, tags::PIXEL_SPACING),
+                            get(first, tags::SLICE_THICKNESS),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
                     )]),
                 ),
                 DataElement::new(
                     tags::PLANE_ORIENTATION_SEQUENCE,
                     VR::SQ,
-                    seq(vec![item(get(first, tags::IMAGE_ORIENTATION_PATIENT).into_iter().collect())]),
+                    seq(vec![item(
+                        get(first, tags::IMAGE_ORIENTATION_PATIENT)
+                            .into_iter()
+                            .collect(),
+                    )]),
                 ),
             ]
             .into(),
@@ -159,15 +168,27 @@ impl SyntheticSeries {
                 DataElement::new(
                     tags::PLANE_POSITION_SEQUENCE,
                     VR::SQ,
-                    seq(vec![item(get(instance, tags::IMAGE_POSITION_PATIENT).into_iter().collect())]),
+                    seq(vec![item(
+                        get(instance, tags::IMAGE_POSITION_PATIENT)
+                            .into_iter()
+                            .collect(),
+                    )]),
                 ),
-                DataElement::new(tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, VR::SQ, seq(vec![transform])),
+                DataElement::new(
+                    tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+                    VR::SQ,
+                    seq(vec![transform]),
+                ),
             ]));
             let bytes = instance
                 .get(tags::PIXEL_DATA)
                 .and_then(|e| e.to_bytes().ok())
                 .ok_or(SyntheticError::Empty)?;
-            pixels.extend(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])));
+            pixels.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]])),
+            );
         }
         let class = match self.modality {
             Modality::Ct => uids::ENHANCED_CT_IMAGE_STORAGE,
@@ -188,12 +209,32 @@ impl SyntheticSeries {
             obj.remove_element(per_slice);
         }
         obj.put(DataElement::new(tags::SOP_CLASS_UID, VR::UI, class));
-        obj.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, sop_uid.as_str()));
+        obj.put(DataElement::new(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            sop_uid.as_str(),
+        ));
         obj.put(DataElement::new(tags::INSTANCE_NUMBER, VR::IS, "1"));
-        obj.put(DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, classic.len().to_string()));
-        obj.put(DataElement::new(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, VR::SQ, seq(vec![shared])));
-        obj.put(DataElement::new(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, VR::SQ, seq(per_frame)));
-        obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into())));
+        obj.put(DataElement::new(
+            tags::NUMBER_OF_FRAMES,
+            VR::IS,
+            classic.len().to_string(),
+        ));
+        obj.put(DataElement::new(
+            tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE,
+            VR::SQ,
+            seq(vec![shared]),
+        ));
+        obj.put(DataElement::new(
+            tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE,
+            VR::SQ,
+            seq(per_frame),
+        ));
+        obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(pixels.into()),
+        ));
         obj.with_meta(
             FileMetaTableBuilder::new()
                 .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)

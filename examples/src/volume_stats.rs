@@ -5,8 +5,8 @@ use dicomnode_server::dicom_dictionary_std::tags;
 use dicomnode_server::selection::split_series;
 use dicomnode_server::tracing;
 use dicomnode_server::{
-    sanitize, Input, InputContainer, NoOutput, Output, Pipeline, ProcessError, Processor,
-    Volume, VolumeOptions,
+    sanitize, Input, InputContainer, NoOutput, Output, Pipeline, ProcessError, Processor, Volume,
+    VolumeOptions,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};

@@ -3,6 +3,8 @@
 
 pub mod raw;
 
+pub mod codecs;
+
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Read;

@@ -337,3 +337,75 @@ fn the_demo_runs_end_to_end() {
         .expect("the demo says where its files are");
     std::fs::remove_dir_all(out).unwrap();
 }
+
+#[test]
+fn compressed_instances_go_decoded_to_a_peer_that_takes_only_native_ones() {
+    use dicomnode_server::dispatch::StoreAssociation;
+    isolated_network();
+    let received = tempfile::tempdir().unwrap();
+    // storescp by default accepts uncompressed transfer syntaxes only.
+    let scp = storescp(received.path());
+    let input = tempfile::tempdir().unwrap();
+    let native = SyntheticSeries::ct("DECODED-1", 2)
+        .size(32, 32)
+        .write_to(input.path())
+        .unwrap();
+    let mut compressed = Vec::new();
+    for (path, argv) in native.iter().zip([
+        &["/usr/bin/dcmcjpeg", "+e1"][..],
+        &["/usr/bin/gdcmconv", "--j2k"][..],
+    ]) {
+        let out = path.with_extension("compressed.dcm");
+        let mut command = Command::new(argv[0]);
+        command
+            .env("TCP_NODELAY", "1")
+            .args(&argv[1..])
+            .arg(path)
+            .arg(&out);
+        let (status, text) = run(command);
+        assert!(status.status.success(), "{text}");
+        compressed.push(open_file(&out).unwrap());
+    }
+    let contexts: Vec<(String, String)> = compressed
+        .iter()
+        .map(|o| {
+            (
+                o.meta()
+                    .media_storage_sop_class_uid()
+                    .trim_end_matches('\0')
+                    .to_string(),
+                o.meta()
+                    .transfer_syntax()
+                    .trim_end_matches('\0')
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(contexts[0].1, "1.2.840.10008.1.2.4.70");
+    assert_eq!(contexts[1].1, "1.2.840.10008.1.2.4.90");
+    let address: dicomnode_server::Address =
+        format!("STORESCP@127.0.0.1:{}", scp.port).parse().unwrap();
+    let mut association = StoreAssociation::open(&address, "DICOMNODE", &contexts).unwrap();
+    for instance in &compressed {
+        assert_eq!(association.store(instance).unwrap(), 0x0000);
+    }
+    association.release().unwrap();
+    let files = files_in(received.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    for path in files {
+        let got = open_file(&path).unwrap();
+        assert_eq!(
+            got.meta().transfer_syntax().trim_end_matches('\0'),
+            "1.2.840.10008.1.2.1"
+        );
+        let original = native
+            .iter()
+            .map(|p| open_file(p).unwrap())
+            .find(|o| text(o, tags::SOP_INSTANCE_UID) == text(&got, tags::SOP_INSTANCE_UID))
+            .expect("the same SOP instance");
+        assert_eq!(
+            pixels::stored(&got).unwrap(),
+            pixels::stored(&original).unwrap()
+        );
+    }
+}

@@ -9,55 +9,30 @@ use dicomnode_server::dicom_object::open_file;
 use dicomnode_server::input::value_of;
 use dicomnode_server::pixels;
 use dicomnode_server::synthetic::SyntheticSeries;
+use dicomnode_tests::codecs::{tool, SYNTAXES};
 use dicomnode_tests::{dcmtk, example_exe, run, NodeProcess};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
-
-/// (name, transfer syntax UID, encoder, reference decoder, 8-bit input, lossless)
-const SYNTAXES: &[(&str, &str, &[&str], &[&str], bool, bool)] = &[
-    ("explicit", "1.2.840.10008.1.2.1", &["/usr/bin/dcmconv", "+te"], &["/usr/bin/dcmconv", "+te"], false, true),
-    ("implicit", "1.2.840.10008.1.2", &["/usr/bin/dcmconv", "+ti"], &["/usr/bin/dcmconv", "+te"], false, true),
-    ("big-endian", "1.2.840.10008.1.2.2", &["/usr/bin/dcmconv", "+tb"], &["/usr/bin/dcmconv", "+te"], false, true),
-    ("deflated", "1.2.840.10008.1.2.1.99", &["/usr/bin/dcmconv", "+td"], &["/usr/bin/dcmconv", "+te"], false, true),
-    ("rle", "1.2.840.10008.1.2.5", &["/usr/bin/dcmcrle"], &["/usr/bin/dcmdrle"], false, true),
-    ("jpeg-baseline", "1.2.840.10008.1.2.4.50", &["/usr/bin/dcmcjpeg", "+eb"], &["/usr/bin/dcmdjpeg"], true, false),
-    ("jpeg-extended", "1.2.840.10008.1.2.4.51", &["/usr/bin/dcmcjpeg", "+ee"], &["/usr/bin/dcmdjpeg"], true, false),
-    ("jpeg-lossless", "1.2.840.10008.1.2.4.57", &["/usr/bin/dcmcjpeg", "+el"], &["/usr/bin/dcmdjpeg"], false, true),
-    ("jpeg-sv1", "1.2.840.10008.1.2.4.70", &["/usr/bin/dcmcjpeg", "+e1"], &["/usr/bin/dcmdjpeg"], false, true),
-    ("jpeg-ls", "1.2.840.10008.1.2.4.80", &["/usr/bin/dcmcjpls", "+el"], &["/usr/bin/dcmdjpls"], false, true),
-    ("jpeg-ls-near", "1.2.840.10008.1.2.4.81", &["/usr/bin/dcmcjpls", "+en", "+md", "2"], &["/usr/bin/dcmdjpls"], false, false),
-    ("j2k", "1.2.840.10008.1.2.4.90", &["/usr/bin/gdcmconv", "--j2k"], &["/usr/bin/gdcmconv", "--raw"], false, true),
-    ("j2k-lossy", "1.2.840.10008.1.2.4.91", &["/usr/bin/gdcmconv", "--j2k", "--lossy", "-q", "40"], &["/usr/bin/gdcmconv", "--raw"], false, false),
-];
-
-fn tool(argv: &[&str], input: &Path, output: &Path) {
-    let mut command = if argv[0].starts_with("/usr/bin/dcm") {
-        dcmtk(argv[0].trim_start_matches("/usr/bin/"))
-    } else {
-        Command::new(argv[0])
-    };
-    command.args(&argv[1..]).arg(input).arg(output);
-    let (status, text) = run(command);
-    assert!(status.status.success(), "{argv:?} failed: {text}");
-}
 
 /// A storescu configuration with one profile per transfer syntax, each proposing CT and
 /// MR storage in that syntax alone.
 fn storescu_config(dir: &Path) -> PathBuf {
     let mut text = String::from("[[TransferSyntaxes]]\n");
-    for (name, uid, ..) in SYNTAXES {
+    for s in SYNTAXES {
+        let (name, uid) = (s.name, s.uid);
         text.push_str(&format!("[TS_{name}]\nTransferSyntax1 = {uid}\n"));
     }
     text.push_str("\n[[PresentationContexts]]\n");
-    for (name, ..) in SYNTAXES {
+    for name in SYNTAXES.iter().map(|s| s.name) {
         text.push_str(&format!(
             "[PC_{name}]\nPresentationContext1 = CTImageStorage\\TS_{name}\nPresentationContext2 = MRImageStorage\\TS_{name}\nPresentationContext3 = PositronEmissionTomographyImageStorage\\TS_{name}\n"
         ));
     }
     text.push_str("\n[[Profiles]]\n");
-    for (name, ..) in SYNTAXES {
-        text.push_str(&format!("[ONLY_{name}]\nPresentationContexts = PC_{name}\n"));
+    for name in SYNTAXES.iter().map(|s| s.name) {
+        text.push_str(&format!(
+            "[ONLY_{name}]\nPresentationContexts = PC_{name}\n"
+        ));
     }
     let path = dir.join("storescu.cfg");
     std::fs::write(&path, text).unwrap();
@@ -95,7 +70,11 @@ fn volume_stats_takes_every_syntax_each_proposed_alone() {
         &["--port", "0", "--out", out.to_str().unwrap()],
     );
     let mut expected = Vec::new();
-    for (name, uid, encode, decode, eight_bit, lossless) in SYNTAXES {
+    for s in SYNTAXES {
+        let (name, uid, encode, decode) = (&s.name, &s.uid, s.encode, s.decode);
+        // 8-bit data for the 8-bit JPEG processes; unsigned 16-bit otherwise.
+        let eight_bit = &matches!(s.name, "jpeg-baseline" | "jpeg-extended");
+        let lossless = &s.tolerance.is_none();
         let patient = format!("VS-{name}");
         let series = SyntheticSeries::ct(&patient, 4).size(32, 32);
         let native_dir = dir.path().join(format!("{name}-native"));
@@ -108,14 +87,24 @@ fn volume_stats_takes_every_syntax_each_proposed_alone() {
             // so that near-lossless JPEG-LS takes them; 8 bits for lossy JPEG (as MR).
             let (bits, data) = if *eight_bit {
                 obj.put(DataElement::new(tags::MODALITY, VR::CS, "MR"));
-                obj.put(DataElement::new(tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.4"));
+                obj.put(DataElement::new(
+                    tags::SOP_CLASS_UID,
+                    VR::UI,
+                    "1.2.840.10008.5.1.4.1.1.4",
+                ));
                 obj.meta_mut().media_storage_sop_class_uid = "1.2.840.10008.5.1.4.1.1.4".into();
                 obj.remove_element(tags::RESCALE_INTERCEPT);
                 obj.remove_element(tags::RESCALE_SLOPE);
                 obj.remove_element(tags::RESCALE_TYPE);
-                (8u16, PrimitiveValue::U8(stored.iter().map(|&v| (v / 5) as u8).collect()))
+                (
+                    8u16,
+                    PrimitiveValue::U8(stored.iter().map(|&v| (v / 5) as u8).collect()),
+                )
             } else {
-                (16u16, PrimitiveValue::U16(stored.iter().map(|&v| v as u16).collect()))
+                (
+                    16u16,
+                    PrimitiveValue::U16(stored.iter().map(|&v| v as u16).collect()),
+                )
             };
             for (tag, value) in [
                 (tags::BITS_ALLOCATED, bits),
@@ -131,7 +120,12 @@ fn volume_stats_takes_every_syntax_each_proposed_alone() {
             obj.write_to_file(&native).unwrap();
             let encoded = native_dir.join(format!("{k}.{name}.dcm"));
             tool(encode, &native, &encoded);
-            let encoded_ts = open_file(&encoded).unwrap().meta().transfer_syntax().trim_end_matches('\0').to_string();
+            let encoded_ts = open_file(&encoded)
+                .unwrap()
+                .meta()
+                .transfer_syntax()
+                .trim_end_matches('\0')
+                .to_string();
             assert_eq!(&encoded_ts, uid);
             let reference = native_dir.join(format!("{k}.ref.dcm"));
             tool(decode, &encoded, &reference);
@@ -147,7 +141,14 @@ fn volume_stats_takes_every_syntax_each_proposed_alone() {
             .args(&sent);
         let (output, text) = run(storescu);
         assert!(output.status.success(), "storescu for {name}: {text}");
-        expected.push((patient, series.series_uid.clone(), stats(&references), *eight_bit, *lossless, *name));
+        expected.push((
+            patient,
+            series.series_uid.clone(),
+            stats(&references),
+            *eight_bit,
+            *lossless,
+            *name,
+        ));
     }
     let pet = SyntheticSeries::pet("VS-PET", 3).size(16, 16);
     let pet_paths = pet.write_to(&dir.path().join("pet")).unwrap();
@@ -164,30 +165,67 @@ fn volume_stats_takes_every_syntax_each_proposed_alone() {
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let entry = &json[&series_uid];
-        assert_eq!(entry["shape"], serde_json::json!([4, 32, 32]), "{name}: {json}");
-        assert_eq!(entry["spacing"], serde_json::json!([2.5, 0.9765625, 0.9765625]), "{name}");
-        assert_eq!(entry["origin"], serde_json::json!([-250.0, -250.0, 2.5]), "{name}");
-        assert_eq!(entry["units"], if eight_bit { "US" } else { "HU" }, "{name}");
-        assert_eq!(entry["modality"], if eight_bit { "MR" } else { "CT" }, "{name}");
+        assert_eq!(
+            entry["shape"],
+            serde_json::json!([4, 32, 32]),
+            "{name}: {json}"
+        );
+        assert_eq!(
+            entry["spacing"],
+            serde_json::json!([2.5, 0.9765625, 0.9765625]),
+            "{name}"
+        );
+        assert_eq!(
+            entry["origin"],
+            serde_json::json!([-250.0, -250.0, 2.5]),
+            "{name}"
+        );
+        assert_eq!(
+            entry["units"],
+            if eight_bit { "US" } else { "HU" },
+            "{name}"
+        );
+        assert_eq!(
+            entry["modality"],
+            if eight_bit { "MR" } else { "CT" },
+            "{name}"
+        );
         let got = |k: &str| entry[k].as_f64().unwrap();
         // Lossless: exactly the reference decoder's values; lossy: ours and the
         // reference's decoders may round differently.
         let (tolerance, mean_tolerance) = if lossless { (0.0, 1e-4) } else { (3.0, 0.5) };
-        assert!((got("min") - min).abs() <= tolerance, "{name}: min {} vs {min}", got("min"));
-        assert!((got("max") - max).abs() <= tolerance, "{name}: max {} vs {max}", got("max"));
-        assert!((got("mean") - mean).abs() <= mean_tolerance, "{name}: mean {} vs {mean}", got("mean"));
+        assert!(
+            (got("min") - min).abs() <= tolerance,
+            "{name}: min {} vs {min}",
+            got("min")
+        );
+        assert!(
+            (got("max") - max).abs() <= tolerance,
+            "{name}: max {} vs {max}",
+            got("max")
+        );
+        assert!(
+            (got("mean") - mean).abs() <= mean_tolerance,
+            "{name}: mean {} vs {mean}",
+            got("mean")
+        );
     }
-    let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(out.join("VS-PET.json")).unwrap(),
-    )
-    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("VS-PET.json")).unwrap()).unwrap();
     let entry = &json[&pet.series_uid];
     assert_eq!(entry["units"], "SUVbw", "{json}");
     let (min, max, mean) = stats(&pet_paths);
     // Bq/ml to SUVbw: 75 kg, 370 MBq decayed over the hour from injection to series start.
     let factor = 75_000.0 / (370e6 * 0.5f64.powf(3600.0 / 6586.2));
-    for (key, want) in [("min", min * factor), ("max", max * factor), ("mean", mean * factor)] {
+    for (key, want) in [
+        ("min", min * factor),
+        ("max", max * factor),
+        ("mean", mean * factor),
+    ] {
         let got = entry[key].as_f64().unwrap();
-        assert!((got - want).abs() <= 1e-4 * want.abs().max(1e-3), "PET {key}: {got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-4 * want.abs().max(1e-3),
+            "PET {key}: {got} vs {want}"
+        );
     }
 }

@@ -76,8 +76,12 @@ fn ybr_full_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
 }
 
 /// Expands native YBR_FULL_422 (Y1 Y2 Cb Cr for each two pixels of a row) to YBR_FULL.
-pub(crate) fn expand_422(bytes: &[u8], layout: &Layout, frames: u32) -> Result<Vec<u8>, PixelError> {
-    if layout.bits_allocated != 8 || layout.columns % 2 != 0 {
+pub(crate) fn expand_422(
+    bytes: &[u8],
+    layout: &Layout,
+    frames: u32,
+) -> Result<Vec<u8>, PixelError> {
+    if layout.bits_allocated != 8 || !layout.columns.is_multiple_of(2) {
         return Err(PixelError::Unsupported(
             "YBR_FULL_422 with more than 8 bits or an odd number of columns".into(),
         ));

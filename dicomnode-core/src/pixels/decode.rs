@@ -425,7 +425,12 @@ fn to_samples(bytes: &[u8], layout: &Layout, count: usize) -> Result<Samples, Pi
         }
     };
     Ok(match (width, layout.signed) {
-        (1, false) => Samples::U8(bytes.iter().map(|&b| unsigned(u32::from(b)) as u8).collect()),
+        (1, false) => Samples::U8(
+            bytes
+                .iter()
+                .map(|&b| unsigned(u32::from(b)) as u8)
+                .collect(),
+        ),
         (1, true) => Samples::I8(bytes.iter().map(|&b| signed(u32::from(b)) as i8).collect()),
         (2, false) => Samples::U16(
             bytes

@@ -14,8 +14,8 @@ mod color;
 mod decode;
 mod transcode;
 
-pub use decode::{decode, decode_frame, Image, Photometric, Samples};
 pub(crate) use decode::Layout;
+pub use decode::{decode, decode_frame, Image, Photometric, Samples};
 pub use transcode::decompressed;
 
 use crate::input::value_of;
@@ -77,8 +77,11 @@ impl Rescale {
     pub fn of(instance: &DicomInstance) -> Rescale {
         Rescale::in_object(instance)
             .or_else(|| {
-                crate::volume::functional::shared_item(instance, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE)
-                    .and_then(Rescale::in_object)
+                crate::volume::functional::shared_item(
+                    instance,
+                    tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+                )
+                .and_then(Rescale::in_object)
             })
             .unwrap_or(Rescale {
                 slope: 1.0,
@@ -132,7 +135,9 @@ pub fn rescaled(instance: &DicomInstance) -> Result<Vec<f32>, PixelError> {
     let mut out = Vec::with_capacity(image.samples.len());
     image
         .samples
-        .extend_mapped(0..image.samples.len(), &mut out, |v| rescale.apply(v) as f32);
+        .extend_mapped(0..image.samples.len(), &mut out, |v| {
+            rescale.apply(v) as f32
+        });
     Ok(out)
 }
 
@@ -168,7 +173,10 @@ mod tests {
         );
         let error = rescaled(&ct).unwrap_err();
         assert!(matches!(error, PixelError::NoDecoder { .. }), "{error}");
-        assert!(error.to_string().contains("1.2.840.10008.1.2.4.100"), "{error}");
+        assert!(
+            error.to_string().contains("1.2.840.10008.1.2.4.100"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -186,7 +194,10 @@ mod tests {
         ));
         assert!(matches!(
             decode(&ct).unwrap_err(),
-            PixelError::Truncated { expected: 32, found: 10 }
+            PixelError::Truncated {
+                expected: 32,
+                found: 10
+            }
         ));
         assert!(decode_frame(&ct, 1).is_err());
     }

@@ -23,7 +23,10 @@ pub fn decompressed(instance: &DicomInstance) -> Result<DicomInstance, PixelErro
         let image = decode(instance)?;
         let (vr, value) = match image.samples {
             Samples::U8(v) => (VR::OB, PrimitiveValue::U8(v.into())),
-            Samples::I8(v) => (VR::OB, PrimitiveValue::U8(v.iter().map(|&x| x as u8).collect())),
+            Samples::I8(v) => (
+                VR::OB,
+                PrimitiveValue::U8(v.iter().map(|&x| x as u8).collect()),
+            ),
             Samples::U16(v) => (VR::OW, PrimitiveValue::U16(v.into())),
             Samples::I16(v) => (VR::OW, PrimitiveValue::I16(v.into())),
             Samples::U32(v) => (VR::OL, PrimitiveValue::U32(v.into())),

@@ -125,7 +125,12 @@ impl DerivedSeries {
         );
         put(&mut obj, tags::CONVERSION_TYPE, VR::CS, "WSD".into());
         put(&mut obj, tags::SAMPLES_PER_PIXEL, VR::US, 3u16.into());
-        put(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "RGB".into());
+        put(
+            &mut obj,
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            "RGB".into(),
+        );
         put(&mut obj, tags::PLANAR_CONFIGURATION, VR::US, 0u16.into());
         put(&mut obj, tags::ROWS, VR::US, rows.into());
         put(&mut obj, tags::COLUMNS, VR::US, columns.into());
@@ -134,7 +139,12 @@ impl DerivedSeries {
         put(&mut obj, tags::HIGH_BIT, VR::US, 7u16.into());
         put(&mut obj, tags::PIXEL_REPRESENTATION, VR::US, 0u16.into());
         put(&mut obj, tags::BURNED_IN_ANNOTATION, VR::CS, "YES".into());
-        put(&mut obj, tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(rgb.into()));
+        put(
+            &mut obj,
+            tags::PIXEL_DATA,
+            VR::OB,
+            PrimitiveValue::U8(rgb.into()),
+        );
         finish(obj, &sop_uid)
     }
 
@@ -156,7 +166,12 @@ impl DerivedSeries {
         put(&mut obj, tags::CONVERSION_TYPE, VR::CS, "WSD".into());
         put(&mut obj, tags::DOCUMENT_TITLE, VR::ST, title.into());
         put(&mut obj, tags::BURNED_IN_ANNOTATION, VR::CS, "YES".into());
-        put(&mut obj, tags::ACQUISITION_DATE_TIME, VR::DT, PrimitiveValue::Empty);
+        put(
+            &mut obj,
+            tags::ACQUISITION_DATE_TIME,
+            VR::DT,
+            PrimitiveValue::Empty,
+        );
         obj.put(dicom_core::DataElement::new(
             tags::CONCEPT_NAME_CODE_SEQUENCE,
             VR::SQ,
@@ -170,7 +185,7 @@ impl DerivedSeries {
         );
         // OB of even length: a PDF of odd length gets one padding NUL, as PS3.3 allows.
         let mut bytes = pdf.to_vec();
-        if bytes.len() % 2 == 1 {
+        if !bytes.len().is_multiple_of(2) {
             bytes.push(0);
         }
         put(
@@ -179,7 +194,12 @@ impl DerivedSeries {
             VR::UL,
             (pdf.len() as u32).into(),
         );
-        put(&mut obj, tags::ENCAPSULATED_DOCUMENT, VR::OB, PrimitiveValue::U8(bytes.into()));
+        put(
+            &mut obj,
+            tags::ENCAPSULATED_DOCUMENT,
+            VR::OB,
+            PrimitiveValue::U8(bytes.into()),
+        );
         finish(obj, &sop_uid)
     }
 }
@@ -192,7 +212,11 @@ mod tests {
 
     #[test]
     fn documents_belong_to_the_input_study() {
-        let ct = SyntheticSeries::ct("P-7", 1).size(2, 2).build().unwrap().remove(0);
+        let ct = SyntheticSeries::ct("P-7", 1)
+            .size(2, 2)
+            .build()
+            .unwrap()
+            .remove(0);
         let series = DerivedSeries::new("Report", 900);
         let sc = series.secondary_capture(&ct, &[7u8; 12], 2, 2).unwrap();
         let pdf = series.encapsulated_pdf(&ct, b"%PDF-1.4 x", "Dose").unwrap();
@@ -207,8 +231,15 @@ mod tests {
                 value_of(&ct, tags::SERIES_INSTANCE_UID)
             );
         }
-        assert_eq!(crate::pixels::decode(&sc).unwrap().samples, crate::pixels::Samples::U8(vec![7; 12]));
-        let doc = pdf.element(tags::ENCAPSULATED_DOCUMENT).unwrap().to_bytes().unwrap();
+        assert_eq!(
+            crate::pixels::decode(&sc).unwrap().samples,
+            crate::pixels::Samples::U8(vec![7; 12])
+        );
+        let doc = pdf
+            .element(tags::ENCAPSULATED_DOCUMENT)
+            .unwrap()
+            .to_bytes()
+            .unwrap();
         assert_eq!(&doc[..10], b"%PDF-1.4 x");
         assert!(series.encapsulated_pdf(&ct, b"hello", "x").is_err());
         assert!(series.secondary_capture(&ct, &[0; 11], 2, 2).is_err());

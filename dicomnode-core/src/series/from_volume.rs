@@ -1,7 +1,9 @@
 //! Derived series from a volume: one classic instance per slice, with the volume's
 //! geometry and references to the source slices; masks as series too.
 
-use super::{finish, header_without_pixels, put, put_grey_pixels, DerivedSeries, GreyPixels, StoredAs};
+use super::{
+    finish, header_without_pixels, put, put_grey_pixels, DerivedSeries, GreyPixels, StoredAs,
+};
 use crate::input::value_of;
 use crate::volume::{Units, Volume};
 use crate::{DicomInstance, ProcessError};
@@ -87,7 +89,10 @@ impl DerivedSeries {
                 tags::IMAGE_TYPE,
                 VR::CS,
                 PrimitiveValue::Strs(
-                    ["DERIVED", "SECONDARY", "MASK"].into_iter().map(String::from).collect(),
+                    ["DERIVED", "SECONDARY", "MASK"]
+                        .into_iter()
+                        .map(String::from)
+                        .collect(),
                 ),
             ));
             instance.put(DataElement::new(tags::RESCALE_TYPE, VR::LO, "US"));
@@ -104,7 +109,11 @@ impl DerivedSeries {
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
                 (lo.min(f64::from(v)), hi.max(f64::from(v)))
             });
-        let (min, max) = if min.is_finite() { (min, max) } else { (0.0, 0.0) };
+        let (min, max) = if min.is_finite() {
+            (min, max)
+        } else {
+            (0.0, 0.0)
+        };
         let (signed, slope, intercept) = match self.stored_as {
             StoredAs::Signed16 => (true, 1.0, 0.0),
             StoredAs::Unsigned16 => (false, 1.0, 0.0),
@@ -121,7 +130,11 @@ impl DerivedSeries {
             }
         };
         let stored_of = move |v: f32| -> u16 {
-            let v = if v.is_finite() { f64::from(v) } else { intercept };
+            let v = if v.is_finite() {
+                f64::from(v)
+            } else {
+                intercept
+            };
             let s = ((v - intercept) / slope).round();
             if signed {
                 s.clamp(-32768.0, 32767.0) as i16 as u16
@@ -154,7 +167,9 @@ impl DerivedSeries {
         {
             let source = sources
                 .iter()
-                .find(|i| value_of(i, tags::SOP_INSTANCE_UID).as_deref() == Some(&slice.sop_instance_uid))
+                .find(|i| {
+                    value_of(i, tags::SOP_INSTANCE_UID).as_deref() == Some(&slice.sop_instance_uid)
+                })
                 .ok_or_else(|| {
                     ProcessError::new(format!(
                         "the source instance {} of slice {} is not among the sources given",
@@ -179,8 +194,18 @@ impl DerivedSeries {
             );
             let sop_uid = self.new_uid();
             self.identify(&mut obj, &series_uid, &sop_uid, &(k + 1).to_string());
-            put(&mut obj, tags::IMAGE_POSITION_PATIENT, VR::DS, ds_list(&slice.position));
-            put(&mut obj, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, orientation.clone());
+            put(
+                &mut obj,
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                ds_list(&slice.position),
+            );
+            put(
+                &mut obj,
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                orientation.clone(),
+            );
             put(
                 &mut obj,
                 tags::PIXEL_SPACING,

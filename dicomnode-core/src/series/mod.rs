@@ -18,8 +18,8 @@
 //! ```
 
 use crate::input::value_of;
-mod from_volume;
 mod documents;
+mod from_volume;
 
 use crate::pixels::PixelError;
 use crate::{DicomInstance, ProcessError};
@@ -268,7 +268,12 @@ impl DerivedSeries {
             PrimitiveValue::Strs(["DERIVED".to_string(), "SECONDARY".to_string()].into()),
         );
         if let Some(derivation) = &self.derivation {
-            put(obj, tags::DERIVATION_DESCRIPTION, VR::ST, derivation.clone().into());
+            put(
+                obj,
+                tags::DERIVATION_DESCRIPTION,
+                VR::ST,
+                derivation.clone().into(),
+            );
         }
     }
 }
@@ -314,7 +319,12 @@ pub(crate) fn put_grey_pixels(obj: &mut InMemDicomObject, pixels: GreyPixels) {
         VR::US,
         u16::from(pixels.signed).into(),
     );
-    put(obj, tags::RESCALE_SLOPE, VR::DS, format_ds(pixels.slope).into());
+    put(
+        obj,
+        tags::RESCALE_SLOPE,
+        VR::DS,
+        format_ds(pixels.slope).into(),
+    );
     put(
         obj,
         tags::RESCALE_INTERCEPT,

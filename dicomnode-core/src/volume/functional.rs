@@ -8,7 +8,10 @@ use dicom_object::InMemDicomObject;
 
 /// The first item of the macro sequence `macro_tag` in the shared functional groups.
 pub(crate) fn shared_item(instance: &DicomInstance, macro_tag: Tag) -> Option<&InMemDicomObject> {
-    let shared = instance.get(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE)?.items()?.first()?;
+    let shared = instance
+        .get(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE)?
+        .items()?
+        .first()?;
     shared.get(macro_tag)?.items()?.first()
 }
 
@@ -31,8 +34,12 @@ pub(crate) fn frame_item(
 
 /// Whether the instance carries functional groups (an enhanced multi-frame IOD).
 pub(crate) fn is_enhanced(instance: &DicomInstance) -> bool {
-    instance.get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE).is_some()
-        || instance.get(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE).is_some()
+    instance
+        .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+        .is_some()
+        || instance
+            .get(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE)
+            .is_some()
 }
 
 /// The numbers of a multi-valued decimal attribute (`a\b\c`), if all parse.

@@ -43,7 +43,8 @@ pub(crate) fn slices_of<'a>(
 ) -> Result<Vec<SliceHeader<'a>>, VolumeError> {
     let mut out = Vec::new();
     for &instance in instances {
-        let sop = value_of(instance, tags::SOP_INSTANCE_UID).unwrap_or_else(|| "(no SOPInstanceUID)".into());
+        let sop = value_of(instance, tags::SOP_INSTANCE_UID)
+            .unwrap_or_else(|| "(no SOPInstanceUID)".into());
         let layout = Layout::of(instance).map_err(|source| VolumeError::Pixels {
             instance: sop.clone(),
             source,
@@ -71,9 +72,10 @@ pub(crate) fn slices_of<'a>(
                 let pixel_spacing = frame_item(instance, frame, tags::PIXEL_MEASURES_SEQUENCE)
                     .and_then(|i| fixed::<2>(numbers(i, tags::PIXEL_SPACING)))
                     .ok_or_else(|| missing("PixelSpacing (PixelMeasuresSequence)"))?;
-                let rescale = frame_item(instance, frame, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE)
-                    .and_then(Rescale::in_object)
-                    .unwrap_or_else(|| Rescale::of(instance));
+                let rescale =
+                    frame_item(instance, frame, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE)
+                        .and_then(Rescale::in_object)
+                        .unwrap_or_else(|| Rescale::of(instance));
                 out.push(SliceHeader {
                     instance,
                     frame: Some(frame as u32),
@@ -149,23 +151,26 @@ pub(crate) fn sort_and_check(
     let Some(first) = slices.first().cloned() else {
         return Err(VolumeError::Empty);
     };
-    let odd = |slices: &[SliceHeader<'_>], what: &'static str, differs: &dyn Fn(&SliceHeader) -> bool| {
-        let others: Vec<String> = slices
-            .iter()
-            .filter(|s| differs(s))
-            .map(|s| s.name())
-            .collect();
-        if others.is_empty() {
-            Ok(())
-        } else {
-            Err(VolumeError::Inconsistent {
-                what,
-                reference: first.name(),
-                instances: others,
-            })
-        }
-    };
-    odd(slices, "size (rows, columns)", &|s| (s.rows, s.columns) != (first.rows, first.columns))?;
+    let odd =
+        |slices: &[SliceHeader<'_>], what: &'static str, differs: &dyn Fn(&SliceHeader) -> bool| {
+            let others: Vec<String> = slices
+                .iter()
+                .filter(|s| differs(s))
+                .map(|s| s.name())
+                .collect();
+            if others.is_empty() {
+                Ok(())
+            } else {
+                Err(VolumeError::Inconsistent {
+                    what,
+                    reference: first.name(),
+                    instances: others,
+                })
+            }
+        };
+    odd(slices, "size (rows, columns)", &|s| {
+        (s.rows, s.columns) != (first.rows, first.columns)
+    })?;
     odd(slices, "orientation (ImageOrientationPatient)", &|s| {
         s.orientation
             .iter()
@@ -195,14 +200,18 @@ pub(crate) fn sort_and_check(
     // Sheared stacks (gantry tilt) cannot be a regular grid.
     let base = slices[0].position;
     let in_plane_limit = 0.5 * first.pixel_spacing[0].min(first.pixel_spacing[1]).max(1e-6);
-    odd(slices, "positions (not on one line along the slice normal: gantry tilt?)", &|s| {
-        let d = [
-            s.position[0] - base[0],
-            s.position[1] - base[1],
-            s.position[2] - base[2],
-        ];
-        dot(d, row).abs() > in_plane_limit || dot(d, column).abs() > in_plane_limit
-    })?;
+    odd(
+        slices,
+        "positions (not on one line along the slice normal: gantry tilt?)",
+        &|s| {
+            let d = [
+                s.position[0] - base[0],
+                s.position[1] - base[1],
+                s.position[2] - base[2],
+            ];
+            dot(d, row).abs() > in_plane_limit || dot(d, column).abs() > in_plane_limit
+        },
+    )?;
     let along: Vec<f64> = slices.iter().map(|s| dot(s.position, normal)).collect();
     let steps: Vec<f64> = along.windows(2).map(|w| w[1] - w[0]).collect();
     let duplicates: Vec<String> = steps

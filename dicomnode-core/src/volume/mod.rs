@@ -358,9 +358,11 @@ fn read_slices(slices: &[SliceHeader<'_>], factors: &[f64]) -> Result<Array3<f32
                         })?;
                         buffer.clear();
                         let (slope, intercept) = (slice.rescale.slope, slice.rescale.intercept);
-                        image.samples.extend_mapped(0..rows * columns, &mut buffer, |v| {
-                            ((v * slope + intercept) * factor) as f32
-                        });
+                        image
+                            .samples
+                            .extend_mapped(0..rows * columns, &mut buffer, |v| {
+                                ((v * slope + intercept) * factor) as f32
+                            });
                         for (t, v) in target.iter_mut().zip(&buffer) {
                             *t = *v;
                         }

@@ -84,7 +84,10 @@ fn time_of_day(time: &str) -> Option<f64> {
         return None;
     }
     let part = |range: std::ops::Range<usize>| -> f64 {
-        whole.get(range).and_then(|p| p.parse::<f64>().ok()).unwrap_or(0.0)
+        whole
+            .get(range)
+            .and_then(|p| p.parse::<f64>().ok())
+            .unwrap_or(0.0)
     };
     Some(part(0..2) * 3600.0 + part(2..4) * 60.0 + part(4..6) + fraction.parse::<f64>().ok()?)
 }
@@ -116,7 +119,8 @@ fn acquisition_time(instance: &DicomInstance, series_date: &str) -> Option<f64> 
         return datetime(&dt);
     }
     let time = value_of(instance, tags::ACQUISITION_TIME)?;
-    let date = value_of(instance, tags::ACQUISITION_DATE).unwrap_or_else(|| series_date.to_string());
+    let date =
+        value_of(instance, tags::ACQUISITION_DATE).unwrap_or_else(|| series_date.to_string());
     seconds(&date, &time)
 }
 
@@ -132,7 +136,8 @@ pub(crate) fn factors(slices: &[SliceHeader<'_>]) -> Result<Vec<f64>, SuvError> 
         return Err(SuvError::Invalid {
             tag: tag_text(tags::UNITS),
             value: units,
-            problem: "is not BQML (activity concentration), the only unit SUVbw is defined from here",
+            problem:
+                "is not BQML (activity concentration), the only unit SUVbw is defined from here",
         });
     }
     let weight_kg = positive(instance, tags::PATIENT_WEIGHT, &name)?;
@@ -172,7 +177,9 @@ pub(crate) fn factors(slices: &[SliceHeader<'_>]) -> Result<Vec<f64>, SuvError> 
             delta
         }
     };
-    let per_gram = |elapsed: f64| weight_kg * 1000.0 / (dose * (-elapsed * std::f64::consts::LN_2 / half_life).exp());
+    let per_gram = |elapsed: f64| {
+        weight_kg * 1000.0 / (dose * (-elapsed * std::f64::consts::LN_2 / half_life).exp())
+    };
     match correction.as_str() {
         "ADMIN" => Ok(vec![weight_kg * 1000.0 / dose; slices.len()]),
         "START" => {
@@ -224,7 +231,10 @@ mod tests {
         let b = seconds("20240301", "000000").unwrap();
         assert!((b - a - 0.5).abs() < 1e-9);
         assert_eq!(time_of_day("10:30"), Some(37_800.0));
-        assert_eq!(datetime("20240301013000.25+0100"), seconds("20240301", "013000.25"));
+        assert_eq!(
+            datetime("20240301013000.25+0100"),
+            seconds("20240301", "013000.25")
+        );
         assert_eq!(seconds("2024", "10"), None);
     }
 }

@@ -22,12 +22,18 @@ fn shuffled_slices_are_sorted_along_the_normal_in_modality_units() {
     let zs: Vec<f64> = volume.slices.iter().map(|s| s.position[2]).collect();
     assert_eq!(zs, vec![2.5, 5.0, 7.5, 10.0, 12.5]);
     for (k, slice) in volume.slices.iter().enumerate() {
-        let source = ct.iter().find(|i| uid(i) == slice.sop_instance_uid).unwrap();
+        let source = ct
+            .iter()
+            .find(|i| uid(i) == slice.sop_instance_uid)
+            .unwrap();
         let hu = crate::pixels::rescaled(source).unwrap();
         let plane: Vec<f32> = volume.data.index_axis(Axis(0), k).iter().copied().collect();
         assert_eq!(plane, hu);
     }
-    assert_eq!(volume.position_of([2, 1, 3]), [-250.0 + 3.0 * 0.9765625, -250.0 + 0.9765625, 7.5]);
+    assert_eq!(
+        volume.position_of([2, 1, 3]),
+        [-250.0 + 3.0 * 0.9765625, -250.0 + 0.9765625, 7.5]
+    );
 }
 
 #[test]
@@ -56,7 +62,10 @@ fn duplicates_mixed_orientations_and_missing_positions_name_the_instances() {
     copy.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.4"));
     duplicate.push(copy);
     let error = Volume::of(&duplicate).unwrap_err().to_string();
-    assert!(error.contains("1.2.3.4") && error.contains(&uid(&ct[1])), "{error}");
+    assert!(
+        error.contains("1.2.3.4") && error.contains(&uid(&ct[1])),
+        "{error}"
+    );
 
     let mut tilted = ct.clone();
     tilted[2].put(DataElement::new(
@@ -71,11 +80,17 @@ fn duplicates_mixed_orientations_and_missing_positions_name_the_instances() {
     let mut unplaced = ct.clone();
     unplaced[0].remove_element(tags::IMAGE_POSITION_PATIENT);
     let error = Volume::of(&unplaced).unwrap_err().to_string();
-    assert!(error.contains("ImagePositionPatient") && error.contains(&uid(&ct[0])), "{error}");
+    assert!(
+        error.contains("ImagePositionPatient") && error.contains(&uid(&ct[0])),
+        "{error}"
+    );
 
     let mut two = ct.clone();
     two.extend(SyntheticSeries::ct("P", 1).size(2, 2).build().unwrap());
-    assert!(matches!(Volume::of(&two).unwrap_err(), VolumeError::MixedSeries(_)));
+    assert!(matches!(
+        Volume::of(&two).unwrap_err(),
+        VolumeError::MixedSeries(_)
+    ));
 }
 
 #[test]
@@ -87,7 +102,11 @@ fn pet_is_in_suv_body_weight_decay_corrected_to_the_series_start() {
     let decayed = 370e6 * (0.5f64).powf(3600.0 / 6586.2);
     let stored = crate::pixels::stored(&pet[0]).unwrap();
     let want = f64::from(stored[0]) * 0.5 * 75_000.0 / decayed;
-    assert!((f64::from(volume.data[[0, 0, 0]]) - want).abs() < 1e-4 * want, "{} vs {want}", volume.data[[0, 0, 0]]);
+    assert!(
+        (f64::from(volume.data[[0, 0, 0]]) - want).abs() < 1e-4 * want,
+        "{} vs {want}",
+        volume.data[[0, 0, 0]]
+    );
 
     let mut no_weight = pet.clone();
     for i in &mut no_weight {
@@ -95,12 +114,19 @@ fn pet_is_in_suv_body_weight_decay_corrected_to_the_series_start() {
     }
     let fallback = Volume::of(&no_weight).unwrap();
     assert_eq!(fallback.units.as_str(), "BQML");
-    assert!(fallback.notes[0].contains("PatientWeight"), "{:?}", fallback.notes);
+    assert!(
+        fallback.notes[0].contains("PatientWeight"),
+        "{:?}",
+        fallback.notes
+    );
     let error = VolumeOptions::new()
         .suv(SuvMode::Required)
         .build(&no_weight)
         .unwrap_err();
-    assert!(error.to_string().contains("PatientWeight (0010,1030)"), "{error}");
+    assert!(
+        error.to_string().contains("PatientWeight (0010,1030)"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -151,14 +177,23 @@ fn a_derived_series_and_a_mask_keep_the_geometry_and_round_trip() {
         .and_then(|items| value_of(&items[0], tags::REFERENCED_SOP_INSTANCE_UID))
         .unwrap();
     assert_eq!(source_ref, volume.slices[0].sop_instance_uid);
-    assert_eq!(value_of(&derived[0], tags::DERIVATION_DESCRIPTION).as_deref(), Some("HU halved"));
+    assert_eq!(
+        value_of(&derived[0], tags::DERIVATION_DESCRIPTION).as_deref(),
+        Some("HU halved")
+    );
 
     let labels = volume.data.mapv(|v| u16::from(v > 0.0));
-    let mask = DerivedSeries::new("Mask", 78).mask(&volume, &labels, &ct).unwrap();
+    let mask = DerivedSeries::new("Mask", 78)
+        .mask(&volume, &labels, &ct)
+        .unwrap();
     let read = Volume::of(&mask).unwrap();
     assert_eq!(read.data.mapv(|v| v as u16), labels);
 
     let mut too_big = ct.clone();
-    too_big[0].put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(400u16)));
+    too_big[0].put(DataElement::new(
+        tags::ROWS,
+        VR::US,
+        PrimitiveValue::from(400u16),
+    ));
     assert!(Volume::of(&too_big).is_err());
 }
