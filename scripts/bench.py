@@ -13,6 +13,9 @@
                              # store_node (default deadlines) holds it
   scripts/bench.py tls       # storescu 300 CT 512x512: store_node over TLS vs plain vs storescp +tls, interleaved
                              # (certificates made with the openssl command)
+  scripts/bench.py volume    # 300 CT 512x512 in native, RLE, JPEG lossless SV1, JPEG 2000 lossless: time and
+                             # peak memory to a sorted f32 volume, `dicomnode volume` vs pydicom + numpy
+                             # (scripts/volume_pydicom.py, in a venv made at target/bench-venv), with farm-bench
 
 Every process started here is ended here, by PID.
 """
@@ -455,6 +458,45 @@ def children(patients=100):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def bench_venv():
+    venv = os.path.join(ROOT, "target", "bench-venv")
+    python = os.path.join(venv, "bin", "python")
+    if not os.path.exists(python):
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", "pydicom", "numpy", "pylibjpeg", "pylibjpeg-libjpeg",
+                        "pylibjpeg-openjpeg", "pylibjpeg-rle"], check=True)
+    return python
+
+
+def volume(runs=5, slices=300):
+    python = bench_venv()
+    work = tempfile.mkdtemp(prefix="bench-volume-")
+    try:
+        native = os.path.join(work, "native")
+        subprocess.run([os.path.join(REL, "gen_series"), "--out", native, "--slices", str(slices), "--size", "512",
+                        "--prefix", "VOL-"], check=True)
+        native = os.path.join(native, sorted(os.listdir(native))[0])  # the one patient's folder
+        files = sorted(os.listdir(native))
+        syntaxes = {"native": None, "rle": ["/usr/bin/dcmcrle"], "jpeg-lossless-sv1": ["/usr/bin/dcmcjpeg", "+e1"],
+                    "j2k-lossless": ["/usr/bin/gdcmconv", "--j2k"]}
+        for name, encoder in syntaxes.items():
+            folder = native
+            if encoder:
+                folder = os.path.join(work, name)
+                os.makedirs(folder)
+                for f in files:
+                    subprocess.run(encoder + [os.path.join(native, f), os.path.join(folder, f)], check=True,
+                                   env=ENV, stdout=subprocess.DEVNULL)
+            ours = f"{os.path.join(REL, 'dicomnode')} volume {folder}"
+            theirs = f"{python} {os.path.join(ROOT, 'scripts', 'volume_pydicom.py')} {folder}"
+            print(f"== {name}: {slices} CT 512x512 -> sorted f32 volume ({slices * 512 * 512 * 4 / 2**20:.0f} MiB)",
+                  flush=True)
+            subprocess.run(["farm-bench", "-n", str(runs), "--timeout", "900", "--vs", theirs, "--"] + ours.split(),
+                           check=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     if what in ("latency", "all"):
@@ -475,3 +517,5 @@ if __name__ == "__main__":
         slowpeer()
     if what in ("tls", "all"):
         tls()
+    if what in ("volume", "all"):
+        volume()

@@ -6,6 +6,8 @@
 //! ```
 
 use anyhow::Context;
+mod volume;
+
 use clap::{Parser, Subcommand};
 use dicomnode_server::dimse::status;
 use dicomnode_server::dispatch::StoreAssociation;
@@ -20,7 +22,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(version, about = "Talk DICOM to a node: C-ECHO and C-STORE")]
+#[command(
+    version,
+    about = "Talk DICOM to a node (C-ECHO, C-STORE), look at its data directory, read files as volumes"
+)]
 struct Cli {
     /// The AE title to call from.
     #[arg(long, global = true, default_value = "DICOMNODE")]
@@ -50,6 +55,19 @@ enum Command {
         quiet: bool,
         #[command(flatten)]
         tls: TlsArgs,
+    },
+    /// Read DICOM files (folders recursively) as volumes, one per series, and print each
+    /// one's geometry, units (HU, SUVbw, ...) and value statistics.
+    Volume {
+        /// Files or folders.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Build a volume despite irregular slice spacing, listing the gaps.
+        #[arg(long)]
+        allow_gaps: bool,
+        /// Keep PET values in Bq/ml instead of SUVbw.
+        #[arg(long)]
+        no_suv: bool,
     },
     /// List the batches in a data directory's quarantine, with their failures.
     Quarantine {
@@ -109,6 +127,11 @@ fn main() -> ExitCode {
             quiet,
             tls,
         } => store(&tls.apply(address), &cli.calling_ae_title, &paths, quiet),
+        Command::Volume {
+            paths,
+            allow_gaps,
+            no_suv,
+        } => volume::volume(&paths, allow_gaps, !no_suv),
         Command::Quarantine { data_dir } => quarantine(&data_dir),
         Command::Requeue { data_dir, patients } => requeue(&data_dir, &patients),
     };

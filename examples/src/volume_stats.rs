@@ -33,23 +33,18 @@ impl VolumeStatsNode {
 /// Built in the child: one volume per series, statistics into JSON.
 pub struct VolumeStats;
 
-/// The JSON entry of one series' volume.
+/// The JSON entry of one series' volume: modality, shape, spacing, origin, min, max,
+/// mean, units (and notes, if the builder left any).
 pub fn summary(volume: &Volume) -> Value {
-    let (mut min, mut max, mut sum) = (f32::INFINITY, f32::NEG_INFINITY, 0f64);
-    for &v in &volume.data {
-        min = min.min(v);
-        max = max.max(v);
-        sum += f64::from(v);
-    }
-    let [frames, rows, columns] = volume.shape();
+    let stats = volume.statistics();
     let mut entry = json!({
         "modality": volume.modality,
-        "shape": [frames, rows, columns],
+        "shape": volume.shape(),
         "spacing": volume.spacing,
         "origin": volume.origin,
-        "min": min,
-        "max": max,
-        "mean": sum / volume.data.len() as f64,
+        "min": stats.min,
+        "max": stats.max,
+        "mean": stats.mean,
         "units": volume.units.as_str(),
     });
     if !volume.notes.is_empty() {

@@ -12,6 +12,7 @@ use dicomnode_server::series::DerivedSeries;
 use dicomnode_server::synthetic::SyntheticSeries;
 use dicomnode_server::DicomInstance;
 use dicomnode_tests::codecs::{syntax, tool, SYNTAXES};
+use dicomnode_tests::{dcmtk, run};
 use std::path::PathBuf;
 
 fn with_pixels(
@@ -355,5 +356,88 @@ fn ybr_data_native_and_rle_become_the_rgb_the_reference_decoder_gives() {
             "{} ({photometric}) differs by {difference}",
             path.display()
         );
+    }
+}
+
+#[test]
+fn documents_and_derived_series_read_back_with_dcmtk() {
+    use dicomnode_server::volume::Volume;
+    let dir = tempfile::tempdir().unwrap();
+    let ct = SyntheticSeries::ct("DOC-1", 3)
+        .size(16, 16)
+        .build()
+        .unwrap();
+    let series = DerivedSeries::new("Report", 900);
+
+    // A screenshot: DCMTK renders it to the very RGB bytes given.
+    let (rows, columns) = (6u16, 10u16);
+    let rgb: Vec<u8> = (0..usize::from(rows) * usize::from(columns) * 3)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let sc = series
+        .secondary_capture(&ct[0], &rgb, rows, columns)
+        .unwrap();
+    let sc_path = dir.path().join("sc.dcm");
+    sc.write_to_file(&sc_path).unwrap();
+    let ppm = dir.path().join("sc.ppm");
+    let (status, text) = run({
+        let mut c = dcmtk("dcm2pnm");
+        c.arg("--write-raw-pnm").arg(&sc_path).arg(&ppm);
+        c
+    });
+    assert!(status.status.success(), "{text}");
+    let bytes = std::fs::read(&ppm).unwrap();
+    let header = format!("P6\n{columns} {rows}\n255\n");
+    assert!(bytes.starts_with(header.as_bytes()), "{:?}", &bytes[..20]);
+    assert_eq!(&bytes[header.len()..], &rgb[..]);
+
+    // A report: DCMTK extracts the same PDF bytes, odd length included.
+    let mut pdf: Vec<u8> = b"%PDF-1.4\n% dicomnode test\n1 0 obj << >> endobj\n%%EOF\n".to_vec();
+    if pdf.len() % 2 == 0 {
+        pdf.push(b'\n');
+    }
+    let doc = series
+        .encapsulated_pdf(&ct[0], &pdf, "Dose report")
+        .unwrap();
+    let doc_path = dir.path().join("pdf.dcm");
+    doc.write_to_file(&doc_path).unwrap();
+    let out_pdf = dir.path().join("out.pdf");
+    let (status, text) = run({
+        let mut c = dcmtk("dcm2pdf");
+        c.arg(&doc_path).arg(&out_pdf);
+        c
+    });
+    assert!(status.status.success(), "{text}");
+    let extracted = std::fs::read(&out_pdf).unwrap();
+    assert_eq!(&extracted[..pdf.len()], &pdf[..]);
+    assert!(extracted.len() <= pdf.len() + 1);
+
+    // A derived series of a volume: DCMTK parses it, and its values are the ones given.
+    let volume = Volume::of(&ct).unwrap();
+    let values = volume.data.mapv(|v| v * 2.0);
+    let derived = DerivedSeries::new("Doubled", 901)
+        .from_volume(&volume, &values, &ct)
+        .unwrap();
+    for (k, instance) in derived.iter().enumerate() {
+        let path = dir.path().join(format!("derived{k}.dcm"));
+        instance.write_to_file(&path).unwrap();
+        let (status, dump) = run({
+            let mut c = dcmtk("dcmdump");
+            c.arg("+P")
+                .arg("0020,0032")
+                .arg("+P")
+                .arg("0028,1052")
+                .arg(&path);
+            c
+        });
+        assert!(status.status.success(), "{dump}");
+        assert!(dump.contains("(0020,0032)"), "{dump}");
+        let back = pixels::rescaled(&open_file(&path).unwrap()).unwrap();
+        let want: Vec<f32> = values
+            .index_axis(dicomnode_server::ndarray::Axis(0), k)
+            .iter()
+            .copied()
+            .collect();
+        assert_eq!(back, want, "slice {k}");
     }
 }

@@ -135,6 +135,17 @@ pub enum SuvMode {
     Off,
 }
 
+/// Value statistics of a volume, in its units.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Statistics {
+    /// The smallest value.
+    pub min: f64,
+    /// The largest value.
+    pub max: f64,
+    /// The mean, summed in f64.
+    pub mean: f64,
+}
+
 /// Where a slice of a volume came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SliceSource {
@@ -241,6 +252,29 @@ impl Volume {
     pub fn shape(&self) -> [usize; 3] {
         let s = self.data.shape();
         [s[0], s[1], s[2]]
+    }
+
+    /// Minimum, maximum and mean (summed in f64) over every voxel; NaN for an empty
+    /// volume.
+    pub fn statistics(&self) -> Statistics {
+        let (mut min, mut max, mut sum) = (f32::INFINITY, f32::NEG_INFINITY, 0f64);
+        for &v in &self.data {
+            min = min.min(v);
+            max = max.max(v);
+            sum += f64::from(v);
+        }
+        if self.data.is_empty() {
+            return Statistics {
+                min: f64::NAN,
+                max: f64::NAN,
+                mean: f64::NAN,
+            };
+        }
+        Statistics {
+            min: f64::from(min),
+            max: f64::from(max),
+            mean: sum / self.data.len() as f64,
+        }
     }
 
     /// The patient position (mm) of voxel `[slice, row, column]`.

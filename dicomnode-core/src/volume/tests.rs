@@ -197,3 +197,73 @@ fn a_derived_series_and_a_mask_keep_the_geometry_and_round_trip() {
     ));
     assert!(Volume::of(&too_big).is_err());
 }
+
+#[test]
+fn suv_decay_reference_follows_decay_correction() {
+    let pet = SyntheticSeries::pet("P", 2).size(2, 2).build().unwrap();
+    let stored = |i: &DicomInstance| f64::from(crate::pixels::stored(i).unwrap()[0]) * 0.5;
+    let decayed = |seconds: f64| 370e6 * 0.5f64.powf(seconds / 6586.2);
+    let first_value = |instances: &[DicomInstance]| {
+        let v = Volume::of(instances).unwrap();
+        assert_eq!(v.units, Units::SuvBw);
+        let k = v
+            .slices
+            .iter()
+            .position(|s| s.sop_instance_uid == uid(&instances[0]))
+            .unwrap();
+        f64::from(v.data[[k, 0, 0]])
+    };
+    let close = |a: f64, b: f64| assert!((a - b).abs() <= 1e-4 * b.abs(), "{a} vs {b}");
+
+    // ADMIN: corrected to the injection already.
+    let mut admin = pet.clone();
+    for i in &mut admin {
+        i.put(DataElement::new(tags::DECAY_CORRECTION, VR::CS, "ADMIN"));
+    }
+    close(first_value(&admin), stored(&admin[0]) * 75_000.0 / 370e6);
+
+    // NONE: each slice decays to its own acquisition time (here 12:10, 70 minutes).
+    let mut none = pet.clone();
+    for i in &mut none {
+        i.put(DataElement::new(tags::DECAY_CORRECTION, VR::CS, "NONE"));
+    }
+    none[0].put(DataElement::new(tags::ACQUISITION_TIME, VR::TM, "121000"));
+    close(
+        first_value(&none),
+        stored(&none[0]) * 75_000.0 / decayed(4200.0),
+    );
+
+    // START with a series time after the acquisition (re-processed): the acquisition wins.
+    let mut late = pet.clone();
+    for i in &mut late {
+        i.put(DataElement::new(tags::SERIES_TIME, VR::TM, "140000"));
+    }
+    close(
+        first_value(&late),
+        stored(&late[0]) * 75_000.0 / decayed(3600.0),
+    );
+
+    // A missing half-life is named.
+    let mut no_half_life = pet.clone();
+    for i in &mut no_half_life {
+        let mut drug = i
+            .get(tags::RADIOPHARMACEUTICAL_INFORMATION_SEQUENCE)
+            .and_then(|e| e.items())
+            .unwrap()[0]
+            .clone();
+        drug.remove_element(tags::RADIONUCLIDE_HALF_LIFE);
+        i.put(DataElement::new(
+            tags::RADIOPHARMACEUTICAL_INFORMATION_SEQUENCE,
+            VR::SQ,
+            dicom_core::value::DataSetSequence::from(vec![drug]),
+        ));
+    }
+    let error = VolumeOptions::new()
+        .suv(SuvMode::Required)
+        .build(&no_half_life)
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("RadionuclideHalfLife"),
+        "{error}"
+    );
+}
