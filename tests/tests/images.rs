@@ -393,7 +393,7 @@ fn documents_and_derived_series_read_back_with_dcmtk() {
 
     // A report: DCMTK extracts the same PDF bytes, odd length included.
     let mut pdf: Vec<u8> = b"%PDF-1.4\n% dicomnode test\n1 0 obj << >> endobj\n%%EOF\n".to_vec();
-    if pdf.len() % 2 == 0 {
+    if pdf.len().is_multiple_of(2) {
         pdf.push(b'\n');
     }
     let doc = series
