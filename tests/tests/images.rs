@@ -441,3 +441,104 @@ fn documents_and_derived_series_read_back_with_dcmtk() {
         assert_eq!(back, want, "slice {k}");
     }
 }
+
+/// A DICOM instance of `source`'s header with `codestreams` (one per frame) as
+/// encapsulated pixel data in `transfer_syntax`.
+fn encapsulate(
+    source: &DicomInstance,
+    codestreams: Vec<Vec<u8>>,
+    transfer_syntax: &str,
+) -> DicomInstance {
+    use dicomnode_server::dicom_core::value::PixelFragmentSequence;
+    use dicomnode_server::dicom_object::meta::FileMetaTableBuilder;
+    use dicomnode_server::dicom_object::InMemDicomObject;
+    let mut obj = InMemDicomObject::from_element_iter(
+        source
+            .iter()
+            .filter(|e| e.header().tag != tags::PIXEL_DATA)
+            .cloned(),
+    );
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PixelFragmentSequence::new(Vec::<u32>::new(), codestreams),
+    ));
+    let meta = FileMetaTableBuilder::new()
+        .transfer_syntax(transfer_syntax)
+        .media_storage_sop_class_uid(
+            source
+                .meta()
+                .media_storage_sop_class_uid()
+                .trim_end_matches('\0'),
+        )
+        .media_storage_sop_instance_uid(
+            source
+                .meta()
+                .media_storage_sop_instance_uid()
+                .trim_end_matches('\0'),
+        );
+    obj.with_meta(meta).unwrap()
+}
+
+/// HTJ2K: OpenJPH's ojph_compress (Debian's openjph-tools) encodes unsigned grey images
+/// losslessly; the codestream, wrapped here as HTJ2K Lossless Only, decodes bit for bit,
+/// as OpenJPH's own ojph_expand does. (Its signed input is broken, so signed data are not
+/// tested through it.)
+#[test]
+fn htj2k_lossless_decodes_bit_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["mr16", "grey8"] {
+        let source = inputs().into_iter().find(|(n, _)| *n == name).unwrap().1;
+        let original = pixels::decode(&source).unwrap();
+        let (bits, raw): (u16, Vec<u8>) = match &original.samples {
+            Samples::U16(v) => (16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            Samples::U8(v) => (8, v.clone()),
+            other => panic!("{other:?}"),
+        };
+        let input = dir.path().join(format!("{name}.yuv"));
+        std::fs::write(&input, &raw).unwrap();
+        let codestream = dir.path().join(format!("{name}.j2c"));
+        let dims = format!("{{{},{}}}", original.columns, original.rows);
+        let (status, text) = run({
+            let mut c = std::process::Command::new("/usr/bin/ojph_compress");
+            c.arg("-i").arg(&input).arg("-o").arg(&codestream).args([
+                "-reversible",
+                "true",
+                "-dims",
+                &dims,
+                "-num_comps",
+                "1",
+                "-signed",
+                "false",
+                "-bit_depth",
+                &bits.to_string(),
+                "-downsamp",
+                "{1,1}",
+            ]);
+            c
+        });
+        assert!(status.status.success(), "{text}");
+        let expanded = dir.path().join(format!("{name}.out.yuv"));
+        let (status, text) = run({
+            let mut c = std::process::Command::new("/usr/bin/ojph_expand");
+            c.arg("-i").arg(&codestream).arg("-o").arg(&expanded);
+            c
+        });
+        assert!(status.status.success(), "{text}");
+        assert_eq!(
+            std::fs::read(&expanded).unwrap(),
+            raw,
+            "OpenJPH's own round trip"
+        );
+        let obj = encapsulate(
+            &source,
+            vec![std::fs::read(&codestream).unwrap()],
+            "1.2.840.10008.1.2.4.201",
+        );
+        let path = dir.path().join(format!("{name}.htj2k.dcm"));
+        obj.write_to_file(&path).unwrap();
+        let ours = pixels::decode(&open_file(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {}", dicomnode_server::ProcessError::from(e)));
+        assert_eq!(ours.samples, original.samples, "{name} in HTJ2K");
+    }
+}
