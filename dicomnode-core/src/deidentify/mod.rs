@@ -1,0 +1,692 @@
+//! De-identification by DICOM PS3.15 Annex E's Basic Application Level Confidentiality
+//! Profile, with its options, and re-identification of results that come back.
+//!
+//! The profile's table is kept as data ([`profile`], edition [`EDITION`]); every
+//! attribute it lists gets its action (D, Z, X, K, C, U and the combinations) in every
+//! data set and, recursively, in every sequence item. Private attributes are removed
+//! unless retained. UIDs are replaced consistently: the replacement is derived from the
+//! UID with a keyed hash, so the same key gives the same UIDs in every process, and the
+//! [`Mapping`] records them (in a file, if asked) for [`reidentify`].
+//!
+//! Pixel data are left as they are: burned-in annotation is not removed, and instances
+//! that say `BurnedInAnnotation = YES` are reported in [`Deidentified::warnings`].
+//!
+//! ```
+//! use dicomnode_core::deidentify::{Deidentifier, Mapping, ProfileOption};
+//! use dicomnode_core::input::value_of;
+//! use dicomnode_core::synthetic::SyntheticSeries;
+//! use dicom_dictionary_std::tags;
+//!
+//! let ct = SyntheticSeries::ct("PAT-1", 1).size(2, 2).build().unwrap().remove(0);
+//! let mut mapping = Mapping::random();
+//! let out = Deidentifier::new()
+//!     .with(ProfileOption::RetainLongitudinalModifiedDates)
+//!     .deidentify(&ct, &mut mapping)
+//!     .unwrap();
+//! assert_ne!(value_of(&out.instance, tags::PATIENT_ID).as_deref(), Some("PAT-1"));
+//! assert_eq!(value_of(&out.instance, tags::PATIENT_IDENTITY_REMOVED).as_deref(), Some("YES"));
+//! let back = dicomnode_core::deidentify::reidentify(&out.instance, &mapping).unwrap();
+//! assert_eq!(value_of(&back, tags::PATIENT_ID).as_deref(), Some("PAT-1"));
+//! ```
+
+mod mapping;
+pub mod profile;
+mod values;
+
+pub use mapping::{Mapping, PatientRecord};
+pub use profile::{Action, EDITION};
+
+use crate::input::value_of;
+use crate::DicomInstance;
+use dicom_core::header::Header;
+use dicom_core::value::{DataSetSequence, PrimitiveValue, Value};
+use dicom_core::{DataElement, Length, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::meta::FileMetaTableBuilder;
+use dicom_object::InMemDicomObject;
+use profile::Table;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// An option of the profile (PS3.15 E.3), in the order of the table's columns.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ProfileOption {
+    /// Retain Safe Private: keep private attributes of the creators named with
+    /// [`Deidentifier::safe_private_creator`].
+    RetainSafePrivate,
+    /// Retain UIDs.
+    RetainUids,
+    /// Retain Device Identity.
+    RetainDeviceIdentity,
+    /// Retain Institution Identity.
+    RetainInstitutionIdentity,
+    /// Retain Patient Characteristics (sex, age, size, weight, ...).
+    RetainPatientCharacteristics,
+    /// Retain Longitudinal Temporal Information, full dates.
+    RetainLongitudinalFullDates,
+    /// Retain Longitudinal Temporal Information, modified dates: every date of a patient
+    /// moved by the same number of days (derived from the key and the PatientID).
+    RetainLongitudinalModifiedDates,
+    /// Clean Descriptors: free text kept with the patient's and study's identifiers
+    /// replaced by `***`.
+    CleanDescriptors,
+    /// Clean Structured Content.
+    CleanStructuredContent,
+    /// Clean Graphics.
+    CleanGraphics,
+}
+
+impl ProfileOption {
+    /// Every option, in the order of Table E.1-1's columns.
+    pub const ALL: [ProfileOption; 10] = [
+        ProfileOption::RetainSafePrivate,
+        ProfileOption::RetainUids,
+        ProfileOption::RetainDeviceIdentity,
+        ProfileOption::RetainInstitutionIdentity,
+        ProfileOption::RetainPatientCharacteristics,
+        ProfileOption::RetainLongitudinalFullDates,
+        ProfileOption::RetainLongitudinalModifiedDates,
+        ProfileOption::CleanDescriptors,
+        ProfileOption::CleanStructuredContent,
+        ProfileOption::CleanGraphics,
+    ];
+
+    /// Its name on the command line (`retain-uids`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProfileOption::RetainSafePrivate => "retain-safe-private",
+            ProfileOption::RetainUids => "retain-uids",
+            ProfileOption::RetainDeviceIdentity => "retain-device-identity",
+            ProfileOption::RetainInstitutionIdentity => "retain-institution-identity",
+            ProfileOption::RetainPatientCharacteristics => "retain-patient-characteristics",
+            ProfileOption::RetainLongitudinalFullDates => "retain-long-full-dates",
+            ProfileOption::RetainLongitudinalModifiedDates => "retain-long-modified-dates",
+            ProfileOption::CleanDescriptors => "clean-descriptors",
+            ProfileOption::CleanStructuredContent => "clean-structured-content",
+            ProfileOption::CleanGraphics => "clean-graphics",
+        }
+    }
+
+    /// Its code in CID 7050 (De-identification Method), value and meaning.
+    pub fn code(&self) -> (&'static str, &'static str) {
+        match self {
+            ProfileOption::CleanGraphics => ("113103", "Clean Graphics Option"),
+            ProfileOption::CleanStructuredContent => ("113104", "Clean Structured Content Option"),
+            ProfileOption::CleanDescriptors => ("113105", "Clean Descriptors Option"),
+            ProfileOption::RetainLongitudinalFullDates => (
+                "113106",
+                "Retain Longitudinal Temporal Information Full Dates Option",
+            ),
+            ProfileOption::RetainLongitudinalModifiedDates => (
+                "113107",
+                "Retain Longitudinal Temporal Information Modified Dates Option",
+            ),
+            ProfileOption::RetainPatientCharacteristics => {
+                ("113108", "Retain Patient Characteristics Option")
+            }
+            ProfileOption::RetainDeviceIdentity => ("113109", "Retain Device Identity Option"),
+            ProfileOption::RetainUids => ("113110", "Retain UIDs Option"),
+            ProfileOption::RetainSafePrivate => ("113111", "Retain Safe Private Option"),
+            ProfileOption::RetainInstitutionIdentity => {
+                ("113112", "Retain Institution Identity Option")
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for ProfileOption {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ProfileOption::ALL
+            .into_iter()
+            .find(|o| o.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown option {s:?}; the options are {}",
+                    ProfileOption::ALL.map(|o| o.name()).join(", ")
+                )
+            })
+    }
+}
+
+/// Why an instance could not be de-identified or re-identified.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeidentifyError {
+    /// The key is unusable.
+    #[error("de-identification key: {0}")]
+    Key(String),
+    /// The mapping file could not be read or written.
+    #[error("mapping file {path}")]
+    MappingFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The new file meta group could not be made.
+    #[error("cannot make the file meta group of the de-identified instance")]
+    Meta(#[source] Box<dicom_object::WithMetaError>),
+}
+
+/// A de-identified instance, with what the de-identifier wants a person to know.
+#[derive(Debug)]
+pub struct Deidentified {
+    /// The instance.
+    pub instance: DicomInstance,
+    /// E.g. burned-in annotation left in the pixels.
+    pub warnings: Vec<String>,
+}
+
+/// The patient attributes whose original values the mapping keeps for re-identification.
+const PATIENT_IDENTITY: &[Tag] = &[
+    tags::PATIENT_NAME,
+    tags::PATIENT_ID,
+    tags::ISSUER_OF_PATIENT_ID,
+    tags::PATIENT_BIRTH_DATE,
+    tags::PATIENT_BIRTH_TIME,
+    tags::PATIENT_SEX,
+    tags::PATIENT_AGE,
+    tags::OTHER_PATIENT_NAMES,
+    tags::PATIENT_BIRTH_NAME,
+    tags::PATIENT_MOTHER_BIRTH_NAME,
+];
+
+/// The study attributes whose original values the mapping keeps, by study.
+const STUDY_IDENTITY: &[Tag] = &[
+    tags::ACCESSION_NUMBER,
+    tags::STUDY_ID,
+    tags::STUDY_DATE,
+    tags::STUDY_TIME,
+    tags::REFERRING_PHYSICIAN_NAME,
+    tags::STUDY_DESCRIPTION,
+];
+
+fn tag_key(tag: Tag) -> String {
+    format!("{:04X},{:04X}", tag.0, tag.1)
+}
+
+fn key_tag(key: &str) -> Option<Tag> {
+    let (g, e) = key.split_once(',')?;
+    Some(Tag(
+        u16::from_str_radix(g, 16).ok()?,
+        u16::from_str_radix(e, 16).ok()?,
+    ))
+}
+
+fn dictionary_vr(tag: Tag) -> VR {
+    use dicom_core::dictionary::DataDictionary;
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(tag)
+        .map(|e| e.vr.relaxed())
+        .unwrap_or(VR::LO)
+}
+
+/// Applies the profile with the options chosen.
+#[derive(Debug, Clone, Default)]
+pub struct Deidentifier {
+    options: Vec<ProfileOption>,
+    pseudonyms: BTreeMap<String, String>,
+    safe_private_creators: Vec<String>,
+}
+
+/// What the walk over a data set needs.
+struct Walk<'a> {
+    options: &'a [ProfileOption],
+    safe_private_creators: &'a [String],
+    mapping: &'a mut Mapping,
+    pseudonym: String,
+    shift_days: i64,
+    identifiers: Vec<String>,
+}
+
+impl Deidentifier {
+    /// The Basic Profile without options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an option.
+    pub fn with(mut self, option: ProfileOption) -> Self {
+        if !self.options.contains(&option) {
+            self.options.push(option);
+        }
+        self
+    }
+
+    /// The options chosen.
+    pub fn options(&self) -> &[ProfileOption] {
+        &self.options
+    }
+
+    /// Uses `pseudonym` for the patient with this PatientID (instead of one derived from
+    /// the key).
+    pub fn pseudonym(
+        mut self,
+        patient_id: impl Into<String>,
+        pseudonym: impl Into<String>,
+    ) -> Self {
+        self.pseudonyms.insert(patient_id.into(), pseudonym.into());
+        self
+    }
+
+    /// Under [`ProfileOption::RetainSafePrivate`], keeps the private attributes of this
+    /// private creator (e.g. a vendor's block known to hold no identity). Without it, or
+    /// for other creators, private attributes are removed.
+    pub fn safe_private_creator(mut self, creator: impl Into<String>) -> Self {
+        self.safe_private_creators.push(creator.into());
+        self
+    }
+
+    /// De-identifies one instance, recording replacements in `mapping` (call
+    /// [`Mapping::save`] to keep them in its file).
+    pub fn deidentify(
+        &self,
+        instance: &DicomInstance,
+        mapping: &mut Mapping,
+    ) -> Result<Deidentified, DeidentifyError> {
+        let patient_id = value_of(instance, tags::PATIENT_ID).unwrap_or_default();
+        let pseudonym = self
+            .pseudonyms
+            .get(&patient_id)
+            .cloned()
+            .unwrap_or_else(|| mapping.derived_pseudonym(&patient_id));
+        let shift_days = mapping.date_shift_days(&patient_id);
+        let mut identifiers: Vec<String> = [
+            tags::PATIENT_ID,
+            // Other Patient IDs (retired, still sent).
+            Tag(0x0010, 0x1000),
+            tags::ACCESSION_NUMBER,
+            tags::PATIENT_BIRTH_DATE,
+            tags::STUDY_ID,
+        ]
+        .iter()
+        .filter_map(|&t| value_of(instance, t))
+        .flat_map(|v| v.split('\\').map(str::to_string).collect::<Vec<_>>())
+        .collect();
+        for name_tag in [
+            tags::PATIENT_NAME,
+            tags::OTHER_PATIENT_NAMES,
+            tags::PATIENT_BIRTH_NAME,
+            tags::REFERRING_PHYSICIAN_NAME,
+        ] {
+            if let Some(name) = value_of(instance, name_tag) {
+                identifiers.extend(
+                    name.split(['^', '\\', ' ', '='])
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_string),
+                );
+            }
+        }
+        let mut walk = Walk {
+            options: &self.options,
+            safe_private_creators: &self.safe_private_creators,
+            mapping,
+            pseudonym: pseudonym.clone(),
+            shift_days,
+            identifiers,
+        };
+        let mut obj = walk.object(instance);
+        self.mark(&mut obj);
+
+        let mut record = PatientRecord {
+            pseudonym: pseudonym.clone(),
+            date_shift_days: shift_days,
+            ..Default::default()
+        };
+        for &tag in PATIENT_IDENTITY {
+            if let Some(v) = instance.get(tag).and_then(|e| e.to_str().ok()) {
+                record.patient.insert(tag_key(tag), v.to_string());
+            }
+        }
+        let new_study = value_of(&obj, tags::STUDY_INSTANCE_UID).unwrap_or_default();
+        let study: BTreeMap<String, String> = STUDY_IDENTITY
+            .iter()
+            .filter_map(|&tag| {
+                let v = instance.get(tag)?.to_str().ok()?;
+                Some((tag_key(tag), v.to_string()))
+            })
+            .collect();
+        record.studies.insert(new_study, study);
+        walk.mapping.record_patient(record);
+
+        let mut warnings = Vec::new();
+        if value_of(instance, tags::BURNED_IN_ANNOTATION).as_deref() == Some("YES") {
+            let warning = format!(
+                "{} says BurnedInAnnotation YES: its pixels may show identities, and pixel data are not cleaned",
+                value_of(&obj, tags::SOP_INSTANCE_UID).unwrap_or_default()
+            );
+            tracing::warn!("{warning}");
+            warnings.push(warning);
+        }
+        let instance = with_meta(obj, instance)?;
+        Ok(Deidentified { instance, warnings })
+    }
+
+    /// Patient Identity Removed, the method and its codes, and what became of dates.
+    fn mark(&self, obj: &mut InMemDicomObject) {
+        put(obj, tags::PATIENT_IDENTITY_REMOVED, VR::CS, "YES".into());
+        let mut method =
+            format!("DICOM PS3.15 {EDITION} Basic Application Level Confidentiality Profile");
+        for option in &self.options {
+            method.push_str(", ");
+            method.push_str(option.code().1);
+        }
+        method.truncate(64);
+        put(obj, tags::DEIDENTIFICATION_METHOD, VR::LO, method.into());
+        let codes = std::iter::once(("113100", "Basic Application Confidentiality Profile"))
+            .chain(self.options.iter().map(ProfileOption::code))
+            .map(|(value, meaning)| {
+                InMemDicomObject::from_element_iter([
+                    DataElement::new(tags::CODE_VALUE, VR::SH, value),
+                    DataElement::new(tags::CODING_SCHEME_DESIGNATOR, VR::SH, "DCM"),
+                    DataElement::new(tags::CODE_MEANING, VR::LO, meaning),
+                ])
+            })
+            .collect::<Vec<_>>();
+        obj.put(DataElement::new(
+            tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::new(codes, Length::UNDEFINED),
+        ));
+        let temporal = if self
+            .options
+            .contains(&ProfileOption::RetainLongitudinalFullDates)
+        {
+            "UNMODIFIED"
+        } else if self
+            .options
+            .contains(&ProfileOption::RetainLongitudinalModifiedDates)
+        {
+            "MODIFIED"
+        } else {
+            "REMOVED"
+        };
+        put(
+            obj,
+            tags::LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED,
+            VR::CS,
+            temporal.into(),
+        );
+    }
+}
+
+fn put(obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: PrimitiveValue) {
+    obj.put(DataElement::new(tag, vr, value));
+}
+
+/// The Part-10 instance of `obj` with a new file meta group naming this application (the
+/// source's transfer syntax kept).
+fn with_meta(
+    obj: InMemDicomObject,
+    source: &DicomInstance,
+) -> Result<DicomInstance, DeidentifyError> {
+    let sop_class = value_of(&obj, tags::SOP_CLASS_UID).unwrap_or_else(|| {
+        source
+            .meta()
+            .media_storage_sop_class_uid()
+            .trim_end_matches('\0')
+            .to_string()
+    });
+    let sop_instance = value_of(&obj, tags::SOP_INSTANCE_UID).unwrap_or_default();
+    let meta = FileMetaTableBuilder::new()
+        .transfer_syntax(source.meta().transfer_syntax().trim_end_matches('\0'))
+        .media_storage_sop_class_uid(sop_class)
+        .media_storage_sop_instance_uid(sop_instance)
+        .implementation_version_name("DICOMNODE_RS");
+    obj.with_meta(meta)
+        .map_err(|e| DeidentifyError::Meta(Box::new(e)))
+}
+
+impl Walk<'_> {
+    fn object(&mut self, source: &InMemDicomObject) -> InMemDicomObject {
+        let mut out = InMemDicomObject::new_empty();
+        let creators = private_creators(source);
+        for element in source.iter() {
+            if let Some(kept) = self.element(element, &creators) {
+                out.put(kept);
+            }
+        }
+        out
+    }
+
+    fn items(&mut self, items: &[InMemDicomObject]) -> Vec<InMemDicomObject> {
+        items.iter().map(|item| self.object(item)).collect()
+    }
+
+    /// The element after the profile's action, or `None` to remove it.
+    fn element(
+        &mut self,
+        element: &DataElement<InMemDicomObject>,
+        creators: &BTreeMap<(u16, u8), String>,
+    ) -> Option<DataElement<InMemDicomObject>> {
+        let tag = element.tag();
+        let vr = element.vr();
+        if tag.0 % 2 == 1 {
+            return self.private(element, creators);
+        }
+        let action = Table::standard()
+            .row(tag)
+            .map(|row| row.action(self.options));
+        let Some(action) = action else {
+            return Some(self.recursed(element));
+        };
+        // The patient's identity becomes the pseudonym wherever the profile changes it.
+        if (tag == tags::PATIENT_ID || tag == tags::PATIENT_NAME) && action != Action::K {
+            return Some(DataElement::new(
+                tag,
+                vr,
+                PrimitiveValue::from(self.pseudonym.as_str()),
+            ));
+        }
+        let is_sequence = matches!(element.value(), Value::Sequence(_));
+        match action {
+            Action::X => None,
+            Action::K => Some(self.recursed(element)),
+            Action::Z | Action::XOrZ => Some(if is_sequence {
+                DataElement::new(tag, VR::SQ, DataSetSequence::<InMemDicomObject>::empty())
+            } else {
+                DataElement::new(tag, vr, PrimitiveValue::Empty)
+            }),
+            Action::D | Action::ZOrD | Action::XOrD | Action::XOrZOrD => Some(if is_sequence {
+                self.recursed(element)
+            } else if vr == VR::UI {
+                self.uids(element)
+            } else {
+                DataElement::new(tag, vr, values::dummy(vr))
+            }),
+            Action::U | Action::XOrZOrUids => Some(if is_sequence {
+                self.recursed(element)
+            } else if vr == VR::UI {
+                self.uids(element)
+            } else {
+                DataElement::new(tag, vr, values::dummy(vr))
+            }),
+            Action::C => Some(self.cleaned(element)),
+        }
+    }
+
+    /// The element with each sequence item de-identified (others as they are).
+    fn recursed(
+        &mut self,
+        element: &DataElement<InMemDicomObject>,
+    ) -> DataElement<InMemDicomObject> {
+        match element.value() {
+            Value::Sequence(seq) => DataElement::new(
+                element.tag(),
+                VR::SQ,
+                DataSetSequence::new(self.items(seq.items()), Length::UNDEFINED),
+            ),
+            _ => element.clone(),
+        }
+    }
+
+    fn uids(&mut self, element: &DataElement<InMemDicomObject>) -> DataElement<InMemDicomObject> {
+        let mapped: Vec<String> = match element.value() {
+            Value::Primitive(p) => p
+                .to_multi_str()
+                .iter()
+                .map(|u| u.trim_end_matches(['\0', ' ']))
+                .filter(|u| !u.is_empty())
+                .map(|u| self.mapping.uid(u))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if mapped.is_empty() {
+            return DataElement::new(element.tag(), VR::UI, PrimitiveValue::Empty);
+        }
+        DataElement::new(element.tag(), VR::UI, PrimitiveValue::Strs(mapped.into()))
+    }
+
+    fn cleaned(
+        &mut self,
+        element: &DataElement<InMemDicomObject>,
+    ) -> DataElement<InMemDicomObject> {
+        let (tag, vr) = (element.tag(), element.vr());
+        let Value::Primitive(p) = element.value() else {
+            return self.recursed(element);
+        };
+        let texts = p.to_multi_str();
+        let map = |f: &dyn Fn(&str) -> String| -> PrimitiveValue {
+            PrimitiveValue::Strs(texts.iter().map(|t| f(t)).collect())
+        };
+        match vr {
+            VR::DA | VR::DT => {
+                let days = self.shift_days;
+                DataElement::new(
+                    tag,
+                    vr,
+                    map(&|t| values::shift_date(t, days).unwrap_or_default()),
+                )
+            }
+            VR::TM => element.clone(),
+            VR::AE => {
+                let mapping = &*self.mapping;
+                DataElement::new(
+                    tag,
+                    vr,
+                    map(&|t| {
+                        let hash = mapping.keyed_hash(format!("ae:{}", t.trim()).as_bytes());
+                        format!(
+                            "AE{:02X}{:02X}{:02X}{:02X}",
+                            hash[0], hash[1], hash[2], hash[3]
+                        )
+                    }),
+                )
+            }
+            VR::UI => self.uids(element),
+            VR::LO | VR::SH | VR::ST | VR::LT | VR::UT | VR::UC | VR::PN => {
+                let ids = &self.identifiers;
+                DataElement::new(tag, vr, map(&|t| values::scrub(t, ids)))
+            }
+            _ => element.clone(),
+        }
+    }
+
+    /// A private element: kept under Retain Safe Private when its creator is one named
+    /// safe (with its creator element), else removed.
+    fn private(
+        &mut self,
+        element: &DataElement<InMemDicomObject>,
+        creators: &BTreeMap<(u16, u8), String>,
+    ) -> Option<DataElement<InMemDicomObject>> {
+        if !self.options.contains(&ProfileOption::RetainSafePrivate) {
+            return None;
+        }
+        let tag = element.tag();
+        let creator = if (0x0010..=0x00FF).contains(&tag.1) {
+            creators.get(&(tag.0, tag.1 as u8))
+        } else {
+            creators.get(&(tag.0, (tag.1 >> 8) as u8))
+        };
+        let safe = creator.is_some_and(|c| self.safe_private_creators.iter().any(|s| s == c));
+        safe.then(|| self.recursed(element))
+    }
+}
+
+/// The private creators of a data set: (group, block) to creator name.
+fn private_creators(obj: &InMemDicomObject) -> BTreeMap<(u16, u8), String> {
+    obj.iter()
+        .filter(|e| e.tag().0 % 2 == 1 && (0x0010..=0x00FF).contains(&e.tag().1))
+        .filter_map(|e| {
+            let name = e.to_str().ok()?.trim().to_string();
+            Some(((e.tag().0, e.tag().1 as u8), name))
+        })
+        .collect()
+}
+
+/// Re-identifies an instance de-identified with `mapping`: replaced UIDs become their
+/// originals again (in sequences too), the patient's and the study's identity attributes
+/// get their recorded values, and Patient Identity Removed becomes NO (PS3.15 E.1.2).
+/// UIDs that `mapping` did not make (a result's own new instances) stay as they are.
+pub fn reidentify(
+    instance: &DicomInstance,
+    mapping: &Mapping,
+) -> Result<DicomInstance, DeidentifyError> {
+    let pseudonym = value_of(instance, tags::PATIENT_ID).unwrap_or_default();
+    let study_key = value_of(instance, tags::STUDY_INSTANCE_UID).unwrap_or_default();
+    let mut obj = restore_uids(instance, mapping);
+    if let Some(record) = mapping.patient(&pseudonym) {
+        let study = record.studies.get(&study_key);
+        for (key, value) in record.patient.iter().chain(study.into_iter().flatten()) {
+            if let Some(tag) = key_tag(key) {
+                put(
+                    &mut obj,
+                    tag,
+                    dictionary_vr(tag),
+                    PrimitiveValue::from(value.as_str()),
+                );
+            }
+        }
+    }
+    put(
+        &mut obj,
+        tags::PATIENT_IDENTITY_REMOVED,
+        VR::CS,
+        "NO".into(),
+    );
+    obj.remove_element(tags::DEIDENTIFICATION_METHOD);
+    obj.remove_element(tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE);
+    with_meta(obj, instance)
+}
+
+fn restore_uids(obj: &InMemDicomObject, mapping: &Mapping) -> InMemDicomObject {
+    let mut out = InMemDicomObject::new_empty();
+    for element in obj.iter() {
+        let restored = match element.value() {
+            Value::Sequence(seq) => DataElement::new(
+                element.tag(),
+                VR::SQ,
+                DataSetSequence::new(
+                    seq.items()
+                        .iter()
+                        .map(|i| restore_uids(i, mapping))
+                        .collect::<Vec<_>>(),
+                    Length::UNDEFINED,
+                ),
+            ),
+            Value::Primitive(p) if element.vr() == VR::UI => {
+                let uids: Vec<String> = p
+                    .to_multi_str()
+                    .iter()
+                    .map(|u| {
+                        let u = u.trim_end_matches(['\0', ' ']);
+                        mapping.original_uid(u).unwrap_or(u).to_string()
+                    })
+                    .collect();
+                DataElement::new(element.tag(), VR::UI, PrimitiveValue::Strs(uids.into()))
+            }
+            _ => element.clone(),
+        };
+        out.put(restored);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
