@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Extract PS3.15 Table E.1-1 from the standard's DocBook XML (part15.xml) into TSV.
-Usage: extract_e11.py part15.xml out.tsv
+"""Extract PS3.15 Table E.1-1 (Application Level Confidentiality Profile Attributes) from the
+standard's DocBook source (part15.xml) into the TSV kept at
+dicomnode-core/src/deidentify/table_e1_1.tsv. Usage: extract_confidentiality_table.py part15.xml out.tsv
 """
 import sys, re, xml.etree.ElementTree as ET
 D = '{http://docbook.org/ns/docbook}'

@@ -6,9 +6,11 @@
 //! ```
 
 use anyhow::Context;
+mod deidentify;
 mod volume;
 
 use clap::{Parser, Subcommand};
+use dicomnode_server::deidentify::ProfileOption;
 use dicomnode_server::dimse::status;
 use dicomnode_server::dispatch::StoreAssociation;
 use dicomnode_server::part10::Part10;
@@ -69,6 +71,53 @@ enum Command {
         #[arg(long)]
         no_suv: bool,
     },
+    /// De-identify DICOM files (folders recursively) by the DICOM Basic Application Level
+    /// Confidentiality Profile (PS3.15 E.1) into OUT, same relative paths. Pixel data are
+    /// not cleaned: instances marked BurnedInAnnotation YES are reported.
+    Deidentify {
+        /// A file or folder.
+        input: PathBuf,
+        /// The folder to write to.
+        output: PathBuf,
+        /// The profile (only `basic` exists).
+        #[arg(long, default_value = "basic", value_parser = ["basic"])]
+        profile: String,
+        /// An option of the profile, repeatable: retain-safe-private, retain-uids,
+        /// retain-device-identity, retain-institution-identity,
+        /// retain-patient-characteristics, retain-long-full-dates,
+        /// retain-long-modified-dates, clean-descriptors, clean-structured-content,
+        /// clean-graphics.
+        #[arg(long = "retain", alias = "option", value_name = "OPTION")]
+        options: Vec<ProfileOption>,
+        /// The mapping file (created with a new key if absent): keeps the key and what was
+        /// replaced, so that results can be re-identified. Keep it where identities may be.
+        #[arg(long)]
+        mapping: Option<PathBuf>,
+        /// A pseudonym for a patient, PATIENT_ID=PSEUDONYM (repeatable); others get one
+        /// derived from the key.
+        #[arg(long, value_name = "ID=PSEUDONYM", value_parser = parse_pseudonym)]
+        pseudonym: Vec<(String, String)>,
+        /// With --retain retain-safe-private: a private creator whose attributes are kept.
+        #[arg(long, value_name = "CREATOR")]
+        safe_private: Vec<String>,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Re-identify files de-identified with a mapping file: UIDs and the patient's and
+    /// study's identity come back.
+    Reidentify {
+        /// A file or folder.
+        input: PathBuf,
+        /// The folder to write to.
+        output: PathBuf,
+        /// The mapping file used to de-identify.
+        #[arg(long)]
+        mapping: PathBuf,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// List the batches in a data directory's quarantine, with their failures.
     Quarantine {
         /// The node's data directory.
@@ -117,6 +166,15 @@ impl TlsArgs {
     }
 }
 
+fn parse_pseudonym(text: &str) -> std::result::Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((id, pseudonym)) if !id.is_empty() && !pseudonym.is_empty() => {
+            Ok((id.to_string(), pseudonym.to_string()))
+        }
+        _ => Err(format!("{text:?} is not PATIENT_ID=PSEUDONYM")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -132,6 +190,30 @@ fn main() -> ExitCode {
             allow_gaps,
             no_suv,
         } => volume::volume(&paths, allow_gaps, !no_suv),
+        Command::Deidentify {
+            input,
+            output,
+            profile: _,
+            options,
+            mapping,
+            pseudonym,
+            safe_private,
+            quiet,
+        } => deidentify::deidentify(deidentify::DeidentifyArgs {
+            input,
+            output,
+            options,
+            mapping,
+            pseudonyms: pseudonym,
+            safe_private,
+            quiet,
+        }),
+        Command::Reidentify {
+            input,
+            output,
+            mapping,
+            quiet,
+        } => deidentify::reidentify_files(&input, &output, &mapping, quiet),
         Command::Quarantine { data_dir } => quarantine(&data_dir),
         Command::Requeue { data_dir, patients } => requeue(&data_dir, &patients),
     };

@@ -1,5 +1,6 @@
 //! Pipelines shared by the runnable examples (`examples/*.rs`).
 
+pub mod deidentify;
 pub mod volume_stats;
 
 pub mod store {
