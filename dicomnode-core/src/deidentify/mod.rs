@@ -31,22 +31,24 @@
 
 mod mapping;
 pub mod profile;
+mod reidentify;
 mod values;
+mod walk;
 
 pub use mapping::{Mapping, PatientRecord};
 pub use profile::{Action, EDITION};
+pub use reidentify::reidentify;
 
 use crate::input::value_of;
 use crate::DicomInstance;
-use dicom_core::header::Header;
-use dicom_core::value::{DataSetSequence, PrimitiveValue, Value};
+use dicom_core::value::{DataSetSequence, PrimitiveValue};
 use dicom_core::{DataElement, Length, Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::InMemDicomObject;
-use profile::Table;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use walk::Walk;
 
 /// An option of the profile (PS3.15 E.3), in the order of the table's columns.
 #[derive(
@@ -233,16 +235,6 @@ pub struct Deidentifier {
     options: Vec<ProfileOption>,
     pseudonyms: BTreeMap<String, String>,
     safe_private_creators: Vec<String>,
-}
-
-/// What the walk over a data set needs.
-struct Walk<'a> {
-    options: &'a [ProfileOption],
-    safe_private_creators: &'a [String],
-    mapping: &'a mut Mapping,
-    pseudonym: String,
-    shift_days: i64,
-    identifiers: Vec<String>,
 }
 
 impl Deidentifier {
@@ -441,251 +433,6 @@ fn with_meta(
         .implementation_version_name("DICOMNODE_RS");
     obj.with_meta(meta)
         .map_err(|e| DeidentifyError::Meta(Box::new(e)))
-}
-
-impl Walk<'_> {
-    fn object(&mut self, source: &InMemDicomObject) -> InMemDicomObject {
-        let mut out = InMemDicomObject::new_empty();
-        let creators = private_creators(source);
-        for element in source.iter() {
-            if let Some(kept) = self.element(element, &creators) {
-                out.put(kept);
-            }
-        }
-        out
-    }
-
-    fn items(&mut self, items: &[InMemDicomObject]) -> Vec<InMemDicomObject> {
-        items.iter().map(|item| self.object(item)).collect()
-    }
-
-    /// The element after the profile's action, or `None` to remove it.
-    fn element(
-        &mut self,
-        element: &DataElement<InMemDicomObject>,
-        creators: &BTreeMap<(u16, u8), String>,
-    ) -> Option<DataElement<InMemDicomObject>> {
-        let tag = element.tag();
-        let vr = element.vr();
-        if tag.0 % 2 == 1 {
-            return self.private(element, creators);
-        }
-        let action = Table::standard()
-            .row(tag)
-            .map(|row| row.action(self.options));
-        let Some(action) = action else {
-            return Some(self.recursed(element));
-        };
-        // The patient's identity becomes the pseudonym wherever the profile changes it.
-        if (tag == tags::PATIENT_ID || tag == tags::PATIENT_NAME) && action != Action::K {
-            return Some(DataElement::new(
-                tag,
-                vr,
-                PrimitiveValue::from(self.pseudonym.as_str()),
-            ));
-        }
-        let is_sequence = matches!(element.value(), Value::Sequence(_));
-        match action {
-            Action::X => None,
-            Action::K => Some(self.recursed(element)),
-            Action::Z | Action::XOrZ => Some(if is_sequence {
-                DataElement::new(tag, VR::SQ, DataSetSequence::<InMemDicomObject>::empty())
-            } else {
-                DataElement::new(tag, vr, PrimitiveValue::Empty)
-            }),
-            Action::D | Action::ZOrD | Action::XOrD | Action::XOrZOrD => Some(if is_sequence {
-                self.recursed(element)
-            } else if vr == VR::UI {
-                self.uids(element)
-            } else {
-                DataElement::new(tag, vr, values::dummy(vr))
-            }),
-            Action::U | Action::XOrZOrUids => Some(if is_sequence {
-                self.recursed(element)
-            } else if vr == VR::UI {
-                self.uids(element)
-            } else {
-                DataElement::new(tag, vr, values::dummy(vr))
-            }),
-            Action::C => Some(self.cleaned(element)),
-        }
-    }
-
-    /// The element with each sequence item de-identified (others as they are).
-    fn recursed(
-        &mut self,
-        element: &DataElement<InMemDicomObject>,
-    ) -> DataElement<InMemDicomObject> {
-        match element.value() {
-            Value::Sequence(seq) => DataElement::new(
-                element.tag(),
-                VR::SQ,
-                DataSetSequence::new(self.items(seq.items()), Length::UNDEFINED),
-            ),
-            _ => element.clone(),
-        }
-    }
-
-    fn uids(&mut self, element: &DataElement<InMemDicomObject>) -> DataElement<InMemDicomObject> {
-        let mapped: Vec<String> = match element.value() {
-            Value::Primitive(p) => p
-                .to_multi_str()
-                .iter()
-                .map(|u| u.trim_end_matches(['\0', ' ']))
-                .filter(|u| !u.is_empty())
-                .map(|u| self.mapping.uid(u))
-                .collect(),
-            _ => Vec::new(),
-        };
-        if mapped.is_empty() {
-            return DataElement::new(element.tag(), VR::UI, PrimitiveValue::Empty);
-        }
-        DataElement::new(element.tag(), VR::UI, PrimitiveValue::Strs(mapped.into()))
-    }
-
-    fn cleaned(
-        &mut self,
-        element: &DataElement<InMemDicomObject>,
-    ) -> DataElement<InMemDicomObject> {
-        let (tag, vr) = (element.tag(), element.vr());
-        let Value::Primitive(p) = element.value() else {
-            return self.recursed(element);
-        };
-        let texts = p.to_multi_str();
-        let map = |f: &dyn Fn(&str) -> String| -> PrimitiveValue {
-            PrimitiveValue::Strs(texts.iter().map(|t| f(t)).collect())
-        };
-        match vr {
-            VR::DA | VR::DT => {
-                let days = self.shift_days;
-                DataElement::new(
-                    tag,
-                    vr,
-                    map(&|t| values::shift_date(t, days).unwrap_or_default()),
-                )
-            }
-            VR::TM => element.clone(),
-            VR::AE => {
-                let mapping = &*self.mapping;
-                DataElement::new(
-                    tag,
-                    vr,
-                    map(&|t| {
-                        let hash = mapping.keyed_hash(format!("ae:{}", t.trim()).as_bytes());
-                        format!(
-                            "AE{:02X}{:02X}{:02X}{:02X}",
-                            hash[0], hash[1], hash[2], hash[3]
-                        )
-                    }),
-                )
-            }
-            VR::UI => self.uids(element),
-            VR::LO | VR::SH | VR::ST | VR::LT | VR::UT | VR::UC | VR::PN => {
-                let ids = &self.identifiers;
-                DataElement::new(tag, vr, map(&|t| values::scrub(t, ids)))
-            }
-            _ => element.clone(),
-        }
-    }
-
-    /// A private element: kept under Retain Safe Private when its creator is one named
-    /// safe (with its creator element), else removed.
-    fn private(
-        &mut self,
-        element: &DataElement<InMemDicomObject>,
-        creators: &BTreeMap<(u16, u8), String>,
-    ) -> Option<DataElement<InMemDicomObject>> {
-        if !self.options.contains(&ProfileOption::RetainSafePrivate) {
-            return None;
-        }
-        let tag = element.tag();
-        let creator = if (0x0010..=0x00FF).contains(&tag.1) {
-            creators.get(&(tag.0, tag.1 as u8))
-        } else {
-            creators.get(&(tag.0, (tag.1 >> 8) as u8))
-        };
-        let safe = creator.is_some_and(|c| self.safe_private_creators.iter().any(|s| s == c));
-        safe.then(|| self.recursed(element))
-    }
-}
-
-/// The private creators of a data set: (group, block) to creator name.
-fn private_creators(obj: &InMemDicomObject) -> BTreeMap<(u16, u8), String> {
-    obj.iter()
-        .filter(|e| e.tag().0 % 2 == 1 && (0x0010..=0x00FF).contains(&e.tag().1))
-        .filter_map(|e| {
-            let name = e.to_str().ok()?.trim().to_string();
-            Some(((e.tag().0, e.tag().1 as u8), name))
-        })
-        .collect()
-}
-
-/// Re-identifies an instance de-identified with `mapping`: replaced UIDs become their
-/// originals again (in sequences too), the patient's and the study's identity attributes
-/// get their recorded values, and Patient Identity Removed becomes NO (PS3.15 E.1.2).
-/// UIDs that `mapping` did not make (a result's own new instances) stay as they are.
-pub fn reidentify(
-    instance: &DicomInstance,
-    mapping: &Mapping,
-) -> Result<DicomInstance, DeidentifyError> {
-    let pseudonym = value_of(instance, tags::PATIENT_ID).unwrap_or_default();
-    let study_key = value_of(instance, tags::STUDY_INSTANCE_UID).unwrap_or_default();
-    let mut obj = restore_uids(instance, mapping);
-    if let Some(record) = mapping.patient(&pseudonym) {
-        let study = record.studies.get(&study_key);
-        for (key, value) in record.patient.iter().chain(study.into_iter().flatten()) {
-            if let Some(tag) = key_tag(key) {
-                put(
-                    &mut obj,
-                    tag,
-                    dictionary_vr(tag),
-                    PrimitiveValue::from(value.as_str()),
-                );
-            }
-        }
-    }
-    put(
-        &mut obj,
-        tags::PATIENT_IDENTITY_REMOVED,
-        VR::CS,
-        "NO".into(),
-    );
-    obj.remove_element(tags::DEIDENTIFICATION_METHOD);
-    obj.remove_element(tags::DEIDENTIFICATION_METHOD_CODE_SEQUENCE);
-    with_meta(obj, instance)
-}
-
-fn restore_uids(obj: &InMemDicomObject, mapping: &Mapping) -> InMemDicomObject {
-    let mut out = InMemDicomObject::new_empty();
-    for element in obj.iter() {
-        let restored = match element.value() {
-            Value::Sequence(seq) => DataElement::new(
-                element.tag(),
-                VR::SQ,
-                DataSetSequence::new(
-                    seq.items()
-                        .iter()
-                        .map(|i| restore_uids(i, mapping))
-                        .collect::<Vec<_>>(),
-                    Length::UNDEFINED,
-                ),
-            ),
-            Value::Primitive(p) if element.vr() == VR::UI => {
-                let uids: Vec<String> = p
-                    .to_multi_str()
-                    .iter()
-                    .map(|u| {
-                        let u = u.trim_end_matches(['\0', ' ']);
-                        mapping.original_uid(u).unwrap_or(u).to_string()
-                    })
-                    .collect();
-                DataElement::new(element.tag(), VR::UI, PrimitiveValue::Strs(uids.into()))
-            }
-            _ => element.clone(),
-        };
-        out.put(restored);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -115,7 +115,9 @@ impl TagPattern {
     pub fn covers(&self, tag: Tag) -> bool {
         match *self {
             TagPattern::Exact(t) => t == tag,
-            TagPattern::CurveGroups => (0x5000..=0x50FF).contains(&tag.0) && tag.0.is_multiple_of(2),
+            TagPattern::CurveGroups => {
+                (0x5000..=0x50FF).contains(&tag.0) && tag.0.is_multiple_of(2)
+            }
             TagPattern::OverlayElement(e) => {
                 (0x6000..=0x60FF).contains(&tag.0) && tag.0.is_multiple_of(2) && tag.1 == e
             }
