@@ -4,6 +4,7 @@
 //! table gives it, read here from the table file itself.
 
 use super::*;
+use dicom_core::value::Value;
 use crate::synthetic::SyntheticSeries;
 use dicom_core::dictionary::DataDictionary;
 use dicom_dictionary_std::StandardDataDictionary;
