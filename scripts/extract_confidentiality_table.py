@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Extract PS3.15 Table E.1-1 (Application Level Confidentiality Profile Attributes) from the
 standard's DocBook source (part15.xml) into the TSV kept at
-dicomnode-core/src/deidentify/table_e1_1.tsv. Usage: extract_confidentiality_table.py part15.xml out.tsv
+dicomnode-core/src/deidentify/table_e1_1.tsv, and Table E.3.10-1 (Safe Private Attributes)
+into safe_private.tsv beside it.
+Usage: extract_confidentiality_table.py part15.xml table_e1_1.tsv [safe_private.tsv]
 """
 import sys, re, xml.etree.ElementTree as ET
 D = '{http://docbook.org/ns/docbook}'
@@ -63,5 +65,28 @@ def main(src, out):
         print('annotation:', n, file=sys.stderr)
     print(len(rows), 'rows', file=sys.stderr)
 
+def safe_private(src, out):
+    """Table E.3.10-1, Safe Private Attributes: element, private creator, VR, VM, meaning."""
+    root = ET.parse(src).getroot()
+    tbl = next(t for t in root.iter(D + 'table') if t.get(XMLID) == 'table_E.3.10-1')
+    head = [text(th) for th in tbl.find(D + 'thead').find(D + 'tr').findall(D + 'th')]
+    assert head == ["Data Element", "Private Creator", "VR", "VM", "Meaning"], head
+    rows = []
+    for tr in tbl.find(D + 'tbody').findall(D + 'tr'):
+        tds = tr.findall(D + 'td')
+        assert len(tds) == 5, [text(td) for td in tds]
+        cells = [' '.join(paras(td)) for td in tds]
+        assert re.fullmatch(r'\([0-9A-Fa-f]{4},xx[0-9A-Fa-f]{2}\)', cells[0]), cells
+        rows.append(cells)
+    with open(out, 'w', encoding='utf-8', newline='\n') as f:
+        f.write('element\tcreator\tvr\tvm\tmeaning\n')
+        for r in rows:
+            assert not any('\t' in c for c in r)
+            f.write('\t'.join(r) + '\n')
+    print(len(rows), 'safe private rows', file=sys.stderr)
+
 if __name__ == '__main__':
+    # extract_confidentiality_table.py part15.xml table_e1_1.tsv [safe_private.tsv]
     main(sys.argv[1], sys.argv[2])
+    if len(sys.argv) > 3:
+        safe_private(sys.argv[1], sys.argv[3])

@@ -57,7 +57,8 @@ use walk::Walk;
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum ProfileOption {
-    /// Retain Safe Private: keep private attributes of the creators named with
+    /// Retain Safe Private: keep the private attributes the standard lists as safe
+    /// (PS3.15 Table E.3.10-1) and those of creators named with
     /// [`Deidentifier::safe_private_creator`].
     RetainSafePrivate,
     /// Retain UIDs.
@@ -267,9 +268,9 @@ impl Deidentifier {
         self
     }
 
-    /// Under [`ProfileOption::RetainSafePrivate`], keeps the private attributes of this
-    /// private creator (e.g. a vendor's block known to hold no identity). Without it, or
-    /// for other creators, private attributes are removed.
+    /// Under [`ProfileOption::RetainSafePrivate`], keeps every private attribute of this
+    /// private creator too (a vendor's block known locally to hold no identity), besides
+    /// those the standard lists as safe. Without the option, private attributes are removed.
     pub fn safe_private_creator(mut self, creator: impl Into<String>) -> Self {
         self.safe_private_creators.push(creator.into());
         self

@@ -13,6 +13,63 @@ pub const EDITION: &str = "2024c";
 
 const TABLE: &str = include_str!("table_e1_1.tsv");
 
+/// PS3.15 Table E.3.10-1, Safe Private Attributes, of the same edition.
+const SAFE_PRIVATE: &str = include_str!("safe_private.tsv");
+
+/// The private attributes the standard lists as safe: (group, private creator, element
+/// within the creator's block).
+pub struct SafePrivate {
+    elements: std::collections::HashSet<(u16, String, u8)>,
+}
+
+impl SafePrivate {
+    /// The standard's list (edition [`EDITION`]).
+    pub fn standard() -> &'static SafePrivate {
+        static LIST: OnceLock<SafePrivate> = OnceLock::new();
+        LIST.get_or_init(|| {
+            let elements = SAFE_PRIVATE
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let mut cells = line.split('\t');
+                    let element = cells.next()?;
+                    let creator = cells.next()?.trim().to_string();
+                    let inner = element.strip_prefix('(')?.strip_suffix(')')?;
+                    let (group, low) = inner.split_once(",xx")?;
+                    Some((
+                        u16::from_str_radix(group, 16).ok()?,
+                        creator,
+                        u8::from_str_radix(low, 16).ok()?,
+                    ))
+                })
+                .collect();
+            SafePrivate { elements }
+        })
+    }
+
+    /// How many attributes the list holds.
+    pub fn len(&self) -> usize {
+        self.elements.len()
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.elements.is_empty()
+    }
+
+    /// Whether element `low` of `creator`'s block in `group` is safe.
+    pub fn contains(&self, group: u16, creator: &str, low: u8) -> bool {
+        self.elements.contains(&(group, creator.to_string(), low))
+    }
+
+    /// Whether `creator` has any safe attribute in `group`.
+    pub fn has_creator(&self, group: u16, creator: &str) -> bool {
+        self.elements
+            .iter()
+            .any(|(g, c, _)| *g == group && c == creator)
+    }
+}
+
 /// An action of the profile (PS3.15 Table E.1-1a).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -258,5 +315,9 @@ mod tests {
             TagPattern::Private
         );
         assert!(t.row(tags::ROWS).is_none());
+        let safe = SafePrivate::standard();
+        assert_eq!(safe.len(), SAFE_PRIVATE.lines().count() - 1);
+        assert!(safe.contains(0x7053, "Philips PET Private Group", 0x00));
+        assert!(!safe.contains(0x7053, "Philips PET Private Group", 0x50));
     }
 }

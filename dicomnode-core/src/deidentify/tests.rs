@@ -4,9 +4,9 @@
 //! table gives it, read here from the table file itself.
 
 use super::*;
-use dicom_core::value::Value;
 use crate::synthetic::SyntheticSeries;
 use dicom_core::dictionary::DataDictionary;
+use dicom_core::value::Value;
 use dicom_dictionary_std::StandardDataDictionary;
 
 const TSV: &str = include_str!("table_e1_1.tsv");
@@ -483,4 +483,35 @@ fn private_attributes_go_unless_their_creator_is_retained_as_safe() {
     assert_eq!(text(&safe, Tag(0x0029, 0x1001)).as_deref(), Some("dose 3"));
     assert!(safe.get(Tag(0x0029, 0x1101)).is_none());
     assert!(safe.get(Tag(0x0029, 0x0011)).is_none());
+
+    // The standard's own list: Philips' SUV factor is safe, other elements of its block
+    // are not.
+    let mut pet = ct.clone();
+    pet.put(DataElement::new(
+        Tag(0x7053, 0x0010),
+        VR::LO,
+        "Philips PET Private Group",
+    ));
+    pet.put(DataElement::new(Tag(0x7053, 0x1000), VR::DS, "0.000123"));
+    pet.put(DataElement::new(Tag(0x7053, 0x1050), VR::LO, "Doe"));
+    let kept = Deidentifier::new()
+        .with(ProfileOption::RetainSafePrivate)
+        .deidentify(&pet, &mut mapping)
+        .unwrap()
+        .instance;
+    assert_eq!(
+        text(&kept, Tag(0x7053, 0x1000)).as_deref(),
+        Some("0.000123")
+    );
+    assert!(kept.get(Tag(0x7053, 0x0010)).is_some());
+    assert!(kept.get(Tag(0x7053, 0x1050)).is_none());
+    assert!(
+        kept.get(Tag(0x0029, 0x1001)).is_none(),
+        "not named safe this time"
+    );
+    let removed = Deidentifier::new()
+        .deidentify(&pet, &mut mapping)
+        .unwrap()
+        .instance;
+    assert!(removed.get(Tag(0x7053, 0x1000)).is_none());
 }

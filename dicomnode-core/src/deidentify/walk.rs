@@ -1,7 +1,7 @@
 //! The walk over a data set that applies the profile's action to each element, in
 //! sequence items too.
 
-use super::profile::{Action, Table};
+use super::profile::{Action, SafePrivate, Table};
 use super::{values, Mapping, ProfileOption};
 use dicom_core::header::Header;
 use dicom_core::value::{DataSetSequence, PrimitiveValue, Value};
@@ -165,8 +165,9 @@ impl Walk<'_> {
         }
     }
 
-    /// A private element: kept under Retain Safe Private when its creator is one named
-    /// safe (with its creator element), else removed.
+    /// A private element: kept under Retain Safe Private when the standard lists it as
+    /// safe (Table E.3.10-1) or its creator is one the user named safe (a creator element
+    /// is kept when its block may hold safe attributes); otherwise removed.
     fn private(
         &mut self,
         element: &DataElement<InMemDicomObject>,
@@ -176,12 +177,17 @@ impl Walk<'_> {
             return None;
         }
         let tag = element.tag();
-        let creator = if (0x0010..=0x00FF).contains(&tag.1) {
-            creators.get(&(tag.0, tag.1 as u8))
+        let safe_list = SafePrivate::standard();
+        let named_safe = |c: &str| self.safe_private_creators.iter().any(|s| s == c);
+        let safe = if (0x0010..=0x00FF).contains(&tag.1) {
+            creators
+                .get(&(tag.0, tag.1 as u8))
+                .is_some_and(|c| named_safe(c) || safe_list.has_creator(tag.0, c))
         } else {
-            creators.get(&(tag.0, (tag.1 >> 8) as u8))
+            creators.get(&(tag.0, (tag.1 >> 8) as u8)).is_some_and(|c| {
+                named_safe(c) || safe_list.contains(tag.0, c, (tag.1 & 0xFF) as u8)
+            })
         };
-        let safe = creator.is_some_and(|c| self.safe_private_creators.iter().any(|s| s == c));
         safe.then(|| self.recursed(element))
     }
 }
