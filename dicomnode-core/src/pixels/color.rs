@@ -1,6 +1,7 @@
 //! Colour: planar to interleaved samples, YBR to RGB (PS3.3 C.7.6.3.1.2).
 
-use super::decode::{Layout, Samples};
+use super::layout::Layout;
+use super::samples::Samples;
 use super::PixelError;
 
 /// Interleaves planar data and converts YBR_FULL to RGB; `frame_samples` counts the

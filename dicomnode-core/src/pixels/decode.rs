@@ -7,8 +7,9 @@
 //! sign-extended), and every length checked against Rows × Columns × frames.
 
 use super::color;
+use super::layout::Layout;
+use super::samples::Samples;
 use super::PixelError;
-use crate::input::value_of;
 use crate::DicomInstance;
 use dicom_core::value::Value;
 use dicom_dictionary_std::tags;
@@ -49,84 +50,6 @@ impl Photometric {
     }
 }
 
-/// Decoded samples, of the type the instance stores (BitsAllocated, PixelRepresentation).
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum Samples {
-    /// 1 or 8 bits allocated, unsigned (1-bit data are unpacked to 0 and 1).
-    U8(Vec<u8>),
-    /// 8 bits allocated, signed.
-    I8(Vec<i8>),
-    /// 16 bits allocated, unsigned.
-    U16(Vec<u16>),
-    /// 16 bits allocated, signed.
-    I16(Vec<i16>),
-    /// 32 bits allocated, unsigned.
-    U32(Vec<u32>),
-    /// 32 bits allocated, signed.
-    I32(Vec<i32>),
-}
-
-macro_rules! each_samples {
-    ($samples:expr, $v:ident => $body:expr) => {
-        match $samples {
-            Samples::U8($v) => $body,
-            Samples::I8($v) => $body,
-            Samples::U16($v) => $body,
-            Samples::I16($v) => $body,
-            Samples::U32($v) => $body,
-            Samples::I32($v) => $body,
-        }
-    };
-}
-
-impl Samples {
-    /// The number of samples.
-    pub fn len(&self) -> usize {
-        each_samples!(self, v => v.len())
-    }
-
-    /// Whether there are no samples.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Sample `index` as an `f64` (exact for every stored type).
-    pub fn get(&self, index: usize) -> Option<f64> {
-        each_samples!(self, v => v.get(index).map(|&x| f64::from(x)))
-    }
-
-    /// Every sample in `range` converted with `f(value)` into `out` (appended).
-    pub fn extend_mapped(
-        &self,
-        range: std::ops::Range<usize>,
-        out: &mut Vec<f32>,
-        f: impl Fn(f64) -> f32,
-    ) {
-        each_samples!(self, v => out.extend(v[range].iter().map(|&x| f(f64::from(x)))))
-    }
-
-    /// The samples as `i32`; unsigned 32-bit values above `i32::MAX` are an error.
-    pub fn to_i32(&self) -> Result<Vec<i32>, PixelError> {
-        Ok(match self {
-            Samples::U8(v) => v.iter().map(|&x| i32::from(x)).collect(),
-            Samples::I8(v) => v.iter().map(|&x| i32::from(x)).collect(),
-            Samples::U16(v) => v.iter().map(|&x| i32::from(x)).collect(),
-            Samples::I16(v) => v.iter().map(|&x| i32::from(x)).collect(),
-            Samples::I32(v) => v.clone(),
-            Samples::U32(v) => v
-                .iter()
-                .map(|&x| i32::try_from(x))
-                .collect::<Result<_, _>>()
-                .map_err(|_| {
-                    PixelError::Unsupported(
-                        "unsigned 32-bit values above 2^31-1 do not fit i32 (use decode)".into(),
-                    )
-                })?,
-        })
-    }
-}
-
 /// One instance's decoded pixel data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Image {
@@ -152,98 +75,6 @@ impl Image {
     /// The number of samples in one frame.
     pub fn frame_len(&self) -> usize {
         self.rows as usize * self.columns as usize * usize::from(self.samples_per_pixel)
-    }
-}
-
-/// The attributes that describe the pixel module of an instance.
-#[derive(Debug, Clone)]
-pub(crate) struct Layout {
-    pub rows: u32,
-    pub columns: u32,
-    pub frames: u32,
-    pub samples_per_pixel: u16,
-    pub bits_allocated: u16,
-    pub bits_stored: u16,
-    pub signed: bool,
-    pub planar: bool,
-    pub photometric: String,
-}
-
-impl Layout {
-    pub(crate) fn of(instance: &DicomInstance) -> Result<Layout, PixelError> {
-        let number = |tag, name| {
-            value_of(instance, tag)
-                .and_then(|v| v.trim().parse::<u32>().ok())
-                .ok_or(PixelError::Attribute(name))
-        };
-        let rows = number(tags::ROWS, "Rows")?;
-        let columns = number(tags::COLUMNS, "Columns")?;
-        let frames = match value_of(instance, tags::NUMBER_OF_FRAMES) {
-            None => 1,
-            Some(v) if v.trim().is_empty() => 1,
-            Some(v) => v
-                .trim()
-                .parse::<u32>()
-                .map_err(|_| PixelError::Attribute("NumberOfFrames"))?,
-        };
-        let samples_per_pixel = number(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel").unwrap_or(1);
-        let bits_allocated = number(tags::BITS_ALLOCATED, "BitsAllocated")?;
-        let bits_stored = number(tags::BITS_STORED, "BitsStored").unwrap_or(bits_allocated);
-        let signed = number(tags::PIXEL_REPRESENTATION, "PixelRepresentation")? == 1;
-        let planar = number(tags::PLANAR_CONFIGURATION, "PlanarConfiguration").unwrap_or(0) == 1;
-        let photometric = value_of(instance, tags::PHOTOMETRIC_INTERPRETATION)
-            .map(|v| v.trim().to_string())
-            .ok_or(PixelError::Attribute("PhotometricInterpretation"))?;
-        if rows == 0 || columns == 0 || frames == 0 {
-            return Err(PixelError::Unsupported(format!(
-                "an empty image ({rows} rows, {columns} columns, {frames} frames)"
-            )));
-        }
-        if !matches!(samples_per_pixel, 1 | 3) {
-            return Err(PixelError::Unsupported(format!(
-                "{samples_per_pixel} samples per pixel (1 and 3 are supported)"
-            )));
-        }
-        if !matches!(bits_allocated, 1 | 8 | 16 | 32) {
-            return Err(PixelError::Unsupported(format!(
-                "{bits_allocated} bits allocated (1, 8, 16 and 32 are supported)"
-            )));
-        }
-        if bits_stored == 0 || bits_stored > bits_allocated {
-            return Err(PixelError::Attribute("BitsStored"));
-        }
-        Ok(Layout {
-            rows,
-            columns,
-            frames,
-            samples_per_pixel: samples_per_pixel as u16,
-            bits_allocated: bits_allocated as u16,
-            bits_stored: bits_stored as u16,
-            signed,
-            planar,
-            photometric,
-        })
-    }
-
-    fn frame_samples(&self) -> usize {
-        self.rows as usize * self.columns as usize * usize::from(self.samples_per_pixel)
-    }
-
-    /// Whether native data hold two luminance and one pair of chrominance samples for each
-    /// two pixels (YBR_FULL_422).
-    fn subsampled(&self) -> bool {
-        self.samples_per_pixel == 3 && self.photometric == "YBR_FULL_422"
-    }
-
-    /// Bytes of one frame as stored natively (1-bit data packed).
-    fn frame_bytes(&self) -> usize {
-        if self.subsampled() {
-            self.rows as usize * self.columns as usize * 2 * usize::from(self.bits_allocated / 8)
-        } else if self.bits_allocated == 1 {
-            self.frame_samples().div_ceil(8)
-        } else {
-            self.frame_samples() * usize::from(self.bits_allocated / 8)
-        }
     }
 }
 

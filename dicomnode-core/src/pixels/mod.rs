@@ -12,10 +12,13 @@
 
 mod color;
 mod decode;
+mod layout;
+mod samples;
 mod transcode;
 
-pub(crate) use decode::Layout;
-pub use decode::{decode, decode_frame, Image, Photometric, Samples};
+pub use decode::{decode, decode_frame, Image, Photometric};
+pub(crate) use layout::Layout;
+pub use samples::Samples;
 pub use transcode::decompressed;
 
 use crate::input::value_of;

@@ -1,7 +1,8 @@
 //! Re-encoding an instance with native pixel data, for peers that do not accept its own
 //! transfer syntax.
 
-use super::decode::{decode, Photometric, Samples};
+use super::decode::{decode, Photometric};
+use super::samples::Samples;
 use super::PixelError;
 use crate::DicomInstance;
 use dicom_core::value::PrimitiveValue;
