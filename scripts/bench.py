@@ -16,6 +16,7 @@
   scripts/bench.py volume    # 300 CT 512x512 in native, RLE, JPEG lossless SV1, JPEG 2000 lossless: time and
                              # peak memory to a sorted f32 volume, `dicomnode volume` vs pydicom + numpy
                              # (scripts/volume_pydicom.py, in a venv made at target/bench-venv), with farm-bench
+  scripts/bench.py volume-child  # the volume_stats node's child on 300 CT 512x512: its peak memory vs the volume
 
 Every process started here is ended here, by PID.
 """
@@ -497,6 +498,39 @@ def volume(runs=5, slices=300):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def volume_child(rounds=3, slices=300):
+    """The volume_stats node's child building the volume of 300 CT 512x512 (native): its
+    peak memory (VmHWM, logged by the child) against the volume's size."""
+    work = tempfile.mkdtemp(prefix="bench-volume-child-")
+    try:
+        data = os.path.join(work, "in")
+        subprocess.run([os.path.join(REL, "gen_series"), "--out", data, "--slices", str(slices), "--size", "512",
+                        "--prefix", "VC-"], check=True)
+        peaks = []
+        for r in range(rounds):
+            port = free_port()
+            out = os.path.join(work, f"out-{r}")
+            log_path = os.path.join(work, f"node-{r}.log")
+            with open(log_path, "w") as log:
+                proc = start([os.path.join(REL, "examples", "volume_stats"), "--port", str(port), "--out", out], log)
+                try:
+                    wait_port(port)
+                    storescu(port, "VOLUME_STATS", [data])
+                    end = time.time() + 120
+                    while time.time() < end and "child peak memory" not in open(log_path).read():
+                        time.sleep(0.1)
+                finally:
+                    stop(proc)
+            m = re.search(r"peak_kib=(\d+)", open(log_path).read())
+            peaks.append(int(m.group(1)) / 1024 if m else float("nan"))
+        volume_mib = slices * 512 * 512 * 4 / 2**20
+        print(f"volume_stats child, {slices} CT 512x512 native: peak {statistics.median(peaks):.0f} MiB "
+              f"(runs {[round(p) for p in peaks]}), volume {volume_mib:.0f} MiB, "
+              f"ratio {statistics.median(peaks) / volume_mib:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     if what in ("latency", "all"):
@@ -519,3 +553,5 @@ if __name__ == "__main__":
         tls()
     if what in ("volume", "all"):
         volume()
+    if what in ("volume-child", "all"):
+        volume_child()

@@ -97,6 +97,17 @@ impl Processor for VolumeStats {
         std::fs::write(&partial, text)?;
         std::fs::rename(&partial, &path)?;
         println!("wrote {}", path.display());
+        // The child's own high-water mark: what building the volumes cost.
+        if let Some(peak) = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+        {
+            tracing::info!(peak_kib = peak, "child peak memory");
+        }
         if !failed.is_empty() && failed.len() == count {
             return Err(ProcessError::new(format!(
                 "no series became a volume: {}",

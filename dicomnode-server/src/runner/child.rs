@@ -231,15 +231,26 @@ pub fn child_main<P: Pipeline>() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let report = match postcard::from_bytes::<Job>(&frame) {
-            Ok(job) => run_job::<P>(&job, &mut processor),
-            Err(e) => Report {
+        // The frame is dropped once the instances are decoded: a batch is not held twice
+        // while the processor runs.
+        let prepared = std::panic::catch_unwind(|| prepare::<P>(frame)).unwrap_or_else(|_| {
+            Err(ChildOutcome::Panicked(
+                PANIC_MESSAGE
+                    .lock()
+                    .ok()
+                    .and_then(|mut m| m.take())
+                    .unwrap_or_else(|| "unknown panic while decoding the job".to_string()),
+            ))
+        });
+        let report = match prepared {
+            Ok(job) => run_job::<P>(job, &mut processor),
+            Err(outcome) => Report {
                 workdir: String::new(),
                 workdir_removed: true,
                 entered_process_us: None,
                 process_us: None,
                 export_us: None,
-                outcome: ChildOutcome::Setup(format!("cannot decode the job: {e}")),
+                outcome,
             },
         };
         all_succeeded &= matches!(report.outcome, ChildOutcome::Success(_));
@@ -255,7 +266,35 @@ pub fn child_main<P: Pipeline>() -> ExitCode {
     }
 }
 
-fn run_job<P: Pipeline>(job: &Job<'_>, processor: &mut Option<P::Processor>) -> Report {
+/// A job with its pipeline and instances decoded, owning everything.
+struct Prepared<P> {
+    pipeline: P,
+    container: InputContainer,
+    work_root: String,
+}
+
+/// Decodes a job frame: the pipeline's state and every instance.
+fn prepare<P: Pipeline>(frame: Vec<u8>) -> Result<Prepared<P>, ChildOutcome> {
+    let job: Job = postcard::from_bytes(&frame)
+        .map_err(|e| ChildOutcome::Setup(format!("cannot decode the job: {e}")))?;
+    let pipeline: P = postcard::from_bytes(job.pipeline)
+        .map_err(|e| ChildOutcome::Setup(format!("cannot decode the pipeline's state: {e}")))?;
+    let mut inputs = Vec::with_capacity(job.inputs.len());
+    for input in &job.inputs {
+        let mut instances = Vec::with_capacity(input.instances.len());
+        for instance in &input.instances {
+            instances.push(decode_instance(instance).map_err(ChildOutcome::Setup)?);
+        }
+        inputs.push((input.name.to_string(), instances));
+    }
+    Ok(Prepared {
+        pipeline,
+        container: InputContainer::new(job.patient_key.to_string(), job.origin.clone(), inputs),
+        work_root: job.work_root.to_string(),
+    })
+}
+
+fn run_job<P: Pipeline>(job: Prepared<P>, processor: &mut Option<P::Processor>) -> Report {
     let mut report = Report {
         workdir: String::new(),
         workdir_removed: false,
@@ -266,7 +305,7 @@ fn run_job<P: Pipeline>(job: &Job<'_>, processor: &mut Option<P::Processor>) -> 
     };
     let workdir = match tempfile::Builder::new()
         .prefix("work-")
-        .tempdir_in(job.work_root)
+        .tempdir_in(&job.work_root)
     {
         Ok(dir) => dir,
         Err(e) => {
@@ -281,7 +320,7 @@ fn run_job<P: Pipeline>(job: &Job<'_>, processor: &mut Option<P::Processor>) -> 
         return report;
     }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        process_in_child::<P>(job, processor, &mut report, &home)
+        process_in_child::<P>(job.pipeline, job.container, processor, &mut report, &home)
     }));
     report.outcome = match result {
         Ok(outcome) => outcome,
@@ -305,27 +344,12 @@ fn run_job<P: Pipeline>(job: &Job<'_>, processor: &mut Option<P::Processor>) -> 
 }
 
 fn process_in_child<P: Pipeline>(
-    job: &Job<'_>,
+    pipeline: P,
+    container: InputContainer,
     processor: &mut Option<P::Processor>,
     report: &mut Report,
     home: &std::path::Path,
 ) -> ChildOutcome {
-    let pipeline: P = match postcard::from_bytes(job.pipeline) {
-        Ok(p) => p,
-        Err(e) => return ChildOutcome::Setup(format!("cannot decode the pipeline's state: {e}")),
-    };
-    let mut inputs = Vec::with_capacity(job.inputs.len());
-    for input in &job.inputs {
-        let mut instances = Vec::with_capacity(input.instances.len());
-        for instance in &input.instances {
-            match decode_instance(instance) {
-                Ok(obj) => instances.push(obj),
-                Err(e) => return ChildOutcome::Setup(e),
-            }
-        }
-        inputs.push((input.name.to_string(), instances));
-    }
-    let container = InputContainer::new(job.patient_key.to_string(), job.origin.clone(), inputs);
     if processor.is_none() {
         match P::Processor::build(&pipeline) {
             Ok(built) => *processor = Some(built),
