@@ -3,25 +3,52 @@
 
 use anyhow::Context;
 use dicomnode_server::deidentify::{reidentify, Deidentifier, Mapping, ProfileOption};
+use dicomnode_server::dicom_dictionary_std::tags;
 use dicomnode_server::dicom_object::open_file;
+use dicomnode_server::input::value_of;
+use dicomnode_server::DicomInstance;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
-/// Every file under `input` (itself, if a file), with its path relative to `input`.
-fn files(input: &Path) -> anyhow::Result<Vec<(PathBuf, PathBuf)>> {
+/// Every file under `input` (itself, if a file).
+fn files(input: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for entry in walkdir::WalkDir::new(input).sort_by_file_name() {
         let entry = entry.with_context(|| format!("cannot list {}", input.display()))?;
-        if !entry.file_type().is_file() {
-            continue;
+        if entry.file_type().is_file() {
+            out.push(entry.into_path());
         }
-        let relative = match entry.path().strip_prefix(input) {
-            Ok(r) if !r.as_os_str().is_empty() => r.to_path_buf(),
-            _ => PathBuf::from(entry.file_name()),
-        };
-        out.push((entry.into_path(), relative));
     }
     Ok(out)
+}
+
+/// Reads a DICOM file after the structure check that guards the node's receive path.
+fn read(path: &Path) -> anyhow::Result<DicomInstance> {
+    dicomnode_server::structure::check_file(path)?;
+    Ok(open_file(path)?)
+}
+
+/// `<output>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`: input file and
+/// folder names often hold names or IDs, so they are not carried over.
+fn target(output: &Path, instance: &DicomInstance) -> PathBuf {
+    let part = |tag| {
+        dicomnode_server::sanitize::path_component(
+            &value_of(instance, tag).unwrap_or_else(|| "unknown".into()),
+        )
+    };
+    output
+        .join(part(tags::STUDY_INSTANCE_UID))
+        .join(part(tags::SERIES_INSTANCE_UID))
+        .join(format!("{}.dcm", part(tags::SOP_INSTANCE_UID)))
+}
+
+fn write(output: &Path, instance: &DicomInstance) -> anyhow::Result<()> {
+    let target = target(output, instance);
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    instance.write_to_file(&target)?;
+    Ok(())
 }
 
 fn bar(count: usize, quiet: bool) -> ProgressBar {
@@ -57,8 +84,8 @@ pub(crate) struct DeidentifyArgs {
     pub quiet: bool,
 }
 
-/// De-identifies every DICOM file under the input into the output folder (same relative
-/// paths); false if some file could not be.
+/// De-identifies every DICOM file under the input into the output folder, named by the new
+/// UIDs; false if some file could not be.
 pub(crate) fn deidentify(args: DeidentifyArgs) -> anyhow::Result<bool> {
     let mut mapping = match &args.mapping {
         Some(path) => Mapping::open(path)?,
@@ -82,18 +109,15 @@ pub(crate) fn deidentify(args: DeidentifyArgs) -> anyhow::Result<bool> {
     let files = files(&args.input)?;
     let bar = bar(files.len(), args.quiet);
     let (mut done, mut failed, mut warned) = (0usize, 0usize, 0usize);
-    for (path, relative) in files {
-        let result = open_file(&path)
-            .map_err(anyhow::Error::from)
-            .and_then(|obj| Ok(deidentifier.deidentify(&obj, &mut mapping)?))
-            .and_then(|out| {
-                let target = args.output.join(&relative);
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                out.instance.write_to_file(&target)?;
-                Ok(out.warnings)
-            });
+    for path in files {
+        let result = read(&path).and_then(|obj| {
+            let out = deidentifier.deidentify(&obj, &mut mapping)?;
+            // Kept before the file is written: every written file can be re-identified,
+            // even if the run is interrupted.
+            mapping.save()?;
+            write(&args.output, &out.instance)?;
+            Ok(out.warnings)
+        });
         match result {
             Ok(warnings) => {
                 done += 1;
@@ -146,18 +170,8 @@ pub(crate) fn reidentify_files(
     let files = files(input)?;
     let bar = bar(files.len(), quiet);
     let (mut done, mut failed) = (0usize, 0usize);
-    for (path, relative) in files {
-        let result = open_file(&path)
-            .map_err(anyhow::Error::from)
-            .and_then(|obj| Ok(reidentify(&obj, &mapping)?))
-            .and_then(|out| {
-                let target = output.join(&relative);
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                out.write_to_file(&target)?;
-                Ok(())
-            });
+    for path in files {
+        let result = read(&path).and_then(|obj| write(output, &reidentify(&obj, &mapping)?));
         match result {
             Ok(()) => done += 1,
             Err(error) => {

@@ -72,8 +72,9 @@ enum Command {
         no_suv: bool,
     },
     /// De-identify DICOM files (folders recursively) by the DICOM Basic Application Level
-    /// Confidentiality Profile (PS3.15 E.1) into OUT, same relative paths. Pixel data are
-    /// not cleaned: instances marked BurnedInAnnotation YES are reported.
+    /// Confidentiality Profile (PS3.15 E.1) into OUT/<study>/<series>/<instance>.dcm, named
+    /// by the new UIDs. Pixel data are not cleaned: instances marked BurnedInAnnotation YES
+    /// are reported.
     Deidentify {
         /// A file or folder.
         input: PathBuf,
@@ -82,7 +83,7 @@ enum Command {
         /// The profile (only `basic` exists).
         #[arg(long, default_value = "basic", value_parser = ["basic"])]
         profile: String,
-        /// An option of the profile, repeatable: retain-safe-private, retain-uids,
+        /// An option of the profile (also spelt --option), repeatable: retain-safe-private, retain-uids,
         /// retain-device-identity, retain-institution-identity,
         /// retain-patient-characteristics, retain-long-full-dates,
         /// retain-long-modified-dates, clean-descriptors, clean-structured-content,

@@ -161,6 +161,13 @@ impl StoreAssociation {
             .write_timeout(Duration::from_secs(60))
             .connection_timeout(Duration::from_secs(10))
             .with_abstract_syntax(uids::VERIFICATION.to_string());
+        // One native context per SOP class is enough for any number of compressed syntaxes
+        // (and none when the class is proposed natively anyway): 128 contexts at most.
+        let mut native_for: std::collections::BTreeSet<&str> = contexts
+            .iter()
+            .filter(|(_, ts)| is_native(ts))
+            .map(|(class, _)| class.as_str())
+            .collect();
         for (sop_class, ts) in contexts {
             let mut syntaxes = vec![ts.clone()];
             if ts == EXPLICIT_LE || ts == IMPLICIT_LE {
@@ -171,7 +178,7 @@ impl StoreAssociation {
                 }
             }
             options = options.with_presentation_context(sop_class.clone(), syntaxes);
-            if !is_native(ts) {
+            if !is_native(ts) && native_for.insert(sop_class.as_str()) {
                 options = options.with_presentation_context(
                     sop_class.clone(),
                     vec![EXPLICIT_LE.to_string(), IMPLICIT_LE.to_string()],

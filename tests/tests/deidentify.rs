@@ -180,10 +180,15 @@ fn the_cli_deidentifies_folders_and_reidentifies_them_with_the_mapping() {
     );
     let written = files(&out);
     assert_eq!(written.len(), 5);
-    assert!(
-        out.join("a").join("DEID-P1-0.dcm").exists(),
-        "relative paths kept"
-    );
+    for path in &written {
+        // Named by the new UIDs: the input's names (here the PatientID) do not travel.
+        let obj = open_file(path).unwrap();
+        let want = out
+            .join(text(&obj, tags::STUDY_INSTANCE_UID))
+            .join(text(&obj, tags::SERIES_INSTANCE_UID))
+            .join(format!("{}.dcm", text(&obj, tags::SOP_INSTANCE_UID)));
+        assert_eq!(path, &want);
+    }
     assert_no_identity(&written);
     assert_consistent(&originals, &written);
     for path in &written {
@@ -198,7 +203,11 @@ fn the_cli_deidentifies_folders_and_reidentifies_them_with_the_mapping() {
             path.display()
         );
     }
-    let first = open_file(out.join("a").join("DEID-P1-0.dcm")).unwrap();
+    let first = written
+        .iter()
+        .map(|p| open_file(p).unwrap())
+        .find(|o| text(o, tags::PATIENT_ID) == "SUBJECT-001")
+        .expect("the chosen pseudonym");
     assert_eq!(text(&first, tags::PATIENT_ID), "SUBJECT-001");
     assert_eq!(
         text(&first, tags::LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED),
@@ -216,10 +225,15 @@ fn the_cli_deidentifies_folders_and_reidentifies_them_with_the_mapping() {
         .arg(&back);
     let (status, output) = run(command);
     assert!(status.status.success(), "{output}");
+    let restored_files: Vec<DicomInstance> =
+        files(&back).iter().map(|p| open_file(p).unwrap()).collect();
+    assert_eq!(restored_files.len(), originals.len());
     for original in &originals {
-        let relative = original.strip_prefix(&input).unwrap();
-        let restored = open_file(back.join(relative)).unwrap();
         let original = open_file(original).unwrap();
+        let restored = restored_files
+            .iter()
+            .find(|r| text(r, tags::SOP_INSTANCE_UID) == text(&original, tags::SOP_INSTANCE_UID))
+            .expect("every instance comes back under its own UID");
         for tag in [
             tags::PATIENT_ID,
             tags::PATIENT_NAME,
@@ -230,9 +244,9 @@ fn the_cli_deidentifies_folders_and_reidentifies_them_with_the_mapping() {
             tags::SOP_INSTANCE_UID,
             tags::FRAME_OF_REFERENCE_UID,
         ] {
-            assert_eq!(text(&restored, tag), text(&original, tag), "{tag}");
+            assert_eq!(text(restored, tag), text(&original, tag), "{tag}");
         }
-        assert_eq!(text(&restored, tags::PATIENT_IDENTITY_REMOVED), "NO");
+        assert_eq!(text(restored, tags::PATIENT_IDENTITY_REMOVED), "NO");
     }
 }
 

@@ -12,7 +12,7 @@ use super::DeidentifyError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// What de-identification replaced for one patient: the original values of the patient
@@ -42,8 +42,8 @@ struct Header {
     key: String,
 }
 
-/// Identities and their replacements, with the key that derives them.
-#[derive(Debug)]
+/// Identities and their replacements, with the key that derives them. Its `Debug` shows
+/// neither.
 pub struct Mapping {
     key: Vec<u8>,
     uids: HashMap<String, String>,
@@ -51,6 +51,17 @@ pub struct Mapping {
     patients: HashMap<String, PatientRecord>,
     path: Option<PathBuf>,
     unsaved: Vec<Entry>,
+}
+
+impl std::fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapping")
+            .field("key", &"(secret)")
+            .field("uids", &self.uids.len())
+            .field("patients", &self.patients.len())
+            .field("path", &self.path)
+            .finish()
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -65,6 +76,19 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// Whether a file is empty or ends with a newline.
+fn ends_with_newline(file: &mut std::fs::File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(true);
+    }
+    file.seek(SeekFrom::Start(len - 1))?;
+    let mut last = [0u8];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
 }
 
 impl Mapping {
@@ -106,47 +130,60 @@ impl Mapping {
     /// The mapping kept in `path`: read if it exists, else created with a new random key.
     /// [`Mapping::save`] appends what was added since.
     pub fn open(path: impl AsRef<Path>) -> Result<Mapping, DeidentifyError> {
+        use std::io::{Read, Seek};
+        use std::os::unix::fs::OpenOptionsExt;
         let path = path.as_ref();
         let io = |source| DeidentifyError::MappingFile {
             path: path.to_path_buf(),
             source,
         };
+        // It holds the key and the identities: readable by its owner only.
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
+            .mode(0o600)
             .open(path)
             .map_err(io)?;
         file.lock().map_err(io)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io)?;
         let mut mapping = Mapping::random();
-        let mut lines = std::io::BufReader::new(&file).lines();
-        match lines.next() {
+        let mut lines = bytes.split(|&b| b == b'\n');
+        match lines.next().filter(|first| !first.is_empty()) {
             None => {
                 let header = Header {
                     dicomnode_mapping: 1,
                     key: hex(&mapping.key),
                 };
                 let text = serde_json::to_string(&header).map_err(|e| io(e.into()))?;
+                file.seek(std::io::SeekFrom::End(0)).map_err(io)?;
                 writeln!(file, "{text}")
                     .and_then(|()| file.sync_data())
                     .map_err(io)?;
             }
             Some(first) => {
-                let first = first.map_err(io)?;
-                let header: Header = serde_json::from_str(&first).map_err(|e| {
-                    DeidentifyError::Key(format!("{} is not a mapping file: {e}", path.display()))
+                let header: Header = serde_json::from_slice(first).map_err(|source| {
+                    DeidentifyError::NotAMapping {
+                        path: path.to_path_buf(),
+                        source,
+                    }
                 })?;
-                mapping.key = unhex(&header.key).ok_or_else(|| {
-                    DeidentifyError::Key(format!("{}: the key is not hexadecimal", path.display()))
-                })?;
+                mapping.key = unhex(&header.key)
+                    .filter(|k| k.len() >= 16)
+                    .ok_or_else(|| {
+                        DeidentifyError::Key(format!(
+                            "{}: the key is not at least 16 bytes of hexadecimal",
+                            path.display()
+                        ))
+                    })?;
                 for (number, line) in lines.enumerate() {
-                    let line = line.map_err(io)?;
-                    if line.trim().is_empty() {
+                    if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    match serde_json::from_str::<Entry>(&line) {
+                    match serde_json::from_slice::<Entry>(line) {
                         Ok(entry) => mapping.learn(entry),
-                        // A line cut by a crash mid-write: the lines before it stand.
+                        // A line cut by a crash mid-write: the lines around it stand.
                         Err(error) => tracing::warn!(
                             file = %path.display(),
                             line = number + 2,
@@ -197,10 +234,15 @@ impl Mapping {
             text.push('\n');
         }
         let mut file = std::fs::OpenOptions::new()
+            .read(true)
             .append(true)
             .open(&path)
             .map_err(io)?;
         file.lock().map_err(io)?;
+        // After a crash mid-line, start on a line of our own.
+        if !ends_with_newline(&mut file).map_err(io)? {
+            text.insert(0, '\n');
+        }
         file.write_all(text.as_bytes())
             .and_then(|()| file.sync_data())
             .map_err(io)?;

@@ -172,6 +172,15 @@ pub enum DeidentifyError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is not a mapping file (its first line is not a mapping header).
+    #[error("{path} is not a mapping file")]
+    NotAMapping {
+        /// The file.
+        path: PathBuf,
+        /// Why its first line was refused.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The new file meta group could not be made.
     #[error("cannot make the file meta group of the de-identified instance")]
     Meta(#[source] Box<dicom_object::WithMetaError>),
@@ -284,12 +293,26 @@ impl Deidentifier {
         mapping: &mut Mapping,
     ) -> Result<Deidentified, DeidentifyError> {
         let patient_id = value_of(instance, tags::PATIENT_ID).unwrap_or_default();
+        let mut warnings = Vec::new();
+        // Without a PatientID, the patient is told apart by name and birth date.
+        let identity = if patient_id.is_empty() {
+            let name = value_of(instance, tags::PATIENT_NAME).unwrap_or_default();
+            let birth = value_of(instance, tags::PATIENT_BIRTH_DATE).unwrap_or_default();
+            if name.is_empty() && birth.is_empty() {
+                warnings.push(
+                    "no PatientID, PatientName or PatientBirthDate: the instance shares the pseudonym of every such instance".to_string(),
+                );
+            }
+            format!("name:{name}|birth:{birth}")
+        } else {
+            patient_id.clone()
+        };
         let pseudonym = self
             .pseudonyms
             .get(&patient_id)
             .cloned()
-            .unwrap_or_else(|| mapping.derived_pseudonym(&patient_id));
-        let shift_days = mapping.date_shift_days(&patient_id);
+            .unwrap_or_else(|| mapping.derived_pseudonym(&identity));
+        let shift_days = mapping.date_shift_days(&identity);
         let mut identifiers: Vec<String> = [
             tags::PATIENT_ID,
             // Other Patient IDs (retired, still sent).
@@ -348,7 +371,6 @@ impl Deidentifier {
         record.studies.insert(new_study, study);
         walk.mapping.record_patient(record);
 
-        let mut warnings = Vec::new();
         if value_of(instance, tags::BURNED_IN_ANNOTATION).as_deref() == Some("YES") {
             let warning = format!(
                 "{} says BurnedInAnnotation YES: its pixels may show identities, and pixel data are not cleaned",
@@ -364,14 +386,16 @@ impl Deidentifier {
     /// Patient Identity Removed, the method and its codes, and what became of dates.
     fn mark(&self, obj: &mut InMemDicomObject) {
         put(obj, tags::PATIENT_IDENTITY_REMOVED, VR::CS, "YES".into());
-        let mut method =
-            format!("DICOM PS3.15 {EDITION} Basic Application Level Confidentiality Profile");
-        for option in &self.options {
-            method.push_str(", ");
-            method.push_str(option.code().1);
-        }
-        method.truncate(64);
-        put(obj, tags::DEIDENTIFICATION_METHOD, VR::LO, method.into());
+        // One LO value (at most 64 characters) for the profile and one for each option.
+        let method: Vec<String> = std::iter::once(format!("PS3.15 {EDITION} Basic Profile"))
+            .chain(self.options.iter().map(|o| o.code().1.to_string()))
+            .collect();
+        put(
+            obj,
+            tags::DEIDENTIFICATION_METHOD,
+            VR::LO,
+            PrimitiveValue::Strs(method.into()),
+        );
         let codes = std::iter::once(("113100", "Basic Application Confidentiality Profile"))
             .chain(self.options.iter().map(ProfileOption::code))
             .map(|(value, meaning)| {

@@ -19,8 +19,17 @@ pub fn reidentify(
 ) -> Result<DicomInstance, DeidentifyError> {
     let pseudonym = value_of(instance, tags::PATIENT_ID).unwrap_or_default();
     let study_key = value_of(instance, tags::STUDY_INSTANCE_UID).unwrap_or_default();
-    let mut obj = restore_uids(instance, mapping);
-    if let Some(record) = mapping.patient(&pseudonym) {
+    let record = mapping.patient(&pseudonym);
+    // Dates moved under the modified-dates option move back by as many days.
+    let days = match (
+        value_of(instance, tags::LONGITUDINAL_TEMPORAL_INFORMATION_MODIFIED).as_deref(),
+        record,
+    ) {
+        (Some("MODIFIED"), Some(r)) => -r.date_shift_days,
+        _ => 0,
+    };
+    let mut obj = restore(instance, mapping, days);
+    if let Some(record) = record {
         let study = record.studies.get(&study_key);
         for (key, value) in record.patient.iter().chain(study.into_iter().flatten()) {
             if let Some(tag) = key_tag(key) {
@@ -44,7 +53,7 @@ pub fn reidentify(
     with_meta(obj, instance)
 }
 
-fn restore_uids(obj: &InMemDicomObject, mapping: &Mapping) -> InMemDicomObject {
+fn restore(obj: &InMemDicomObject, mapping: &Mapping, days: i64) -> InMemDicomObject {
     let mut out = InMemDicomObject::new_empty();
     for element in obj.iter() {
         let restored = match element.value() {
@@ -54,7 +63,7 @@ fn restore_uids(obj: &InMemDicomObject, mapping: &Mapping) -> InMemDicomObject {
                 DataSetSequence::new(
                     seq.items()
                         .iter()
-                        .map(|i| restore_uids(i, mapping))
+                        .map(|i| restore(i, mapping, days))
                         .collect::<Vec<_>>(),
                     Length::UNDEFINED,
                 ),
@@ -69,6 +78,18 @@ fn restore_uids(obj: &InMemDicomObject, mapping: &Mapping) -> InMemDicomObject {
                     })
                     .collect();
                 DataElement::new(element.tag(), VR::UI, PrimitiveValue::Strs(uids.into()))
+            }
+            Value::Primitive(p) if days != 0 && matches!(element.vr(), VR::DA | VR::DT) => {
+                let dates: Vec<String> = p
+                    .to_multi_str()
+                    .iter()
+                    .map(|d| super::values::shift_date(d, days).unwrap_or_else(|| d.clone()))
+                    .collect();
+                DataElement::new(
+                    element.tag(),
+                    element.vr(),
+                    PrimitiveValue::Strs(dates.into()),
+                )
             }
             _ => element.clone(),
         };

@@ -36,6 +36,7 @@ pub(crate) fn shift_date(text: &str, days: i64) -> Option<String> {
     if text.len() < 8 || !text.as_bytes()[..8].iter().all(u8::is_ascii_digit) {
         return None;
     }
+    // The first 8 bytes are ASCII digits: slicing at 8 is on a character boundary.
     let (y, m, d) = (
         text[0..4].parse::<i64>().ok()?,
         text[4..6].parse::<i64>().ok()?,
@@ -69,32 +70,22 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 }
 
 /// Free text with every identifier in `identifiers` (names, IDs, dates of the patient and
-/// study, at least 3 characters, compared without case) replaced by `***`.
+/// study, at least 3 characters, matched without regard to case) replaced by `***`.
 pub(crate) fn scrub(text: &str, identifiers: &[String]) -> String {
     let mut out = text.to_string();
     for identifier in identifiers {
         if identifier.chars().count() < 3 {
             continue;
         }
-        let lower = out.to_lowercase();
-        let needle = identifier.to_lowercase();
-        if lower.len() != out.len() {
-            // Case folding changed byte lengths: replace exact matches only.
-            out = out.replace(identifier.as_str(), "***");
-            continue;
+        // Case-insensitive matching by the regex engine: offsets are in the text itself,
+        // whatever case folding does to byte lengths.
+        match regex::RegexBuilder::new(&regex::escape(identifier))
+            .case_insensitive(true)
+            .build()
+        {
+            Ok(pattern) => out = pattern.replace_all(&out, "***").into_owned(),
+            Err(_) => out = out.replace(identifier.as_str(), "***"),
         }
-        let mut result = String::with_capacity(out.len());
-        let mut rest = 0;
-        for (start, _) in lower.match_indices(&needle) {
-            if start < rest {
-                continue;
-            }
-            result.push_str(&out[rest..start]);
-            result.push_str("***");
-            rest = start + needle.len();
-        }
-        result.push_str(&out[rest..]);
-        out = result;
     }
     out
 }

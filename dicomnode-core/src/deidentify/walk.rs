@@ -47,12 +47,24 @@ impl Walk<'_> {
         if tag.0 % 2 == 1 {
             return self.private(element, creators);
         }
-        let action = Table::standard()
-            .row(tag)
-            .map(|row| row.action(self.options));
-        let Some(action) = action else {
+        let is_sequence = matches!(element.value(), Value::Sequence(_));
+        let Some(row) = Table::standard().row(tag) else {
+            // Not in the table: kept, except UIDs that are identities (an instance's,
+            // a frame of reference's), which are replaced like those the table lists.
+            if vr == VR::UI
+                && !self.options.contains(&ProfileOption::RetainUids)
+                && !NAMES_A_CLASS.contains(&tag)
+            {
+                return Some(self.uids(element));
+            }
             return Some(self.recursed(element));
         };
+        let mut action = row.action(self.options);
+        // An option's "clean" where this cleaner cannot clean (binary values, overlays,
+        // timestamps): the basic action, which removes or replaces.
+        if action == Action::C && !cleanable(vr, is_sequence) {
+            action = row.basic;
+        }
         // The patient's identity becomes the pseudonym wherever the profile changes it.
         if (tag == tags::PATIENT_ID || tag == tags::PATIENT_NAME) && action != Action::K {
             return Some(DataElement::new(
@@ -61,7 +73,6 @@ impl Walk<'_> {
                 PrimitiveValue::from(self.pseudonym.as_str()),
             ));
         }
-        let is_sequence = matches!(element.value(), Value::Sequence(_));
         match action {
             Action::X => None,
             Action::K => Some(self.recursed(element)),
@@ -110,7 +121,15 @@ impl Walk<'_> {
                 .iter()
                 .map(|u| u.trim_end_matches(['\0', ' ']))
                 .filter(|u| !u.is_empty())
-                .map(|u| self.mapping.uid(u))
+                // UIDs the standard defines (classes, syntaxes, well-known frames of
+                // reference) identify no one.
+                .map(|u| {
+                    if u.starts_with("1.2.840.10008.") {
+                        u.to_string()
+                    } else {
+                        self.mapping.uid(u)
+                    }
+                })
                 .collect(),
             _ => Vec::new(),
         };
@@ -190,6 +209,43 @@ impl Walk<'_> {
         };
         safe.then(|| self.recursed(element))
     }
+}
+
+/// UID attributes that name a kind of thing (a SOP class, a coding scheme), not a thing:
+/// never replaced.
+const NAMES_A_CLASS: &[dicom_core::Tag] = &[
+    tags::SOP_CLASS_UID,
+    tags::REFERENCED_SOP_CLASS_UID,
+    tags::RELATED_GENERAL_SOP_CLASS_UID,
+    tags::ORIGINAL_SPECIALIZED_SOP_CLASS_UID,
+    tags::SOP_CLASSES_IN_STUDY,
+    tags::CODING_SCHEME_UID,
+    tags::CONTEXT_UID,
+    tags::MAPPING_RESOURCE_UID,
+    tags::REFERENCED_SOP_CLASS_UID_IN_FILE,
+    tags::REFERENCED_TRANSFER_SYNTAX_UID_IN_FILE,
+    tags::TRANSFER_SYNTAX_UID,
+];
+
+/// Whether the cleaner can clean a value of this VR: dates (shifted), AE titles (hashed),
+/// UIDs (replaced), text (identifiers scrubbed), times (kept), sequences (recursed).
+fn cleanable(vr: VR, is_sequence: bool) -> bool {
+    is_sequence
+        || matches!(
+            vr,
+            VR::DA
+                | VR::DT
+                | VR::TM
+                | VR::AE
+                | VR::UI
+                | VR::LO
+                | VR::SH
+                | VR::ST
+                | VR::LT
+                | VR::UT
+                | VR::UC
+                | VR::PN
+        )
 }
 
 /// The private creators of a data set: (group, block) to creator name.

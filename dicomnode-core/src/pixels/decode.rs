@@ -103,7 +103,8 @@ fn decode_frames(instance: &DicomInstance, frame: Option<u32>) -> Result<Image, 
         .get(&ts_uid)
         .ok_or_else(|| PixelError::UnknownTransferSyntax(ts_uid.clone()))?;
     let frames = if frame.is_some() { 1 } else { layout.frames };
-    let (bytes, photometric, planar) = if ts.is_encapsulated_pixel_data() {
+    let encapsulated = ts.is_encapsulated_pixel_data();
+    let (bytes, photometric, planar) = if encapsulated {
         let bytes = decode_encapsulated(instance, &ts_uid, ts.name(), frame)?;
         // The codecs hand back colour by pixel. JPEG and JPEG 2000 convert YBR themselves;
         // RLE and JPEG-LS hand back the samples as coded.
@@ -129,7 +130,13 @@ fn decode_frames(instance: &DicomInstance, frame: Option<u32>) -> Result<Image, 
         )
     };
     let count = frames as usize * layout.frame_samples();
-    let samples = to_samples(&bytes, &layout, count)?;
+    // Native data may hold their bits above bit 0 (HighBit); codecs hand them back from bit 0.
+    let shift = if encapsulated {
+        0
+    } else {
+        u32::from(layout.high_bit + 1 - layout.bits_stored)
+    };
+    let samples = to_samples(&bytes, &layout, count, shift)?;
     let (samples, photometric) = if layout.samples_per_pixel == 3 {
         color::to_rgb(samples, &photometric, planar, layout.frame_samples())?
     } else {
@@ -226,7 +233,12 @@ fn decode_encapsulated(
 
 /// Typed samples from little-endian bytes, with bits above BitsStored cleared or
 /// sign-extended.
-fn to_samples(bytes: &[u8], layout: &Layout, count: usize) -> Result<Samples, PixelError> {
+fn to_samples(
+    bytes: &[u8],
+    layout: &Layout,
+    count: usize,
+    shift: u32,
+) -> Result<Samples, PixelError> {
     let width = if layout.bits_allocated == 1 {
         1
     } else {
@@ -241,6 +253,7 @@ fn to_samples(bytes: &[u8], layout: &Layout, count: usize) -> Result<Samples, Pi
     let bytes = &bytes[..count * width];
     let stored = u32::from(layout.bits_stored);
     let unsigned = |raw: u32| -> u32 {
+        let raw = raw >> shift;
         if stored >= 32 {
             raw
         } else {
@@ -248,6 +261,7 @@ fn to_samples(bytes: &[u8], layout: &Layout, count: usize) -> Result<Samples, Pi
         }
     };
     let signed = |raw: u32| -> i32 {
+        let raw = raw >> shift;
         if stored >= 32 {
             raw as i32
         } else {

@@ -17,7 +17,11 @@ pub(crate) struct Layout {
     pub signed: bool,
     pub planar: bool,
     pub photometric: String,
+    pub high_bit: u16,
 }
+
+/// The largest decoded size of one instance's pixel data, in bytes.
+pub(crate) const MAX_DECODED_BYTES: u64 = 64 << 30;
 
 impl Layout {
     pub(crate) fn of(instance: &DicomInstance) -> Result<Layout, PixelError> {
@@ -62,6 +66,23 @@ impl Layout {
         if bits_stored == 0 || bits_stored > bits_allocated {
             return Err(PixelError::Attribute("BitsStored"));
         }
+        // A HighBit that cannot hold BitsStored bits is ignored (bits taken from bit 0).
+        let high_bit = number(tags::HIGH_BIT, "HighBit")
+            .ok()
+            .filter(|&h| h + 1 >= bits_stored && h < bits_allocated)
+            .unwrap_or(bits_stored - 1);
+        // Every size derived from these attributes below is computed in usize: bound the
+        // decoded size first (4 bytes a sample at most), so that no product overflows.
+        let decoded = [columns, samples_per_pixel, 4, frames]
+            .iter()
+            .try_fold(u64::from(rows), |acc, &n| acc.checked_mul(u64::from(n)))
+            .filter(|&bytes| bytes <= MAX_DECODED_BYTES && usize::try_from(bytes).is_ok());
+        if decoded.is_none() {
+            return Err(PixelError::Unsupported(format!(
+                "an image of {rows} rows, {columns} columns, {samples_per_pixel} samples and {frames} frames is larger than {} GiB decoded",
+                MAX_DECODED_BYTES >> 30
+            )));
+        }
         Ok(Layout {
             rows,
             columns,
@@ -72,6 +93,7 @@ impl Layout {
             signed,
             planar,
             photometric,
+            high_bit: high_bit as u16,
         })
     }
 

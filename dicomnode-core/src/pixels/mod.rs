@@ -95,7 +95,11 @@ impl Rescale {
     /// RescaleSlope and RescaleIntercept of one object (a data set or a functional group
     /// item), if it has either.
     pub(crate) fn in_object(obj: &dicom_object::InMemDicomObject) -> Option<Rescale> {
-        let number = |tag| value_of(obj, tag).and_then(|v| v.trim().parse::<f64>().ok());
+        let number = |tag| {
+            value_of(obj, tag)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|x| x.is_finite())
+        };
         let slope = number(tags::RESCALE_SLOPE);
         let intercept = number(tags::RESCALE_INTERCEPT);
         if slope.is_none() && intercept.is_none() {
@@ -131,16 +135,28 @@ pub fn stored(instance: &DicomInstance) -> Result<Vec<i32>, PixelError> {
 }
 
 /// The pixel values in real-world units (e.g. Hounsfield units for CT): stored values with
-/// RescaleSlope and RescaleIntercept applied.
+/// RescaleSlope and RescaleIntercept applied; for an enhanced multi-frame instance, each
+/// frame's own (its functional group's, else the shared one's).
 pub fn rescaled(instance: &DicomInstance) -> Result<Vec<f32>, PixelError> {
-    let rescale = Rescale::of(instance);
     let image = monochrome(instance)?;
+    let common = Rescale::of(instance);
+    let per_frame = image.frame_len();
     let mut out = Vec::with_capacity(image.samples.len());
-    image
-        .samples
-        .extend_mapped(0..image.samples.len(), &mut out, |v| {
-            rescale.apply(v) as f32
-        });
+    for frame in 0..image.frames as usize {
+        let rescale = crate::volume::functional::frame_item(
+            instance,
+            frame,
+            tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+        )
+        .and_then(Rescale::in_object)
+        .unwrap_or(common);
+        let start = frame * per_frame;
+        image
+            .samples
+            .extend_mapped(start..start + per_frame, &mut out, |v| {
+                rescale.apply(v) as f32
+            });
+    }
     Ok(out)
 }
 

@@ -50,6 +50,9 @@ impl Samples {
     }
 
     /// Every sample in `range` converted with `f(value)` into `out` (appended).
+    ///
+    /// # Panics
+    /// If `range` reaches past the samples (as slicing does).
     pub fn extend_mapped(
         &self,
         range: std::ops::Range<usize>,

@@ -34,6 +34,9 @@ pub fn decompressed(instance: &DicomInstance) -> Result<DicomInstance, PixelErro
             Samples::I32(v) => (VR::OL, PrimitiveValue::I32(v.into())),
         };
         out.put(DataElement::new(tags::PIXEL_DATA, vr, value));
+        // They index fragments that no longer exist.
+        out.remove_element(tags::EXTENDED_OFFSET_TABLE);
+        out.remove_element(tags::EXTENDED_OFFSET_TABLE_LENGTHS);
         if image.photometric == Photometric::Rgb {
             out.put(DataElement::new(
                 tags::PHOTOMETRIC_INTERPRETATION,

@@ -183,6 +183,8 @@ impl DerivedSeries {
             VR::LO,
             "application/pdf".into(),
         );
+        let length = u32::try_from(pdf.len())
+            .map_err(|_| ProcessError::new("a PDF of 4 GiB or more cannot be encapsulated"))?;
         // OB of even length: a PDF of odd length gets one padding NUL, as PS3.3 allows.
         let mut bytes = pdf.to_vec();
         if !bytes.len().is_multiple_of(2) {
@@ -192,7 +194,7 @@ impl DerivedSeries {
             &mut obj,
             tags::ENCAPSULATED_DOCUMENT_LENGTH,
             VR::UL,
-            (pdf.len() as u32).into(),
+            length.into(),
         );
         put(
             &mut obj,

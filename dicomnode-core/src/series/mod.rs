@@ -211,11 +211,14 @@ impl DerivedSeries {
         let (Some(rows), Some(columns)) = (rows, columns) else {
             return Err(ProcessError::new("source instance lacks Rows or Columns"));
         };
-        if buffer.len() != rows * columns * frames {
+        let needed = rows
+            .checked_mul(columns)
+            .and_then(|n| n.checked_mul(frames));
+        if needed != Some(buffer.len()) {
             return Err(ProcessError::new(format!(
                 "pixel buffer has {} values, the image {rows}x{columns}x{frames} needs {}",
                 buffer.len(),
-                rows * columns * frames
+                needed.map_or_else(|| "more than can be counted".to_string(), |n| n.to_string())
             )));
         }
         let (stored, representation, slope, intercept) = buffer.encode();
@@ -337,7 +340,19 @@ pub(crate) fn put_grey_pixels(obj: &mut InMemDicomObject, pixels: GreyPixels) {
         tags::WINDOW_CENTER,
         tags::WINDOW_WIDTH,
         tags::PLANAR_CONFIGURATION,
-        tags::LOSSY_IMAGE_COMPRESSION,
+        tags::MODALITY_LUT_SEQUENCE,
+        tags::VOILUT_SEQUENCE,
+        tags::VOILUT_FUNCTION,
+        tags::PIXEL_PADDING_VALUE,
+        tags::PIXEL_PADDING_RANGE_LIMIT,
+        tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+        tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+        tags::EXTENDED_OFFSET_TABLE,
+        tags::EXTENDED_OFFSET_TABLE_LENGTHS,
     ] {
         obj.remove_element(stale);
     }

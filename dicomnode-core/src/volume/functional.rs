@@ -42,10 +42,11 @@ pub(crate) fn is_enhanced(instance: &DicomInstance) -> bool {
             .is_some()
 }
 
-/// The numbers of a multi-valued decimal attribute (`a\b\c`), if all parse.
+/// The numbers of a multi-valued decimal attribute (`a\b\c`), if all parse and are finite
+/// (Rust would read "NaN" and "inf", which no DICOM decimal string holds).
 pub(crate) fn numbers(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
     let text = crate::input::value_of(obj, tag)?;
     text.split('\\')
-        .map(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v.trim().parse::<f64>().ok().filter(|x| x.is_finite()))
         .collect()
 }

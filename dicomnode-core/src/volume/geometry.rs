@@ -62,6 +62,17 @@ pub(crate) fn slices_of<'a>(
             });
         }
         if is_enhanced(instance) {
+            // One functional group per frame, as PS3.3 C.7.6.16 requires: NumberOfFrames
+            // alone decides nothing here (a header may claim any number).
+            let groups = instance
+                .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)
+                .and_then(|e| e.items())
+                .map_or(0, |items| items.len());
+            if groups != layout.frames as usize {
+                return Err(missing(
+                    "PerFrameFunctionalGroupsSequence (one item for each of NumberOfFrames)",
+                ));
+            }
             for frame in 0..layout.frames as usize {
                 let orientation = frame_item(instance, frame, tags::PLANE_ORIENTATION_SEQUENCE)
                     .and_then(|i| fixed::<6>(numbers(i, tags::IMAGE_ORIENTATION_PATIENT)))
@@ -188,7 +199,12 @@ pub(crate) fn sort_and_check(
     let column = [o[3], o[4], o[5]];
     let normal = cross(row, column);
     let length = dot(normal, normal).sqrt();
-    if !(0.99..=1.01).contains(&length) {
+    let unit = |v: [f64; 3]| (dot(v, v).sqrt() - 1.0).abs() <= 0.01;
+    if !unit(row)
+        || !unit(column)
+        || dot(row, column).abs() > 0.01
+        || !(0.99..=1.01).contains(&length)
+    {
         return Err(VolumeError::Inconsistent {
             what: "orientation (row and column cosines are not unit and orthogonal)",
             reference: first.name(),

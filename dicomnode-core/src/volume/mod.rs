@@ -70,6 +70,16 @@ pub enum VolumeError {
         #[source]
         source: PixelError,
     },
+    /// The volume does not fit in memory.
+    #[error("a volume of {slices} slices of {rows}×{columns} does not fit in memory")]
+    TooLarge {
+        /// Slices.
+        slices: usize,
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        columns: usize,
+    },
     /// SUV was required and cannot be computed.
     #[error(transparent)]
     Suv(#[from] SuvError),
@@ -363,7 +373,32 @@ fn units_and_factors(
 fn read_slices(slices: &[SliceHeader<'_>], factors: &[f64]) -> Result<Array3<f32>, VolumeError> {
     let rows = slices[0].rows as usize;
     let columns = slices[0].columns as usize;
-    let mut data = Array3::<f32>::zeros((slices.len(), rows, columns));
+    let voxels = slices
+        .len()
+        .checked_mul(rows)
+        .and_then(|n| n.checked_mul(columns))
+        .ok_or(VolumeError::TooLarge {
+            slices: slices.len(),
+            rows,
+            columns,
+        })?;
+    // Asked for before any pixel is decoded: a failed allocation is an error, not an abort.
+    let mut buffer: Vec<f32> = Vec::new();
+    buffer
+        .try_reserve_exact(voxels)
+        .map_err(|_| VolumeError::TooLarge {
+            slices: slices.len(),
+            rows,
+            columns,
+        })?;
+    buffer.resize(voxels, 0.0);
+    let mut data = Array3::from_shape_vec((slices.len(), rows, columns), buffer).map_err(|_| {
+        VolumeError::TooLarge {
+            slices: slices.len(),
+            rows,
+            columns,
+        }
+    })?;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)

@@ -63,7 +63,7 @@ fn positive(obj: &InMemDicomObject, tag: Tag, instance: &str) -> Result<f64, Suv
 /// Seconds since 0000-03-01 of a DICOM date (YYYYMMDD) and time (HHMMSS.FFFFFF).
 fn seconds(date: &str, time: &str) -> Option<f64> {
     let date = date.trim();
-    if date.len() < 8 || !date.bytes().take(8).all(|b| b.is_ascii_digit()) {
+    if date.len() < 8 || !date.is_ascii() || !date.bytes().take(8).all(|b| b.is_ascii_digit()) {
         return None;
     }
     let y: i64 = date[0..4].parse().ok()?;
@@ -107,7 +107,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 fn datetime(text: &str) -> Option<f64> {
     let text = text.trim();
     let text = text.split(['+', '-']).next()?;
-    if text.len() < 8 {
+    if text.len() < 8 || !text.is_ascii() {
         return None;
     }
     let (date, time) = text.split_at(8);
@@ -236,5 +236,7 @@ mod tests {
             seconds("20240301", "013000.25")
         );
         assert_eq!(seconds("2024", "10"), None);
+        assert_eq!(datetime("2024010\u{e9}101010"), None);
+        assert_eq!(time_of_day("1\u{e9}3000"), None);
     }
 }
