@@ -26,6 +26,8 @@ pub const MAX_SEQUENCE_DEPTH: usize = 64;
 /// The implicit VR little endian transfer syntax (the only implicit one).
 const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
 const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+/// How much of a deflated data set is inflated in memory to read its header.
+const MAX_INFLATED_HEADER: u64 = 64 << 20;
 /// A deflated data set inflating past this is refused (a deflate bomb).
 const MAX_INFLATED: u64 = 1 << 32;
 
@@ -170,13 +172,14 @@ pub fn read_header<R: Read + Seek>(
     let parsed = match deflate {
         // Deflated: the collector reads the inflated stream as the explicit VR little
         // endian data set it is (the check above bounded how far it inflates).
-        // The collector needs to seek, so the inflated data set is held in memory: deflate
-        // is rare for images, and the check above bounded its size.
+        // The collector needs to seek, so the inflated start of the data set is held in
+        // memory, up to a header's worth: the header ends where Pixel Data begins, and a
+        // header larger than that is refused as unparseable.
         Some(adapter) => {
             let mut inflated = Vec::new();
             adapter
                 .adapt_reader(Box::new(io::BufReader::new(source)))
-                .take(MAX_INFLATED)
+                .take(MAX_INFLATED_HEADER)
                 .read_to_end(&mut inflated)
                 .map_err(StructureError::Io)?;
             dicom_object::collector::DicomCollector::new_with_ts(
