@@ -44,6 +44,7 @@ pub struct ReadmeDoctests;
 
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod dimse;
 pub mod dispatch;
 mod handover;

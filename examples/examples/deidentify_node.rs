@@ -9,9 +9,9 @@
 
 use clap::Parser;
 use dicomnode_examples::deidentify::DeidentifyNode;
-use dicomnode_server::cli::NodeArgs;
+use dicomnode_server::cli::{or_exit, NodeArgs};
 use dicomnode_server::deidentify::ProfileOption;
-use dicomnode_server::{Address, RetryPolicy};
+use dicomnode_server::RetryPolicy;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,9 +21,10 @@ use std::time::Duration;
 struct Args {
     #[command(flatten)]
     node: NodeArgs,
-    /// Where the de-identified instances go: AE@host:port.
-    #[arg(long)]
-    dest: Address,
+    /// Where the de-identified instances go: AE@host:port, or a name from the
+    /// configuration file's [destinations].
+    #[arg(long, env = "DICOMNODE_DEST")]
+    dest: String,
     /// The mapping file (created with a new key if absent). Keep it where identities may be.
     #[arg(long, default_value = "mapping.jsonl")]
     mapping: PathBuf,
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
         let args = Args::parse();
         let config = args.node.config("DEIDENTIFY");
         let node = DeidentifyNode {
-            destination: args.dest,
+            destination: or_exit(args.node.address(&args.dest)),
             calling_ae_title: config.ae_title.clone(),
             mapping: std::path::absolute(&args.mapping).unwrap_or(args.mapping),
             options: args.options,

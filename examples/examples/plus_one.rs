@@ -7,8 +7,7 @@
 
 use clap::Parser;
 use dicomnode_examples::plus_one::PlusOneNode;
-use dicomnode_server::cli::NodeArgs;
-use dicomnode_server::Address;
+use dicomnode_server::cli::{or_exit, NodeArgs};
 use dicomnode_server::RetryPolicy;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,9 +17,10 @@ use std::time::Duration;
 struct Args {
     #[command(flatten)]
     node: NodeArgs,
-    /// Where the derived series goes: AE@host:port.
-    #[arg(long)]
-    dest: Address,
+    /// Where the derived series goes: AE@host:port, or a name from the configuration
+    /// file's [destinations].
+    #[arg(long, env = "DICOMNODE_DEST")]
+    dest: String,
     /// Instances per series (default: each series' ImagesInAcquisition).
     #[arg(long)]
     slices: Option<u32>,
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         let args = Args::parse();
         let config = args.node.config("PLUS_ONE");
         let node = PlusOneNode {
-            destination: args.dest,
+            destination: or_exit(args.node.address(&args.dest)),
             calling_ae_title: config.ae_title.clone(),
             slices: args.slices,
             retry: RetryPolicy::new(

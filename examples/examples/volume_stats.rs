@@ -8,7 +8,7 @@
 
 use clap::Parser;
 use dicomnode_examples::volume_stats::VolumeStatsNode;
-use dicomnode_server::cli::NodeArgs;
+use dicomnode_server::cli::{or_exit, NodeArgs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,16 +17,26 @@ use std::process::ExitCode;
 struct Args {
     #[command(flatten)]
     node: NodeArgs,
-    /// Where the JSON files go.
-    #[arg(long, default_value = "stats")]
-    out: PathBuf,
+    /// Where the JSON files go (default: the configuration file's [pipeline] out, else
+    /// ./stats).
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     // In a processing child, `run` processes the job and never calls this closure.
     dicomnode_server::run(|| {
         let args = Args::parse();
-        let out = std::path::absolute(&args.out).unwrap_or(args.out);
-        (VolumeStatsNode { out }, args.node.config("VOLUME_STATS"))
+        let config = args.node.config("VOLUME_STATS");
+        // The pipeline's own struct from [pipeline]; --out, when given, wins.
+        let mut node =
+            or_exit(args.node.pipeline::<VolumeStatsNode>()).unwrap_or(VolumeStatsNode {
+                out: PathBuf::from("stats"),
+            });
+        if let Some(out) = args.out {
+            node.out = out;
+        }
+        node.out = std::path::absolute(&node.out).unwrap_or(node.out);
+        (node, config)
     })
 }

@@ -193,6 +193,11 @@ impl NodeProcess {
     /// Starts `exe` with `args` (which must make it listen on 127.0.0.1, port 0), waits for
     /// its "listening on" line and returns it.
     pub fn start(exe: &Path, args: &[&str]) -> NodeProcess {
+        Self::start_with_env(exe, args, &[])
+    }
+
+    /// As [`NodeProcess::start`], with these environment variables set.
+    pub fn start_with_env(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let log = dir.path().join("node.log");
         let file = std::fs::File::create(&log).expect("a log file");
@@ -202,6 +207,7 @@ impl NodeProcess {
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("DICOMNODE_CHILD")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)
