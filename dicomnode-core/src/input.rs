@@ -70,6 +70,11 @@ impl Input {
         self
     }
 
+    /// The rule that says when the input has enough.
+    pub fn enough(&self) -> &Enough {
+        &self.enough
+    }
+
     /// The input's name.
     pub fn name(&self) -> &str {
         &self.name

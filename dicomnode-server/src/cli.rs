@@ -141,6 +141,11 @@ pub struct NodeArgs {
     /// free port). Without it, --port is TLS only.
     #[arg(long, requires = "tls_cert", env = "DICOMNODE_TLS_PORT")]
     pub tls_port: Option<u16>,
+    /// Serve /metrics (Prometheus) and /status (JSON) over HTTP on this address, e.g.
+    /// 127.0.0.1:9100 (keep it on loopback or a management network).
+    #[arg(long, env = "DICOMNODE_HTTP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<SocketAddr>,
 }
 
 /// `--expiry-action`.
@@ -285,6 +290,7 @@ impl NodeArgs {
             tls_ca,
             tls_require_client_cert,
             tls_port,
+            http,
         );
         Ok(merged)
     }
@@ -385,6 +391,7 @@ impl NodeArgs {
         config.pdu_timeout = seconds(self.pdu_timeout);
         config.association_timeout = seconds(self.idle_timeout);
         config.work_root = self.work_root.clone();
+        config.http = self.http;
         config.tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(ServerTls {
                 cert: cert.clone(),

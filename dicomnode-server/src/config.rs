@@ -77,6 +77,8 @@ pub struct NodeConfig {
     pub pdu_timeout: Duration,
     /// TLS on the listening port; `None`: plain TCP.
     pub tls: Option<ServerTls>,
+    /// Where the status listener serves `/metrics` and `/status` (none by default).
+    pub http: Option<SocketAddr>,
 }
 
 /// TLS of the listening port: the node's certificate and key and, to verify clients'
@@ -159,6 +161,7 @@ impl NodeConfig {
             acse_timeout: Duration::from_secs(30),
             pdu_timeout: Duration::from_secs(30),
             tls: None,
+            http: None,
         }
     }
 

@@ -48,8 +48,10 @@ pub mod config_file;
 pub mod dimse;
 pub mod dispatch;
 mod handover;
+mod http;
 mod implementation;
 mod maintenance;
+mod metrics;
 mod runner;
 mod scp;
 pub mod storage;
@@ -177,6 +179,11 @@ impl Node {
             (Some(tls), Some(listen)) => (bind(config.bind, None)?, Some(bind(listen, Some(tls))?)),
             (tls, _) => (bind(config.bind, tls)?, None),
         };
+        if let Some(addr) = config.http {
+            let bound = http::start(addr, Arc::clone(&storage))
+                .map_err(|source| NodeError::Bind { addr, source })?;
+            tracing::info!("status and metrics on http://{bound}/metrics and /status");
+        }
         // Patients that were complete when the node stopped are processed at once.
         hand_over(&runner, restored.ready, Cause::Restored);
         maintenance::start(storage, Arc::clone(&runner), &config);

@@ -74,6 +74,25 @@ pub enum Outcome {
     NotRun(String),
 }
 
+impl Outcome {
+    /// A short word for the metrics: how an attempt ended.
+    pub(crate) fn cause(&self) -> &'static str {
+        match self {
+            Outcome::Success(_) | Outcome::Failed(ChildOutcome::Success(_)) => "success",
+            Outcome::Failed(ChildOutcome::Setup(_)) => "setup",
+            Outcome::Failed(ChildOutcome::BuildFailed(_)) => "build",
+            Outcome::Failed(ChildOutcome::ProcessFailed(_)) => "process",
+            Outcome::Failed(ChildOutcome::Panicked(_)) => "panicked",
+            Outcome::Failed(ChildOutcome::ExportFailed(_)) => "export",
+            Outcome::TimedOut(_) => "timed_out",
+            Outcome::OutOfMemory(_) => "out_of_memory",
+            Outcome::Signalled(_) => "signalled",
+            Outcome::Exited(_) => "exited",
+            Outcome::NotRun(_) => "not_run",
+        }
+    }
+}
+
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -226,7 +245,9 @@ impl ChildRunner {
         let mut warm: Option<ChildProcess> = None;
         while let Some(batch) = self.next() {
             self.busy.fetch_add(1, Ordering::SeqCst);
+            crate::metrics::global().children(1);
             self.process(batch, &mut warm);
+            crate::metrics::global().children(-1);
             self.busy.fetch_sub(1, Ordering::SeqCst);
         }
         if let Some(child) = warm.take() {
@@ -240,8 +261,10 @@ impl ChildRunner {
     fn process(self: &Arc<Self>, mut batch: PatientBatch, warm: &mut Option<ChildProcess>) {
         let span = tracing::info_span!("patient", key = %batch.patient_key);
         let _entered = span.enter();
+        let started = std::time::Instant::now();
         let (outcome, tail, output) = self.attempt(&batch, warm);
         if let Outcome::Success(_) = outcome {
+            crate::metrics::global().processed(started.elapsed());
             let attempt = batch.attempt;
             self.storage.batch_succeeded(batch);
             tracing::info!(%outcome, attempt, "processing finished");
@@ -252,6 +275,7 @@ impl ChildRunner {
             tracing::warn!(%outcome, "processing interrupted by the shutdown; not counted as an attempt{}", if batch.dir.is_some() { ", kept for the next start" } else { "" });
             return;
         }
+        crate::metrics::global().failed(outcome.cause());
         let attempts = self.failure.attempts();
         tracing::error!(
             %outcome,

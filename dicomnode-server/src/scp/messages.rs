@@ -108,6 +108,7 @@ impl Messages<'_> {
                 Ok(self.on_command(command, pc_id, abstract_syntax, gathering))
             }
             PDataValueType::Data => {
+                crate::metrics::global().received_bytes(pdv.data.len());
                 let Some(pending) = &gathering.pending else {
                     return Err(violation(
                         AbortRQServiceProviderReason::UnexpectedPduParameter,
@@ -155,6 +156,9 @@ impl Messages<'_> {
                         Some("no data set".to_string()),
                     ),
                 };
+                if field == dimse::C_STORE_RSP {
+                    crate::metrics::global().store_answered(code);
+                }
                 Ok(Some(Reply {
                     bytes: dimse::response(&pending.command, field, code, comment.as_deref()),
                     pc_id: pending.pc_id,
@@ -173,6 +177,9 @@ impl Messages<'_> {
         gathering: &mut Gathering,
     ) -> Option<Reply> {
         let refuse_now = |field: u16, code: u16, why: String| {
+            if field == dimse::C_STORE_RSP {
+                crate::metrics::global().store_answered(code);
+            }
             Some(Reply {
                 bytes: dimse::response(&command, field, code, Some(&why)),
                 pc_id,

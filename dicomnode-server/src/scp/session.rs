@@ -179,6 +179,7 @@ impl AssociationSession {
             return;
         }
         tracing::info!(live, "association established");
+        crate::metrics::global().association_opened();
         let mut reader = reader.with_deadlines(Deadlines {
             idle: self.config.association_timeout,
             pdu: self.config.pdu_timeout,
@@ -191,6 +192,7 @@ impl AssociationSession {
             self.converse(&mut association, &mut reader, &mut touched, &mut counts)
         }))
         .unwrap_or_else(|_| "ended by a panic in the node (see the log above)".to_string());
+        crate::metrics::global().association_closed();
         let (stored, refused) = counts;
         tracing::info!(
             stored,

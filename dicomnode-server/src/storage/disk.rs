@@ -123,7 +123,7 @@ impl DiskLayout {
         self.root.join("processing")
     }
     /// Where batches that failed every attempt are.
-    fn quarantine(&self) -> PathBuf {
+    pub(crate) fn quarantine(&self) -> PathBuf {
         self.root.join("quarantine")
     }
     /// Where `dicomnode requeue` puts batches back.

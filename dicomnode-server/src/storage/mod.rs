@@ -152,6 +152,44 @@ impl Storage {
     }
 
     /// The data directory, if the storage is durable.
+    /// Batches in the quarantine (with a data directory).
+    pub(crate) fn quarantined(&self) -> Option<usize> {
+        let disk = self.disk.as_ref()?;
+        Some(
+            std::fs::read_dir(disk.quarantine())
+                .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+                .unwrap_or(0),
+        )
+    }
+
+    /// The gauges the metrics read from the storage.
+    pub(crate) fn gauges(&self) -> crate::metrics::StateGauges {
+        let waiting = self.waiting();
+        let (used, free) = self
+            .data_dir()
+            .and_then(|dir| nix::sys::statvfs::statvfs(dir).ok())
+            .map(|s| {
+                let block = s.fragment_size();
+                let total = s.blocks() * block;
+                let free = s.blocks_available() * block;
+                (
+                    Some(total.saturating_sub(s.blocks_free() as u64 * block)),
+                    Some(free),
+                )
+            })
+            .unwrap_or((None, None));
+        crate::metrics::StateGauges {
+            patients_waiting: waiting.len(),
+            instances_waiting: waiting
+                .iter()
+                .map(|p| p.inputs.iter().map(|i| i.instances).sum::<usize>())
+                .sum(),
+            quarantined_batches: self.quarantined(),
+            data_dir_used_bytes: used,
+            data_dir_free_bytes: free,
+        }
+    }
+
     pub(crate) fn data_dir(&self) -> Option<&Path> {
         self.disk.as_ref().map(DiskLayout::root)
     }

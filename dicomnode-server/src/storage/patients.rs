@@ -40,6 +40,32 @@ impl PatientEntry {
     }
 }
 
+/// A patient held now, for the status view.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct WaitingPatient {
+    /// The patient key.
+    pub(crate) patient: String,
+    /// Each input's state.
+    pub(crate) inputs: Vec<InputState>,
+    /// Associations still adding to the patient (it waits for them to end).
+    pub(crate) associations_adding: usize,
+    /// Seconds since its last instance arrived.
+    pub(crate) seconds_since_last_instance: f64,
+}
+
+/// One input of a waiting patient.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct InputState {
+    /// The input's name.
+    pub(crate) name: String,
+    /// Instances it holds.
+    pub(crate) instances: usize,
+    /// Whether its rule says it has enough.
+    pub(crate) enough: bool,
+    /// Its rule, in words.
+    pub(crate) rule: String,
+}
+
 /// The outcome of offering an instance to the inputs.
 #[derive(Debug)]
 pub(crate) enum Offer {
@@ -188,6 +214,43 @@ impl Storage {
             }
         }
         expired.into_iter().map(|(key, _)| key).collect()
+    }
+
+    /// What every patient held now has, input by input, and why it waits.
+    pub(crate) fn waiting(&self) -> Vec<WaitingPatient> {
+        let now = SystemTime::now();
+        let patients = self.patients();
+        let mut out: Vec<WaitingPatient> = patients
+            .iter()
+            .map(|(key, entry)| WaitingPatient {
+                patient: key.clone(),
+                associations_adding: entry.live_adders,
+                seconds_since_last_instance: now
+                    .duration_since(entry.last_added)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+                inputs: self
+                    .inputs
+                    .iter()
+                    .zip(&entry.inputs)
+                    .map(|(input, held)| {
+                        let headers: Vec<&InMemDicomObject> =
+                            held.iter().map(|i| &i.header).collect();
+                        InputState {
+                            name: input.name().to_string(),
+                            instances: held.len(),
+                            enough: std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                input.has_enough(&headers)
+                            }))
+                            .unwrap_or(false),
+                            rule: format!("{:?}", input.enough()),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.patient.cmp(&b.patient));
+        out
     }
 
     /// Number of instances held for a patient (0 if unknown).
