@@ -173,7 +173,7 @@ impl Storage {
                 let total = s.blocks() * block;
                 let free = s.blocks_available() * block;
                 (
-                    Some(total.saturating_sub(s.blocks_free() as u64 * block)),
+                    Some(total.saturating_sub(s.blocks_free() * block)),
                     Some(free),
                 )
             })
