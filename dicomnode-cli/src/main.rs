@@ -119,6 +119,16 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// What a node's data directory holds, without the node: patients waiting (files per
+    /// input), batches in processing, the quarantine.
+    Status {
+        /// The node's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the batches in a data directory's quarantine, with their failures.
     Quarantine {
         /// The node's data directory.
@@ -215,6 +225,7 @@ fn main() -> ExitCode {
             mapping,
             quiet,
         } => deidentify::reidentify_files(&input, &output, &mapping, quiet),
+        Command::Status { data_dir, json } => status(&data_dir, json),
         Command::Quarantine { data_dir } => quarantine(&data_dir),
         Command::Requeue { data_dir, patients } => requeue(&data_dir, &patients),
     };
@@ -355,6 +366,50 @@ fn store(address: &Address, calling: &str, paths: &[PathBuf], quiet: bool) -> an
 /// error) is an error, never created.
 fn open_data_dir(data_dir: &std::path::Path) -> anyhow::Result<DiskLayout> {
     Ok(DiskLayout::open_existing(data_dir)?)
+}
+
+fn status(data_dir: &std::path::Path, json: bool) -> anyhow::Result<bool> {
+    let overview = open_data_dir(data_dir)?.overview()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&overview)?);
+        return Ok(true);
+    }
+    println!("{} patients waiting", overview.patients_waiting.len());
+    for patient in &overview.patients_waiting {
+        let inputs: Vec<String> = patient
+            .inputs
+            .iter()
+            .map(|(input, n)| format!("{input}: {n}"))
+            .collect();
+        println!(
+            "  {:?}: {} (last instance {:.0} s ago)",
+            patient.patient,
+            inputs.join(", "),
+            patient.seconds_since_last_instance
+        );
+    }
+    println!("{} batches in processing", overview.processing.len());
+    for batch in &overview.processing {
+        println!(
+            "  {:?}: {} files in {}",
+            batch.patient,
+            batch.files,
+            batch.dir.display()
+        );
+    }
+    println!("{} quarantined batches", overview.quarantined.len());
+    for batch in &overview.quarantined {
+        println!(
+            "  {:?}: {} files in {}",
+            batch.patient_key,
+            batch.files,
+            batch.dir.display()
+        );
+        for line in &batch.failures {
+            println!("      {line}");
+        }
+    }
+    Ok(true)
 }
 
 fn quarantine(data_dir: &std::path::Path) -> anyhow::Result<bool> {

@@ -4,7 +4,7 @@
 
 use dicomnode_server::dicom_dictionary_std::tags;
 use dicomnode_server::synthetic::SyntheticSeries;
-use dicomnode_tests::{dcmtk, example_exe, free_port, run, NodeProcess, PeerProcess};
+use dicomnode_tests::{cli_exe, dcmtk, example_exe, free_port, run, NodeProcess, PeerProcess};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -158,6 +158,8 @@ fn status_says_which_patients_wait_and_why() {
             "NOWHERE@127.0.0.1:9",
             "--slices",
             "3",
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
             "--http",
             &format!("127.0.0.1:{http}"),
         ],

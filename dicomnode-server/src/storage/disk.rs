@@ -42,7 +42,7 @@ pub struct DiskLayout {
 }
 
 /// A batch in the quarantine of a data directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct QuarantinedBatch {
     /// Its directory, under `quarantine/`.
     pub dir: PathBuf,

@@ -17,6 +17,7 @@
 mod batch;
 pub mod disk;
 pub(crate) mod names;
+pub mod overview;
 mod patients;
 mod receive;
 mod restore;
