@@ -193,4 +193,19 @@ fn status_says_which_patients_wait_and_why() {
         metrics.contains("dicomnode_instances_waiting 2\n"),
         "{metrics}"
     );
+
+    // The same from the data directory, with the tool, beside the running node.
+    let mut command = Command::new(cli_exe());
+    command
+        .args(["status", "--json", "--data-dir"])
+        .arg(dir.path().join("data"));
+    let (output, text) = run(command);
+    assert!(output.status.success(), "{text}");
+    let overview: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        overview["patients_waiting"][0]["patient"], "WAIT-1",
+        "{text}"
+    );
+    assert_eq!(overview["patients_waiting"][0]["inputs"]["ct"], 2, "{text}");
+    assert_eq!(overview["quarantined"].as_array().map(Vec::len), Some(0));
 }
