@@ -13,7 +13,8 @@ use std::time::SystemTime;
 pub struct StoredPatient {
     /// The patient key.
     pub patient: String,
-    /// Files per input.
+    /// Files per input (by the input's directory name, which is its name when that is
+    /// a plain token).
     pub inputs: BTreeMap<String, usize>,
     /// Seconds since a file of it last changed.
     pub seconds_since_last_instance: f64,
@@ -50,7 +51,10 @@ impl DiskLayout {
             let mut inputs: BTreeMap<String, usize> = BTreeMap::new();
             let mut newest = SystemTime::UNIX_EPOCH;
             for (input, file) in DiskLayout::files_of(&dir)? {
-                *inputs.entry(input).or_default() += 1;
+                // Input directories are `in-<name>` (names that are not plain tokens are
+                // shown as stored: a readable prefix and a hash).
+                let name = input.strip_prefix("in-").unwrap_or(&input).to_string();
+                *inputs.entry(name).or_default() += 1;
                 if let Ok(modified) = std::fs::metadata(&file).and_then(|m| m.modified()) {
                     newest = newest.max(modified);
                 }
