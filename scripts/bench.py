@@ -17,6 +17,7 @@
                              # peak memory to a sorted f32 volume, `dicomnode volume` vs pydicom + numpy
                              # (scripts/volume_pydicom.py, in a venv made at target/bench-venv), with farm-bench
   scripts/bench.py volume-child  # the volume_stats node's child on 300 CT 512x512: its peak memory vs the volume
+  scripts/bench.py http      # store_node with and without --http (scraped): CPU and memory idle and under ingest
 
 Every process started here is ended here, by PID.
 """
@@ -531,6 +532,78 @@ def volume_child(rounds=3, slices=300):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def proc_cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def proc_rss_mib(pid, key="VmRSS:"):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def http(rounds=3, slices=300, idle_secs=10):
+    """store_node with and without --http (scraped every second, as Prometheus would):
+    CPU and memory at idle and under an ingest of 300 CT 512x512, interleaved rounds."""
+    import urllib.request
+    work = tempfile.mkdtemp(prefix="bench-http-")
+    try:
+        data = os.path.join(work, "in")
+        subprocess.run([os.path.join(REL, "gen_series"), "--out", data, "--slices", str(slices), "--size", "512",
+                        "--prefix", "HTTP-"], check=True)
+        results = {"without": [], "with": []}
+        for r in range(rounds):
+            for which in (["without", "with"] if r % 2 == 0 else ["with", "without"]):
+                port, hport = free_port(), free_port()
+                out = os.path.join(work, f"out-{which}-{r}")
+                cmd = [os.path.join(REL, "examples", "store_node"), "--port", str(port), "--out", out]
+                if which == "with":
+                    cmd += ["--http", f"127.0.0.1:{hport}"]
+                with open(os.path.join(work, f"{which}-{r}.log"), "w") as log:
+                    proc = start(cmd, log)
+                    try:
+                        wait_port(port)
+                        def scrape():
+                            if which == "with":
+                                try:
+                                    urllib.request.urlopen(f"http://127.0.0.1:{hport}/metrics", timeout=2).read()
+                                except OSError:
+                                    pass
+                        cpu0 = proc_cpu_seconds(proc.pid)
+                        for _ in range(idle_secs):
+                            scrape()
+                            time.sleep(1)
+                        idle_cpu = proc_cpu_seconds(proc.pid) - cpu0
+                        idle_rss = proc_rss_mib(proc.pid)
+                        cpu1 = proc_cpu_seconds(proc.pid)
+                        sender = subprocess.Popen(["/usr/bin/storescu", "-aec", "STORE_NODE", "+sd", "+r", "127.0.0.1",
+                                                   str(port), data], env=ENV, stdout=subprocess.DEVNULL,
+                                                  stderr=subprocess.DEVNULL)
+                        t = time.perf_counter()
+                        while sender.poll() is None:
+                            scrape()
+                            time.sleep(0.2 if which == "with" else 0.05)
+                        wall = time.perf_counter() - t
+                        time.sleep(1.0)
+                        ingest_cpu = proc_cpu_seconds(proc.pid) - cpu1
+                        peak = proc_rss_mib(proc.pid, "VmHWM:")
+                        results[which].append((idle_cpu, idle_rss, wall, ingest_cpu, peak))
+                    finally:
+                        stop(proc)
+                shutil.rmtree(out, ignore_errors=True)
+        print(f"store_node with and without --http (scraped every 1 s idle, every 0.2 s during the ingest), "
+              f"{rounds} interleaved rounds, medians:")
+        for which, runs in results.items():
+            med = lambda i: statistics.median(x[i] for x in runs)
+            print(f"  {which:8s} idle {idle_secs} s: CPU {med(0)*1000:.0f} ms, RSS {med(1):.1f} MiB | "
+                  f"ingest {slices} CT: wall {med(2):.2f} s, node CPU {med(3):.2f} s, peak RSS {med(4):.1f} MiB")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     if what in ("latency", "all"):
@@ -555,3 +628,5 @@ if __name__ == "__main__":
         volume()
     if what in ("volume-child", "all"):
         volume_child()
+    if what in ("http", "all"):
+        http()
