@@ -142,8 +142,9 @@ pub struct NodeArgs {
     #[arg(long, requires = "tls_cert", env = "DICOMNODE_TLS_PORT")]
     pub tls_port: Option<u16>,
     /// Serve /metrics (Prometheus) and /status (JSON) over HTTP on this address, e.g.
-    /// 127.0.0.1:9100 (keep it on loopback or a management network).
-    #[arg(long, env = "DICOMNODE_HTTP")]
+    /// 127.0.0.1:9100, or a port alone for loopback (keep it on loopback or a management
+    /// network).
+    #[arg(long, env = "DICOMNODE_HTTP", value_parser = http_address)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<SocketAddr>,
 }
@@ -418,6 +419,15 @@ pub fn or_exit<T>(result: Result<T, ConfigError>) -> T {
     }
 }
 
+/// `--http`: an address, or a port alone (on loopback).
+fn http_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse()
+        .map_err(|_| format!("{text:?} is neither HOST:PORT nor a port"))
+}
+
 /// A TOML scalar as a flag's value.
 fn scalar(value: &toml::Value) -> Option<String> {
     match value {
@@ -532,9 +542,16 @@ mod tests {
             error.contains("line 3") && error.contains("destinations.bad"),
             "{error}"
         );
-        let (_dir, path) = file("[destinations]\npacs = \"PACS@10.0.0.1:104\"\n");
+        let (_dir, path) = file("[destinations]\npacs = \"PACS@10.0.0.1:104\"\n\n[destinations.secure]\naddress = \"ARCHIVE@10.0.0.2:2762\"\ntls_ca = \"/etc/ca.pem\"\n");
         let node = args(&[], &path);
         assert_eq!(node.address("pacs").unwrap().port, 104);
+        let secure = node.address("secure").unwrap();
+        assert_eq!(secure.port, 2762);
+        assert_eq!(secure.tls.unwrap().ca, PathBuf::from("/etc/ca.pem"));
+        assert_eq!(
+            Args::parse_from(["node", "--http", "9100"]).node.http,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9100)))
+        );
         assert_eq!(node.address("X@127.0.0.1:11112").unwrap().ae_title, "X");
         assert!(node
             .address("archive")

@@ -211,13 +211,43 @@ impl ConfigFile {
                 key: format!("destinations.{name}"),
                 message,
             };
-            let text = value
-                .as_str()
-                .ok_or_else(|| error(format!("expected \"AE@host:port\", found {value}")))?;
+            // `name = "AE@host:port"`, or a table with `address` and TLS settings.
+            let (text, tls) = match value {
+                toml::Value::String(text) => (text.clone(), None),
+                toml::Value::Table(entry) => {
+                    let field = |key: &str| entry.get(key).and_then(|v| v.as_str()).map(str::to_string);
+                    let text = field("address").ok_or_else(|| {
+                        error("a destination table needs address = \"AE@host:port\"".into())
+                    })?;
+                    let tls = match field("tls_ca") {
+                        Some(ca) => Some(dicomnode_core::ClientTls {
+                            ca: ca.into(),
+                            cert: field("tls_cert").map(Into::into),
+                            key: field("tls_key").map(Into::into),
+                        }),
+                        None if entry.contains_key("tls_cert") || entry.contains_key("tls_key") => {
+                            return Err(error("tls_cert and tls_key need tls_ca".into()));
+                        }
+                        None => None,
+                    };
+                    (text, tls)
+                }
+                other => {
+                    return Err(error(format!(
+                        "expected \"AE@host:port\" or a table with address and tls_ca, tls_cert, tls_key; found {other}"
+                    )))
+                }
+            };
             let address = text
                 .parse::<Address>()
                 .map_err(|e| error(format!("expected \"AE@host:port\": {e}")))?;
-            book.insert(name.clone(), address);
+            book.insert(
+                name.clone(),
+                match tls {
+                    Some(tls) => address.with_tls(tls),
+                    None => address,
+                },
+            );
         }
         Ok(book)
     }

@@ -2,6 +2,7 @@
 //! format and `/status` as JSON. A small HTTP/1.1 server of its own: one short request at
 //! a time, with deadlines, answered and closed. It only reads the node's state.
 
+use crate::runner::ChildRunner;
 use crate::storage::Storage;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -14,7 +15,11 @@ const MAX_REQUEST: usize = 8 * 1024;
 const DEADLINE: Duration = Duration::from_secs(5);
 
 /// Binds `addr` and serves on a thread of its own; returns the bound address.
-pub(crate) fn start(addr: SocketAddr, storage: Arc<Storage>) -> std::io::Result<SocketAddr> {
+pub(crate) fn start(
+    addr: SocketAddr,
+    storage: Arc<Storage>,
+    runner: Arc<ChildRunner>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
     std::thread::Builder::new()
@@ -23,7 +28,7 @@ pub(crate) fn start(addr: SocketAddr, storage: Arc<Storage>) -> std::io::Result<
             for stream in listener.incoming() {
                 match stream {
                     Ok(stream) => {
-                        if let Err(error) = answer(stream, &storage) {
+                        if let Err(error) = answer(stream, &storage, &runner) {
                             tracing::debug!(%error, "status request not answered");
                         }
                     }
@@ -34,7 +39,7 @@ pub(crate) fn start(addr: SocketAddr, storage: Arc<Storage>) -> std::io::Result<
     Ok(local)
 }
 
-fn answer(mut stream: TcpStream, storage: &Storage) -> std::io::Result<()> {
+fn answer(mut stream: TcpStream, storage: &Storage, runner: &ChildRunner) -> std::io::Result<()> {
     stream.set_read_timeout(Some(DEADLINE))?;
     stream.set_write_timeout(Some(DEADLINE))?;
     let mut head = Vec::new();
@@ -76,7 +81,7 @@ fn answer(mut stream: TcpStream, storage: &Storage) -> std::io::Result<()> {
             )
         }
         "/status" => {
-            let body = status_json(storage);
+            let body = status_json(storage, runner);
             respond(&mut stream, "200 OK", "application/json", &body)
         }
         _ => respond(
@@ -89,16 +94,20 @@ fn answer(mut stream: TcpStream, storage: &Storage) -> std::io::Result<()> {
 }
 
 /// The node's state as JSON: patients waiting (each input's state and why they wait),
-/// quarantined batches, and the gauges.
-pub(crate) fn status_json(storage: &Storage) -> String {
+/// children running (their patient and for how long), quarantined batches.
+pub(crate) fn status_json(storage: &Storage, runner: &ChildRunner) -> String {
     let gauges = storage.gauges();
-    let waiting = storage.waiting();
     let metrics = crate::metrics::global();
+    let running: Vec<serde_json::Value> = runner
+        .running()
+        .into_iter()
+        .map(|(patient, seconds)| serde_json::json!({ "patient": patient, "seconds": seconds }))
+        .collect();
     serde_json::json!({
-        "patients_waiting": waiting,
-        "children_running": metrics.children_running(),
+        "patients_waiting": storage.waiting(),
+        "children_running": running,
         "associations_open": metrics.associations_open(),
-        "quarantined_batches": gauges.quarantined_batches,
+        "quarantined": storage.quarantined_batches(),
         "data_dir_free_bytes": gauges.data_dir_free_bytes,
     })
     .to_string()

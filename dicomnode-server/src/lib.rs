@@ -180,7 +180,7 @@ impl Node {
             (tls, _) => (bind(config.bind, tls)?, None),
         };
         if let Some(addr) = config.http {
-            let bound = http::start(addr, Arc::clone(&storage))
+            let bound = http::start(addr, Arc::clone(&storage), Arc::clone(&runner))
                 .map_err(|source| NodeError::Bind { addr, source })?;
             tracing::info!("status and metrics on http://{bound}/metrics and /status");
         }

@@ -71,11 +71,6 @@ impl Metrics {
         self.associations_open.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Children running now.
-    pub(crate) fn children_running(&self) -> i64 {
-        self.children_running.load(Ordering::Relaxed)
-    }
-
     /// Established associations open now.
     pub(crate) fn associations_open(&self) -> i64 {
         self.associations_open.load(Ordering::Relaxed)

@@ -209,3 +209,75 @@ fn status_says_which_patients_wait_and_why() {
     assert_eq!(overview["patients_waiting"][0]["inputs"]["ct"], 2, "{text}");
     assert_eq!(overview["quarantined"].as_array().map(Vec::len), Some(0));
 }
+
+#[test]
+fn status_shows_the_children_running_and_since_when() {
+    use dicomnode_server::dimse::status;
+    use dicomnode_server::dispatch::StoreAssociation;
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let node = NodeProcess::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_test_node")),
+        &[
+            "--port",
+            "0",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--time-limit",
+            "20",
+            "--shutdown-grace",
+            "0.5",
+            "--http",
+            &format!("127.0.0.1:{http}"),
+        ],
+    );
+    // A patient whose processing hangs (until the time limit or the node's end).
+    let instances = SyntheticSeries::ct("HANG-STATUS", 1)
+        .size(8, 8)
+        .build()
+        .unwrap();
+    let mut association = StoreAssociation::open(
+        &node.address("TEST_NODE"),
+        "SCU",
+        &dicomnode_tests::ct_contexts(),
+    )
+    .unwrap();
+    assert_eq!(association.store(&instances[0]).unwrap(), status::SUCCESS);
+    association.release().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_str(&get(&format!("http://127.0.0.1:{http}/status"))).unwrap();
+        let running = &status["children_running"][0];
+        if running["patient"] == "HANG-STATUS" && running["seconds"].as_f64().unwrap_or(0.0) > 0.5 {
+            let metrics = get(&format!("http://127.0.0.1:{http}/metrics"));
+            assert!(
+                metrics.contains("dicomnode_children_running 1\n"),
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no running child in {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The node ends its hanging child's process group (and the grandchild in it) when it
+    // stops.
+    let grandchild: u32 = std::fs::read_to_string(dir.path().join("HANG-STATUS.grandchild"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    drop(node);
+    let gone = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{grandchild}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            Instant::now() < gone,
+            "the grandchild {grandchild} outlived the node"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

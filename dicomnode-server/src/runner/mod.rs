@@ -18,7 +18,7 @@ pub use child::{child_entry_among, is_child, ChildEntry};
 use crate::config::{ChildPolicy, NodeConfig};
 use crate::storage::{InstanceData, PatientBatch, Storage};
 use dicomnode_core::{Pipeline, RetryPolicy};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -158,6 +158,8 @@ pub struct ChildRunner {
     /// Jobs being processed now.
     busy: AtomicUsize,
     stopping: AtomicBool,
+    /// The patients being processed now, by worker thread, and since when.
+    running: Mutex<HashMap<std::thread::ThreadId, (String, SystemTime)>>,
 }
 
 impl ChildRunner {
@@ -192,6 +194,7 @@ impl ChildRunner {
             alive: Mutex::new(HashSet::new()),
             busy: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            running: Mutex::new(HashMap::new()),
         });
         for index in 0..runner.policy.max_children {
             let worker = Arc::clone(&runner);
@@ -240,13 +243,41 @@ impl ChildRunner {
         }
     }
 
+    /// The patients being processed now, with how long (seconds) each has been.
+    pub(crate) fn running(&self) -> Vec<(String, f64)> {
+        let now = SystemTime::now();
+        let mut out: Vec<(String, f64)> = self
+            .running
+            .lock()
+            .map(|r| {
+                r.values()
+                    .map(|(key, since)| {
+                        (
+                            key.clone(),
+                            now.duration_since(*since).unwrap_or_default().as_secs_f64(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// A worker thread: takes batches in arrival order, one at a time.
     fn work(self: Arc<Self>) {
         let mut warm: Option<ChildProcess> = None;
         while let Some(batch) = self.next() {
             self.busy.fetch_add(1, Ordering::SeqCst);
             crate::metrics::global().children(1);
+            let me = std::thread::current().id();
+            if let Ok(mut running) = self.running.lock() {
+                running.insert(me, (batch.patient_key.clone(), SystemTime::now()));
+            }
             self.process(batch, &mut warm);
+            if let Ok(mut running) = self.running.lock() {
+                running.remove(&me);
+            }
             crate::metrics::global().children(-1);
             self.busy.fetch_sub(1, Ordering::SeqCst);
         }

@@ -163,6 +163,15 @@ impl Storage {
         )
     }
 
+    /// The quarantined batches with their failures (with a data directory; else the
+    /// batches held in memory after their last attempt, by patient).
+    pub(crate) fn quarantined_batches(&self) -> Vec<disk::QuarantinedBatch> {
+        match &self.disk {
+            Some(disk) => disk.quarantined().unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
     /// The gauges the metrics read from the storage.
     pub(crate) fn gauges(&self) -> crate::metrics::StateGauges {
         let waiting = self.waiting();
