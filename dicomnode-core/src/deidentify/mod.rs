@@ -461,4 +461,6 @@ fn with_meta(
 }
 
 #[cfg(test)]
+mod mapping_tests;
+#[cfg(test)]
 mod tests;
