@@ -90,6 +90,15 @@ pub enum StructureError {
     /// without the codec).
     #[error("data sets in transfer syntax {0:?} cannot be read by this node")]
     TransferSyntax(String),
+    /// The header of a deflated data set (before Pixel Data) inflates past what is read
+    /// into memory.
+    #[error("the deflated data set's header inflates to {inflated} bytes, more than the {limit} read into memory")]
+    HeaderTooLarge {
+        /// The header's inflated length.
+        inflated: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// A deflated data set inflates past the limit.
     #[error("the deflated data set inflates past {} GiB", MAX_INFLATED >> 30)]
     InflatesTooFar,
@@ -119,19 +128,36 @@ pub fn check_seekable<R: Read + Seek>(
     };
     match ts.codec() {
         Codec::Dataset(None) => Err(StructureError::TransferSyntax(transfer_syntax.to_string())),
-        Codec::Dataset(Some(adapter)) => {
-            // Deflated: the inflated length is unknown, so values are read through (and
-            // so proven present) instead of skipped.
-            let inflated = adapter.adapt_reader(Box::new(io::BufReader::new(source).take(len)));
-            let mut walker = Walker::new(Streamed(inflated.take(MAX_INFLATED + 1)), None, encoding);
-            walker.walk()?;
-            if walker.pos > MAX_INFLATED {
-                return Err(StructureError::InflatesTooFar);
-            }
-            Ok(())
-        }
+        Codec::Dataset(Some(_)) => deflated_header_len(source, len, transfer_syntax).map(|_| ()),
         _ => Walker::new(Seeking(io::BufReader::new(source)), Some(len), encoding).walk(),
     }
+}
+
+/// Walks a deflated data set (values read through, so proven present, since the inflated
+/// length is unknown) and returns the inflated length of its header: the bytes before the
+/// top-level Pixel Data, or all of them.
+fn deflated_header_len<R: Read>(
+    source: R,
+    len: u64,
+    transfer_syntax: &str,
+) -> Result<u64, StructureError> {
+    let ts = TransferSyntaxRegistry
+        .get(transfer_syntax)
+        .ok_or_else(|| StructureError::TransferSyntax(transfer_syntax.to_string()))?;
+    let Codec::Dataset(Some(adapter)) = ts.codec() else {
+        return Err(StructureError::TransferSyntax(transfer_syntax.to_string()));
+    };
+    let encoding = Encoding {
+        explicit: true,
+        big_endian: matches!(ts.endianness(), Endianness::Big),
+    };
+    let inflated = adapter.adapt_reader(Box::new(io::BufReader::new(source).take(len)));
+    let mut walker = Walker::new(Streamed(inflated.take(MAX_INFLATED + 1)), None, encoding);
+    walker.walk()?;
+    if walker.pos > MAX_INFLATED {
+        return Err(StructureError::InflatesTooFar);
+    }
+    Ok(walker.pixel_data_at.unwrap_or(walker.pos))
 }
 
 /// Why the header of a received data set could not be read.
@@ -158,10 +184,6 @@ pub fn read_header<R: Read + Seek>(
     source
         .seek(SeekFrom::Start(start))
         .map_err(StructureError::Io)?;
-    check_seekable(&mut source, end.saturating_sub(start), transfer_syntax)?;
-    source
-        .seek(SeekFrom::Start(start))
-        .map_err(StructureError::Io)?;
     let mut header = dicom_object::InMemDicomObject::new_empty();
     let deflate = TransferSyntaxRegistry
         .get(transfer_syntax)
@@ -169,17 +191,37 @@ pub fn read_header<R: Read + Seek>(
             Codec::Dataset(Some(adapter)) => Some(adapter),
             _ => None,
         });
+    // A deflated data set is checked by the walk below, which also measures its header.
+    if deflate.is_none() {
+        check_seekable(&mut source, end.saturating_sub(start), transfer_syntax)?;
+        source
+            .seek(SeekFrom::Start(start))
+            .map_err(StructureError::Io)?;
+    }
     let parsed = match deflate {
         // Deflated: the collector reads the inflated stream as the explicit VR little
         // endian data set it is (the check above bounded how far it inflates).
-        // The collector needs to seek, so the inflated start of the data set is held in
-        // memory, up to a header's worth: the header ends where Pixel Data begins, and a
-        // header larger than that is refused as unparseable.
+        // The collector needs to seek, so the inflated header is held in memory: only the
+        // header (up to the Pixel Data element's own header), whose every length the walk
+        // proved, and only if it is at most MAX_INFLATED_HEADER.
         Some(adapter) => {
+            let header_len =
+                deflated_header_len(&mut source, end.saturating_sub(start), transfer_syntax)?;
+            if header_len > MAX_INFLATED_HEADER {
+                return Err(StructureError::HeaderTooLarge {
+                    inflated: header_len,
+                    limit: MAX_INFLATED_HEADER,
+                }
+                .into());
+            }
+            source
+                .seek(SeekFrom::Start(start))
+                .map_err(StructureError::Io)?;
             let mut inflated = Vec::new();
             adapter
                 .adapt_reader(Box::new(io::BufReader::new(source)))
-                .take(MAX_INFLATED_HEADER)
+                // The Pixel Data element's tag, VR and length follow the header.
+                .take(header_len + 12)
                 .read_to_end(&mut inflated)
                 .map_err(StructureError::Io)?;
             dicom_object::collector::DicomCollector::new_with_ts(

@@ -80,6 +80,8 @@ pub(super) struct Walker<B> {
     pub(super) pos: u64,
     encoding: Encoding,
     stack: Vec<Frame>,
+    /// Where the top-level Pixel Data element starts, once seen.
+    pub(super) pixel_data_at: Option<u64>,
 }
 
 impl<B: Bytes> Walker<B> {
@@ -90,6 +92,7 @@ impl<B: Bytes> Walker<B> {
             pos: 0,
             encoding,
             stack: Vec::new(),
+            pixel_data_at: None,
         }
     }
 
@@ -248,6 +251,9 @@ impl<B: Bytes> Walker<B> {
                     at,
                     why: "only items may be inside a sequence",
                 });
+            }
+            if tag == PIXEL_DATA && self.stack.is_empty() && self.pixel_data_at.is_none() {
+                self.pixel_data_at = Some(at);
             }
             let (vr, length) = self.element_header()?;
             let vr = vr.unwrap_or_else(|| implicit_vr(tag, length));
