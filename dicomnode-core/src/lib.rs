@@ -12,6 +12,7 @@
 
 pub mod address;
 pub mod container;
+mod dates;
 pub mod deidentify;
 pub mod error;
 pub mod input;

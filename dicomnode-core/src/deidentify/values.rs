@@ -1,5 +1,6 @@
 //! Replacement values: dummies valid for each VR, shifted dates, cleaned text.
 
+use crate::dates::{civil_from_days, days_from_civil};
 use dicom_core::value::PrimitiveValue;
 use dicom_core::VR;
 
@@ -47,26 +48,6 @@ pub(crate) fn shift_date(text: &str, days: i64) -> Option<String> {
     }
     let (y, m, d) = civil_from_days(days_from_civil(y, m, d) + days);
     Some(format!("{y:04}{m:02}{d:02}{}", &text[8..]))
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-    era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
-}
-
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// Free text with every identifier in `identifiers` (names, IDs, dates of the patient and
