@@ -103,30 +103,12 @@ impl DerivedSeries {
 
     /// How values become stored values: the function, signedness, slope and intercept.
     fn encoding(&self, values: &Array3<f32>) -> (impl Fn(f32) -> u16, bool, f64, f64) {
-        let (min, max) = values
-            .iter()
-            .filter(|v| v.is_finite())
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
-                (lo.min(f64::from(v)), hi.max(f64::from(v)))
-            });
-        let (min, max) = if min.is_finite() {
-            (min, max)
-        } else {
-            (0.0, 0.0)
-        };
         let (signed, slope, intercept) = match self.stored_as {
             StoredAs::Signed16 => (true, 1.0, 0.0),
             StoredAs::Unsigned16 => (false, 1.0, 0.0),
             StoredAs::Fitted => {
-                let integral = values.iter().all(|v| v.fract() == 0.0 || !v.is_finite());
-                let slope = if integral && max - min <= 65535.0 {
-                    1.0
-                } else if max > min {
-                    (max - min) / 65535.0
-                } else {
-                    1.0
-                };
-                (false, slope, min)
+                let (slope, intercept) = super::fitted_rescale(values.iter().copied());
+                (false, slope, intercept)
             }
         };
         let stored_of = move |v: f32| -> u16 {

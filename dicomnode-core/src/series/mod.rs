@@ -57,25 +57,8 @@ impl PixelBuffer {
             PixelBuffer::I16(v) => (v.iter().map(|&x| x as u16).collect(), 1, 1.0, 0.0),
             PixelBuffer::U16(v) => (v.clone(), 0, 1.0, 0.0),
             PixelBuffer::F32(v) => {
-                let finite = v.iter().copied().filter(|x| x.is_finite());
-                let min = finite
-                    .clone()
-                    .fold(f64::INFINITY, |m, x| m.min(f64::from(x)));
-                let max = finite.fold(f64::NEG_INFINITY, |m, x| m.max(f64::from(x)));
-                let (min, max) = if min.is_finite() {
-                    (min, max)
-                } else {
-                    (0.0, 0.0)
-                };
-                let integral = v.iter().all(|x| x.fract() == 0.0);
-                let slope = if integral && max - min <= 65535.0 {
-                    1.0
-                } else if max > min {
-                    (max - min) / 65535.0
-                } else {
-                    1.0
-                };
-                let intercept = min;
+                let (slope, intercept) = fitted_rescale(v.iter().copied());
+                let min = intercept;
                 let stored = v
                     .iter()
                     .map(|&x| {
@@ -87,6 +70,34 @@ impl PixelBuffer {
             }
         }
     }
+}
+
+/// The slope and intercept that fit real values into unsigned 16-bit stored values: slope
+/// 1 when they are integers within a 65 536 range (exact), else the range spread over
+/// 65 535 steps; the intercept is the smallest finite value (0 when there is none).
+pub(crate) fn fitted_rescale(values: impl Iterator<Item = f32> + Clone) -> (f64, f64) {
+    let (min, max) = values
+        .clone()
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(f64::from(v)), hi.max(f64::from(v)))
+        });
+    let (min, max) = if min.is_finite() {
+        (min, max)
+    } else {
+        (0.0, 0.0)
+    };
+    let integral = values
+        .into_iter()
+        .all(|v| v.fract() == 0.0 || !v.is_finite());
+    let slope = if integral && max - min <= 65535.0 {
+        1.0
+    } else if max > min {
+        (max - min) / 65535.0
+    } else {
+        1.0
+    };
+    (slope, min)
 }
 
 /// How to derive a series: its description and number, and the root of its new UIDs.
