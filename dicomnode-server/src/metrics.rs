@@ -206,29 +206,27 @@ impl Metrics {
             "Failed processing attempts, by cause.",
             &failures,
         );
-        if let Some(quarantined) = state.quarantined_batches {
-            metric(
+        // Gauges of the data directory, when there is one.
+        for (name, help, value) in [
+            (
                 "dicomnode_quarantined_batches",
-                "gauge",
                 "Batches in the data directory's quarantine.",
-                &plain(quarantined as f64),
-            );
-        }
-        if let Some(used) = state.data_dir_used_bytes {
-            metric(
+                state.quarantined_batches.map(|n| n as f64),
+            ),
+            (
                 "dicomnode_data_dir_used_bytes",
-                "gauge",
                 "Bytes in use on the data directory's file system.",
-                &plain(used as f64),
-            );
-        }
-        if let Some(free) = state.data_dir_free_bytes {
-            metric(
+                state.data_dir_used_bytes.map(|n| n as f64),
+            ),
+            (
                 "dicomnode_data_dir_free_bytes",
-                "gauge",
                 "Bytes available on the data directory's file system.",
-                &plain(free as f64),
-            );
+                state.data_dir_free_bytes.map(|n| n as f64),
+            ),
+        ] {
+            if let Some(value) = value {
+                metric(name, "gauge", help, &plain(value));
+            }
         }
         out
     }
