@@ -335,3 +335,23 @@ fn a_mapping_file_survives_a_torn_line_and_is_private() {
         );
     }
 }
+
+#[test]
+fn a_file_that_is_not_a_mapping_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "my notes\n").unwrap();
+    let error = Mapping::open(&path).unwrap_err();
+    assert!(
+        matches!(error, DeidentifyError::NotAMapping { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("notes.txt"), "{error}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "my notes\n");
+    let short_key = dir.path().join("short.jsonl");
+    std::fs::write(&short_key, "{\"dicomnode_mapping\":1,\"key\":\"abcd\"}\n").unwrap();
+    assert!(matches!(
+        Mapping::open(&short_key).unwrap_err(),
+        DeidentifyError::Key(_)
+    ));
+}
