@@ -7,6 +7,7 @@
 
 use anyhow::Context;
 mod deidentify;
+mod qr;
 mod volume;
 
 use clap::{Parser, Subcommand};
@@ -26,7 +27,7 @@ use std::time::Instant;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Talk DICOM to a node (C-ECHO, C-STORE), look at its data directory, read files as volumes"
+    about = "Talk DICOM to a node or PACS (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE), look at its data directory, read files as volumes"
 )]
 struct Cli {
     /// The AE title to call from.
@@ -52,6 +53,66 @@ enum Command {
         /// Files or folders.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
+    /// Query a PACS with C-FIND (study root) and print the answers as a table.
+    ///
+    /// Keys as findscu takes them: `-k PatientID=P1 -k StudyDate=20200101-
+    /// -k StudyDescription` (no value: asked back).
+    Find {
+        /// The PACS: AE@host:port.
+        address: Address,
+        /// PATIENT, STUDY, SERIES or IMAGE.
+        #[arg(long, default_value = "STUDY")]
+        level: dicomnode_server::retrieve::Level,
+        /// A key: Keyword=value, gggg,eeee=value, or a keyword alone to ask it back.
+        #[arg(long = "key", short = 'k')]
+        keys: Vec<String>,
+        /// One JSON object per answer instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
+    /// Retrieve one study with C-GET into a folder (one Part-10 file per instance).
+    Get {
+        /// The PACS: AE@host:port.
+        address: Address,
+        /// The study's StudyInstanceUID.
+        #[arg(long)]
+        study: String,
+        /// The folder to write to.
+        #[arg(long)]
+        out: PathBuf,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
+    /// Ask a PACS to send one study to an AE title with C-MOVE.
+    Move {
+        /// The PACS: AE@host:port.
+        address: Address,
+        /// The study's StudyInstanceUID.
+        #[arg(long)]
+        study: String,
+        /// The AE title the PACS sends to (it must know its host and port).
+        #[arg(long)]
+        destination: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
@@ -225,6 +286,48 @@ fn main() -> ExitCode {
             mapping,
             quiet,
         } => deidentify::reidentify_files(&input, &output, &mapping, quiet),
+        Command::Find {
+            address,
+            level,
+            keys,
+            json,
+            timeout,
+            tls,
+        } => qr::find(
+            &tls.apply(address),
+            &qr_options(&cli.calling_ae_title, timeout),
+            level,
+            &keys,
+            json,
+        ),
+        Command::Get {
+            address,
+            study,
+            out,
+            timeout,
+            quiet,
+            tls,
+        } => qr::get(
+            &tls.apply(address),
+            &qr_options(&cli.calling_ae_title, timeout),
+            &study,
+            &out,
+            quiet,
+        ),
+        Command::Move {
+            address,
+            study,
+            destination,
+            timeout,
+            quiet,
+            tls,
+        } => qr::move_study(
+            &tls.apply(address),
+            &qr_options(&cli.calling_ae_title, timeout),
+            &study,
+            &destination,
+            quiet,
+        ),
         Command::Status { data_dir, json } => status(&data_dir, json),
         Command::Quarantine { data_dir } => quarantine(&data_dir),
         Command::Requeue { data_dir, patients } => requeue(&data_dir, &patients),
@@ -237,6 +340,11 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn qr_options(calling: &str, timeout: u64) -> dicomnode_server::retrieve::QrOptions {
+    dicomnode_server::retrieve::QrOptions::new(calling)
+        .timeout(std::time::Duration::from_secs(timeout))
 }
 
 fn echo(address: &Address, calling: &str) -> anyhow::Result<bool> {

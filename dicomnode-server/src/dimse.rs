@@ -1,4 +1,5 @@
-//! The few DIMSE messages the node speaks: C-ECHO and C-STORE requests and responses.
+//! The DIMSE messages the node speaks: C-ECHO and C-STORE (both ways), and C-FIND, C-MOVE
+//! and C-GET requests as an SCU, with their responses.
 //!
 //! dicom-ul is a PDU layer; command sets are built and read here. A command set is a group
 //! 0000 data set in Implicit VR Little Endian, with its Command Group Length.
@@ -17,6 +18,20 @@ pub const C_STORE_RSP: u16 = 0x8001;
 pub const C_ECHO_RQ: u16 = 0x0030;
 /// CommandField of a C-ECHO-RSP.
 pub const C_ECHO_RSP: u16 = 0x8030;
+/// CommandField of a C-FIND-RQ.
+pub const C_FIND_RQ: u16 = 0x0020;
+/// CommandField of a C-FIND-RSP.
+pub const C_FIND_RSP: u16 = 0x8020;
+/// CommandField of a C-MOVE-RQ.
+pub const C_MOVE_RQ: u16 = 0x0021;
+/// CommandField of a C-MOVE-RSP.
+pub const C_MOVE_RSP: u16 = 0x8021;
+/// CommandField of a C-GET-RQ.
+pub const C_GET_RQ: u16 = 0x0010;
+/// CommandField of a C-GET-RSP.
+pub const C_GET_RSP: u16 = 0x8010;
+/// CommandField of a C-CANCEL-RQ.
+pub const C_CANCEL_RQ: u16 = 0x0FFF;
 /// CommandDataSetType value meaning "no data set follows".
 pub const NO_DATA_SET: u16 = 0x0101;
 
@@ -78,6 +93,21 @@ pub struct Command {
     pub has_data_set: bool,
     /// Status (0000,0900), for responses.
     pub status: Option<u16>,
+    /// The sub-operation counts of a C-MOVE or C-GET response.
+    pub sub_operations: SubOperations,
+}
+
+/// The sub-operation counts of a C-MOVE-RSP or C-GET-RSP (each absent when not sent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubOperations {
+    /// NumberOfRemainingSuboperations (0000,1020).
+    pub remaining: Option<u16>,
+    /// NumberOfCompletedSuboperations (0000,1021).
+    pub completed: Option<u16>,
+    /// NumberOfFailedSuboperations (0000,1022).
+    pub failed: Option<u16>,
+    /// NumberOfWarningSuboperations (0000,1023).
+    pub warning: Option<u16>,
 }
 
 fn uid(obj: &InMemDicomObject, tag: Tag) -> String {
@@ -111,6 +141,12 @@ impl Command {
                 .ok_or(CommandError::Missing("CommandDataSetType"))?
                 != NO_DATA_SET,
             status: uint(&obj, tags::STATUS),
+            sub_operations: SubOperations {
+                remaining: uint(&obj, tags::NUMBER_OF_REMAINING_SUBOPERATIONS),
+                completed: uint(&obj, tags::NUMBER_OF_COMPLETED_SUBOPERATIONS),
+                failed: uint(&obj, tags::NUMBER_OF_FAILED_SUBOPERATIONS),
+                warning: uint(&obj, tags::NUMBER_OF_WARNING_SUBOPERATIONS),
+            },
         })
     }
 }
@@ -193,6 +229,50 @@ pub fn store_request(message_id: u16, sop_class_uid: &str, sop_instance_uid: &st
         us(tags::PRIORITY, 0),
         us(tags::COMMAND_DATA_SET_TYPE, 0x0000),
         ui(tags::AFFECTED_SOP_INSTANCE_UID, sop_instance_uid),
+    ])
+}
+
+/// Encodes a C-FIND-RQ (an identifier follows) for the information model `sop_class_uid`.
+pub fn find_request(message_id: u16, sop_class_uid: &str) -> Vec<u8> {
+    encode(vec![
+        ui(tags::AFFECTED_SOP_CLASS_UID, sop_class_uid),
+        us(tags::COMMAND_FIELD, C_FIND_RQ),
+        us(tags::MESSAGE_ID, message_id),
+        us(tags::PRIORITY, 0),
+        us(tags::COMMAND_DATA_SET_TYPE, 0x0000),
+    ])
+}
+
+/// Encodes a C-MOVE-RQ (an identifier follows) asking for the instances to be sent to the
+/// AE title `destination`.
+pub fn move_request(message_id: u16, sop_class_uid: &str, destination: &str) -> Vec<u8> {
+    encode(vec![
+        ui(tags::AFFECTED_SOP_CLASS_UID, sop_class_uid),
+        us(tags::COMMAND_FIELD, C_MOVE_RQ),
+        us(tags::MESSAGE_ID, message_id),
+        us(tags::PRIORITY, 0),
+        us(tags::COMMAND_DATA_SET_TYPE, 0x0000),
+        DataElement::new(tags::MOVE_DESTINATION, VR::AE, destination),
+    ])
+}
+
+/// Encodes a C-GET-RQ (an identifier follows).
+pub fn get_request(message_id: u16, sop_class_uid: &str) -> Vec<u8> {
+    encode(vec![
+        ui(tags::AFFECTED_SOP_CLASS_UID, sop_class_uid),
+        us(tags::COMMAND_FIELD, C_GET_RQ),
+        us(tags::MESSAGE_ID, message_id),
+        us(tags::PRIORITY, 0),
+        us(tags::COMMAND_DATA_SET_TYPE, 0x0000),
+    ])
+}
+
+/// Encodes a C-CANCEL-RQ for the request `message_id`.
+pub fn cancel_request(message_id: u16) -> Vec<u8> {
+    encode(vec![
+        us(tags::COMMAND_FIELD, C_CANCEL_RQ),
+        us(tags::MESSAGE_ID_BEING_RESPONDED_TO, message_id),
+        us(tags::COMMAND_DATA_SET_TYPE, NO_DATA_SET),
     ])
 }
 

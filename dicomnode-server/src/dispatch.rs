@@ -4,16 +4,15 @@
 //! response status is read and returned to the caller.
 
 use crate::dimse;
+use crate::scu::{LinkError, ScuAssociation};
 use dicom_dictionary_std::uids;
 use dicom_encoding::TransferSyntaxIndex;
-use dicom_ul::association::client::ClientAssociation;
-use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
+use dicom_ul::pdu::PDataValueType;
 use dicom_ul::{ClientAssociationOptions, Pdu};
 use dicomnode_core::error::error_chain;
 use dicomnode_core::uid::{meta_uids, trim_uid};
 use dicomnode_core::{Address, DicomInstance, Export, ExportError, RetryPolicy, SendFailure};
 use std::io::Write;
-use std::net::TcpStream;
 use std::time::Duration;
 
 /// Why sending failed.
@@ -30,22 +29,9 @@ pub enum DispatchError {
         /// The status.
         status: u16,
     },
-    /// The association could not be established (refused, rejected, timed out).
-    #[error("cannot associate with {address}: {}", error_chain(source.as_ref()))]
-    Associate {
-        /// The destination.
-        address: String,
-        /// The cause.
-        source: Box<dicom_ul::association::Error>,
-    },
-    /// The TLS settings of the destination's address are not usable.
-    #[error("cannot associate with {address} over TLS: {}", error_chain(source))]
-    Tls {
-        /// The destination.
-        address: String,
-        /// The cause.
-        source: crate::tls::TlsError,
-    },
+    /// The association could not be established, or talking on it failed.
+    #[error(transparent)]
+    Link(#[from] LinkError),
     /// The peer accepted no presentation context for this SOP class and transfer syntax.
     #[error(
         "{address} accepted no presentation context for SOP class {sop_class} in {transfer_syntax}"
@@ -70,14 +56,6 @@ pub enum DispatchError {
         #[source]
         source: dicomnode_core::pixels::PixelError,
     },
-    /// Talking on the association failed.
-    #[error("association with {address} failed: {source}")]
-    Transfer {
-        /// The destination.
-        address: String,
-        /// What went wrong.
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
 }
 
 impl DispatchError {
@@ -87,7 +65,7 @@ impl DispatchError {
         use dicom_ul::association::Error as Ul;
         use dicom_ul::pdu::AssociationRJResult;
         match self {
-            DispatchError::Associate { source, .. } => match source.as_ref() {
+            DispatchError::Link(LinkError::Associate { source, .. }) => match source.as_ref() {
                 Ul::Rejected { association_rj, .. }
                     if association_rj.result == AssociationRJResult::Transient =>
                 {
@@ -104,34 +82,17 @@ impl DispatchError {
             }
             DispatchError::NoContext { .. }
             | DispatchError::Refused { .. }
-            | DispatchError::Tls { .. }
+            | DispatchError::Link(LinkError::Tls { .. })
             | DispatchError::Decode { .. } => SendFailure::Permanent,
-            DispatchError::Transfer { .. } => SendFailure::Transient,
+            DispatchError::Link(LinkError::Transfer { .. }) => SendFailure::Transient,
         }
     }
 }
 
 /// An open association for C-STORE (and C-ECHO) to one destination.
 pub struct StoreAssociation {
-    association: Link,
+    association: ScuAssociation,
     address: String,
-    message_id: u16,
-}
-
-/// The association, over plain TCP or TLS (as the destination's address says).
-enum Link {
-    Plain(ClientAssociation<TcpStream>),
-    Tls(Box<ClientAssociation<dicom_ul::association::client::TlsStream>>),
-}
-
-/// Runs the same code on either kind of association.
-macro_rules! on_link {
-    ($link:expr, $association:ident => $body:expr) => {
-        match $link {
-            Link::Plain($association) => $body,
-            Link::Tls($association) => $body,
-        }
-    };
 }
 
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
@@ -185,40 +146,10 @@ impl StoreAssociation {
                 );
             }
         }
-        let failed = |source| DispatchError::Associate {
-            address: address.clone(),
-            source: Box::new(source),
-        };
-        let target = (destination.host.as_str(), destination.port);
-        let association = match &destination.tls {
-            None => Link::Plain(options.establish(target).map_err(failed)?),
-            Some(tls) => {
-                let config =
-                    crate::tls::client_config(tls).map_err(|source| DispatchError::Tls {
-                        address: address.clone(),
-                        source,
-                    })?;
-                let association = options
-                    .tls_config(config)
-                    .server_name(&destination.host)
-                    .establish_tls(target)
-                    .map_err(failed)?;
-                Link::Tls(Box::new(association))
-            }
-        };
-        // Without it each C-STORE waits on Nagle and delayed ACK.
-        let mut association = association;
-        let nodelay = match &mut association {
-            Link::Plain(a) => a.inner_stream().set_nodelay(true),
-            Link::Tls(a) => a.inner_stream().sock.set_nodelay(true),
-        };
-        if let Err(error) = nodelay {
-            tracing::warn!(%error, "cannot set TCP_NODELAY");
-        }
+        let association = ScuAssociation::establish(destination, options)?;
         Ok(StoreAssociation {
             association,
             address,
-            message_id: 0,
         })
     }
 
@@ -226,15 +157,7 @@ impl StoreAssociation {
         &self,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> DispatchError {
-        DispatchError::Transfer {
-            address: self.address.clone(),
-            source: source.into(),
-        }
-    }
-
-    fn next_message_id(&mut self) -> u16 {
-        self.message_id = self.message_id.wrapping_add(1).max(1);
-        self.message_id
+        DispatchError::Link(self.association.transfer_error(source))
     }
 
     /// Sends a C-ECHO; returns its status.
@@ -242,39 +165,19 @@ impl StoreAssociation {
         let pc = self
             .accepted_context(uids::VERIFICATION, None)
             .ok_or_else(|| self.transfer_error("Verification was not accepted"))?;
-        let id = self.next_message_id();
-        self.send_command(pc, dimse::echo_request(id))?;
+        let id = self.association.next_message_id();
+        self.association.send_command(pc, dimse::echo_request(id))?;
         self.read_response()
     }
 
     fn accepted_context(&self, sop_class: &str, ts: Option<&str>) -> Option<u8> {
-        on_link!(&self.association, a => a.presentation_contexts())
-            .iter()
-            .find(|pc| {
-                pc.reason == PresentationContextResultReason::Acceptance
-                    && pc.abstract_syntax == sop_class
-                    && ts.is_none_or(|ts| pc.transfer_syntax == ts)
-            })
-            .map(|pc| pc.id)
-    }
-
-    fn send_command(&mut self, pc: u8, command: Vec<u8>) -> Result<(), DispatchError> {
-        let pdu = Pdu::PData {
-            data: vec![PDataValue {
-                presentation_context_id: pc,
-                value_type: PDataValueType::Command,
-                is_last: true,
-                data: command,
-            }],
-        };
-        on_link!(&mut self.association, a => a.send(&pdu)).map_err(|e| self.transfer_error(e))
+        self.association.accepted_context(sop_class, ts)
     }
 
     fn read_response(&mut self) -> Result<u16, DispatchError> {
         let mut command = dimse::CommandFragments::default();
         loop {
-            let received = on_link!(&mut self.association, a => a.receive());
-            match received.map_err(|e| self.transfer_error(e))? {
+            match self.association.receive()? {
                 Pdu::PData { data } => {
                     for pdv in data {
                         if pdv.value_type == PDataValueType::Command {
@@ -383,23 +286,18 @@ impl StoreAssociation {
                     sop_class: sop_class.to_string(),
                     transfer_syntax: ts.to_string(),
                 })?;
-        let id = self.next_message_id();
-        self.send_command(pc, dimse::store_request(id, sop_class, sop_instance))?;
-        let written = on_link!(&mut self.association, a => {
-            let mut writer = a.send_pdata(pc);
-            write(&mut writer).and_then(|()| writer.finish().map_err(|e| e.to_string()))
-        });
-        written.map_err(|e| self.transfer_error(format!("sending {sop_instance}: {e}")))?;
+        let id = self.association.next_message_id();
+        self.association
+            .send_command(pc, dimse::store_request(id, sop_class, sop_instance))?;
+        self.association.send_data(pc, |w| {
+            write(w).map_err(|e| format!("sending {sop_instance}: {e}"))
+        })?;
         self.read_response()
     }
 
     /// Releases the association gracefully.
     pub fn release(self) -> Result<(), DispatchError> {
-        let address = self.address.clone();
-        on_link!(self.association, a => a.release()).map_err(|e| DispatchError::Transfer {
-            address,
-            source: Box::new(e),
-        })
+        Ok(self.association.release()?)
     }
 }
 
