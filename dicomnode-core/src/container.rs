@@ -1,5 +1,7 @@
 //! What a processor receives: the patient's instances, per input.
 
+use crate::prior::PriorStatus;
+use crate::selection::{split_series, Series};
 use crate::DicomInstance;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -63,6 +65,7 @@ pub struct InputContainer {
     patient_key: String,
     origin: Origin,
     inputs: Vec<(String, Vec<DicomInstance>)>,
+    priors: Vec<(String, PriorStatus)>,
 }
 
 impl InputContainer {
@@ -76,12 +79,42 @@ impl InputContainer {
             patient_key,
             origin,
             inputs,
+            priors: Vec::new(),
         }
+    }
+
+    /// The container with the fetch of prior input `name` ended as `status`.
+    pub fn with_prior_status(mut self, name: impl Into<String>, status: PriorStatus) -> Self {
+        let name = name.into();
+        self.priors.retain(|(n, _)| *n != name);
+        self.priors.push((name, status));
+        self
     }
 
     /// The value of the patient key tag (PatientID by default).
     pub fn patient_key(&self) -> &str {
-        &self.patient_key
+        crate::completion::patient_of(&self.patient_key)
+    }
+
+    /// The group the batch holds: the patient key, or with grouping by study or series,
+    /// the patient key and that study's or series' UID.
+    pub fn group(&self) -> (&str, Option<&str>) {
+        crate::completion::split_group_key(&self.patient_key)
+    }
+
+    /// How the fetch of the prior input `name` ended: the studies fetched, or why they are
+    /// unavailable. `None` for an input that is not a prior input.
+    pub fn prior_status(&self, name: &str) -> Option<&PriorStatus> {
+        self.priors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, status)| status)
+    }
+
+    /// The instances of input `name` split into series, ordered by SeriesNumber: an input
+    /// that collects several series (a dynamic input).
+    pub fn series(&self, name: &str) -> Result<Vec<Series<'_>>, UnknownInput> {
+        Ok(split_series(self.get(name)?))
     }
 
     /// Where the batch came from: an association (and its peer), the data directory at

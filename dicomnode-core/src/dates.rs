@@ -1,8 +1,9 @@
 //! Calendar arithmetic for DICOM dates (proleptic Gregorian, days since 1970-01-01), shared
-//! by SUV decay times, date shifting in de-identification and the dates new documents get.
+//! by SUV decay times, date shifting in de-identification, the dates new documents get and
+//! the date ranges of prior-study queries.
 
 /// Days since 1970-01-01 of a date.
-pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -11,7 +12,7 @@ pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 }
 
 /// The date (year, month, day) `days` after 1970-01-01.
-pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -21,6 +22,20 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Reads a DA value `YYYYMMDD` as (year, month, day); `None` when it is not one.
+pub fn parse_da(text: &str) -> Option<(i64, i64, i64)> {
+    let text = text.trim();
+    if text.len() != 8 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (y, m, d) = (
+        text[0..4].parse().ok()?,
+        text[4..6].parse().ok()?,
+        text[6..8].parse().ok()?,
+    );
+    ((1..=12).contains(&m) && (1..=31).contains(&d)).then_some((y, m, d))
 }
 
 #[cfg(test)]

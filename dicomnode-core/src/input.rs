@@ -1,13 +1,16 @@
 //! Inputs: the named sets a pipeline's instances are sorted into, with the rules an
 //! instance must meet to enter and the rule that says when an input has enough.
 
+pub use crate::completion::Enough;
+use crate::completion::HeldInstance;
+use crate::prior::Priors;
 use dicom_core::Tag;
-use dicom_dictionary_std::{tags, StandardDataDictionary};
+use dicom_dictionary_std::StandardDataDictionary;
 use dicom_object::InMemDicomObject;
 use regex::Regex;
-use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// A named input of a pipeline.
 ///
@@ -28,6 +31,7 @@ pub struct Input {
     required: Vec<Tag>,
     rules: Vec<(Tag, Matcher)>,
     enough: Enough,
+    priors: Option<Priors>,
 }
 
 impl fmt::Debug for Input {
@@ -37,6 +41,7 @@ impl fmt::Debug for Input {
             .field("required", &self.required)
             .field("rules", &self.rules)
             .field("enough", &self.enough)
+            .field("priors", &self.priors)
             .finish()
     }
 }
@@ -49,7 +54,24 @@ impl Input {
             required: Vec::new(),
             rules: Vec::new(),
             enough: Enough::at_least(1),
+            priors: None,
         }
+    }
+
+    /// Makes this a prior input: it takes no instance a sender stores, but the prior
+    /// studies the node fetches from a PACS when a patient's (or study's) first instance
+    /// arrives. It has enough once the fetch ended, with the studies or with the reason
+    /// they are unavailable (see [`InputContainer::prior_status`]).
+    ///
+    /// [`InputContainer::prior_status`]: crate::InputContainer::prior_status
+    pub fn priors(mut self, priors: Priors) -> Self {
+        self.priors = Some(priors);
+        self
+    }
+
+    /// The prior studies this input fetches, if it is a prior input.
+    pub fn prior_source(&self) -> Option<&Priors> {
+        self.priors.as_ref()
     }
 
     /// Requires the instance to carry `tag` with a non-empty value.
@@ -82,6 +104,9 @@ impl Input {
 
     /// Checks whether an instance (its header: every element before Pixel Data) may enter.
     pub fn admit(&self, header: &InMemDicomObject) -> Result<(), Rejection> {
+        if self.priors.is_some() {
+            return Err(Rejection::PriorsOnly);
+        }
         for &tag in &self.required {
             if value_of(header, tag).is_none() {
                 return Err(Rejection::Missing { tag });
@@ -102,9 +127,23 @@ impl Input {
         Ok(())
     }
 
-    /// Whether the instances held (their headers) are enough for processing.
+    /// Whether the instances held (their headers) are enough for processing, as if they
+    /// all arrived now.
     pub fn has_enough(&self, held: &[&InMemDicomObject]) -> bool {
-        (self.enough.0)(held)
+        let now = SystemTime::now();
+        let held: Vec<HeldInstance<'_>> = held
+            .iter()
+            .map(|header| HeldInstance {
+                header,
+                arrived: now,
+            })
+            .collect();
+        self.enough.test(&held, now)
+    }
+
+    /// Whether the instances held are enough at `now`, with their arrival times.
+    pub fn has_enough_at(&self, held: &[HeldInstance<'_>], now: SystemTime) -> bool {
+        self.enough.test(held, now)
     }
 }
 
@@ -206,63 +245,6 @@ impl fmt::Debug for Matcher {
     }
 }
 
-/// When an input holds enough instances for its patient to be processed.
-#[derive(Clone)]
-pub struct Enough(Arc<EnoughTest>, String);
-
-/// The test behind an [`Enough`]: the headers of the instances an input holds.
-type EnoughTest = dyn Fn(&[&InMemDicomObject]) -> bool + Send + Sync;
-
-impl Enough {
-    /// At least `n` instances.
-    pub fn at_least(n: usize) -> Self {
-        Enough(
-            Arc::new(move |held| held.len() >= n),
-            format!("at least {n} instances"),
-        )
-    }
-
-    /// Every InstanceNumber from 1 to the expected count is present. The expected count is
-    /// `count` if given, else the ImagesInAcquisition of the instances held.
-    pub fn all_instance_numbers(count: Option<u32>) -> Self {
-        Enough(
-            Arc::new(move |held| {
-                let expected = count.or_else(|| {
-                    held.iter().find_map(|h| {
-                        value_of(h, tags::IMAGES_IN_ACQUISITION).and_then(|v| v.parse().ok())
-                    })
-                });
-                let Some(expected) = expected else {
-                    return false;
-                };
-                let present: BTreeSet<u32> = held
-                    .iter()
-                    .filter_map(|h| value_of(h, tags::INSTANCE_NUMBER).and_then(|v| v.parse().ok()))
-                    .collect();
-                (1..=expected).all(|n| present.contains(&n))
-            }),
-            match count {
-                Some(n) => format!("InstanceNumbers 1..={n} all present"),
-                None => "InstanceNumbers 1..=ImagesInAcquisition all present".to_string(),
-            },
-        )
-    }
-
-    /// A predicate of your own over the headers held, with a description for the log.
-    pub fn when(
-        description: impl Into<String>,
-        test: impl Fn(&[&InMemDicomObject]) -> bool + Send + Sync + 'static,
-    ) -> Self {
-        Enough(Arc::new(test), description.into())
-    }
-}
-
-impl fmt::Debug for Enough {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.1)
-    }
-}
-
 /// Why an input did not admit an instance.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -283,12 +265,16 @@ pub enum Rejection {
         /// What the rule wanted.
         wanted: String,
     },
+    /// A prior input takes only the prior studies the node fetches.
+    #[error("it takes only the prior studies the node fetches")]
+    PriorsOnly,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use dicom_core::{DataElement, VR};
+    use dicom_dictionary_std::tags;
 
     fn header(modality: &str, number: u32) -> InMemDicomObject {
         InMemDicomObject::from_element_iter([

@@ -11,8 +11,9 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod completion;
 pub mod container;
-mod dates;
+pub mod dates;
 pub mod deidentify;
 pub mod error;
 pub mod input;
@@ -20,6 +21,7 @@ pub mod output;
 pub mod part10;
 pub mod pipeline;
 pub mod pixels;
+pub mod prior;
 pub mod retry;
 pub mod sanitize;
 pub mod selection;
@@ -30,11 +32,13 @@ pub mod uid;
 pub mod volume;
 
 pub use address::{Address, AddressError, ClientTls};
+pub use completion::{Completion, Grouping, MaxWait};
 pub use container::{InputContainer, Origin, Sender, UnknownInput};
 pub use error::{ExportError, ProcessError, SendFailure, SyntheticError};
 pub use input::{Enough, Input, Matcher, Rejection};
 pub use output::{Export, FileOutput, MultiOutput, NoOutput, Output};
 pub use pipeline::{Pipeline, Processor};
+pub use prior::{PriorStatus, PriorStudy, Priors, Retrieval};
 pub use retry::RetryPolicy;
 pub use volume::{Volume, VolumeOptions};
 

@@ -1,6 +1,6 @@
 //! The two traits a user implements: [`Pipeline`] (derived) and [`Processor`].
 
-use crate::{Input, InputContainer, Output, ProcessError};
+use crate::{Completion, Input, InputContainer, Output, ProcessError};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// A node's configuration and state, shipped to a child process for each patient.
@@ -22,6 +22,13 @@ pub trait Pipeline: Serialize + DeserializeOwned + 'static {
 
     /// The inputs instances are sorted into. Evaluated in the server, never in the child.
     fn inputs(&self) -> Vec<Input>;
+
+    /// How instances are grouped into batches, and what happens to a group that waits
+    /// too long. Named with `#[pipeline(completion = Self::my_completion)]`; by default,
+    /// one batch per patient and no maximum wait.
+    fn completion(&self) -> Completion {
+        Completion::default()
+    }
 }
 
 /// The per-patient work of a pipeline. Built and run inside the child process, in a fresh

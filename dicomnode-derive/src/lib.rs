@@ -20,6 +20,9 @@ use syn::{parse_macro_input, Data, DeriveInput, Fields, Path, Type};
 /// - `#[pipeline(processor = MyProcessor)]` (required): the processor built in the child.
 /// - `#[pipeline(inputs = Self::my_inputs)]`: a `fn(&Self) -> Vec<Input>` declaring the
 ///   inputs; without it, one input `"instances"` takes every instance, enough at once.
+/// - `#[pipeline(completion = Self::my_completion)]`: a `fn(&Self) -> Completion` with the
+///   grouping (patient, study, series) and the maximum wait; without it, one batch per
+///   patient, no maximum wait.
 /// - `#[pipeline(crate = some::path)]`: where the dicomnode crate is, if renamed.
 ///
 /// Every other field must be plain data that serde can carry: `Serialize`,
@@ -42,6 +45,7 @@ pub fn derive_pipeline(input: TokenStream) -> TokenStream {
 struct ContainerAttrs {
     processor: Option<Path>,
     inputs: Option<Path>,
+    completion: Option<Path>,
     krate: Option<Path>,
 }
 
@@ -70,11 +74,13 @@ fn parse_container_attrs(input: &DeriveInput, errors: &mut Errors) -> ContainerA
                 &mut attrs.processor
             } else if meta.path.is_ident("inputs") {
                 &mut attrs.inputs
+            } else if meta.path.is_ident("completion") {
+                &mut attrs.completion
             } else if meta.path.is_ident("crate") {
                 &mut attrs.krate
             } else {
                 return Err(meta.error(
-                    "unknown pipeline attribute: expected `processor = ...`, `inputs = ...` or `crate = ...`",
+                    "unknown pipeline attribute: expected `processor = ...`, `inputs = ...`, `completion = ...` or `crate = ...`",
                 ));
             };
             let value: Path = meta.value()?.parse()?;
@@ -398,6 +404,13 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
         Some(path) => quote_spanned!(path.span()=> #path(self)),
         None => quote!(#private::default_inputs()),
     };
+    let completion_fn = attrs.completion.as_ref().map(|path| {
+        quote_spanned!(path.span()=>
+            fn completion(&self) -> #krate::Completion {
+                #path(self)
+            }
+        )
+    });
 
     let mut bounds = where_clause.cloned().unwrap_or_else(|| syn::WhereClause {
         where_token: Default::default(),
@@ -427,6 +440,8 @@ fn expand(input: &DeriveInput) -> syn::Result<TokenStream2> {
             fn inputs(&self) -> ::std::vec::Vec<#krate::Input> {
                 #inputs_body
             }
+
+            #completion_fn
         }
     })
 }

@@ -19,6 +19,10 @@ pub(crate) enum Cause {
     Restored,
     /// A person put the patient's batch back (`dicomnode requeue`).
     Requeued,
+    /// The fetch of its prior studies ended, and that completed it.
+    PriorsFetched,
+    /// It waited the pipeline's maximum wait, and is processed with what it holds.
+    MaxWait,
 }
 
 impl fmt::Display for Cause {
@@ -29,6 +33,8 @@ impl fmt::Display for Cause {
             Cause::Maintenance => "maintenance round",
             Cause::Restored => "restored",
             Cause::Requeued => "requeued",
+            Cause::PriorsFetched => "prior studies fetched",
+            Cause::MaxWait => "maximum wait reached",
         })
     }
 }
@@ -41,7 +47,7 @@ pub(crate) fn hand_over(
 ) {
     for batch in batches {
         tracing::info!(
-            patient = %batch.patient_key,
+            patient = %dicomnode_core::completion::display_group_key(&batch.patient_key),
             instances = batch.instance_count(),
             %cause,
             origin = %batch.origin,

@@ -52,6 +52,7 @@ mod http;
 mod implementation;
 mod maintenance;
 mod metrics;
+mod priors;
 pub mod retrieve;
 mod runner;
 mod scp;
@@ -70,10 +71,11 @@ pub use storage_classes::STORAGE_SOP_CLASSES;
 pub use dicomnode_core::ndarray;
 /// The model (`dicomnode-core`), re-exported so that a node depends on this crate alone.
 pub use dicomnode_core::{
-    deidentify, input, part10, pixels, sanitize, selection, series, structure, synthetic, uid,
-    volume, Address, AddressError, ClientTls, DicomInstance, Enough, Export, ExportError,
-    FileOutput, Input, InputContainer, Matcher, MultiOutput, NoOutput, Origin, Output, Pipeline,
-    ProcessError, Processor, Rejection, RetryPolicy, SendFailure, Sender, UnknownInput, Volume,
+    completion, deidentify, input, part10, pixels, prior, sanitize, selection, series, structure,
+    synthetic, uid, volume, Address, AddressError, ClientTls, Completion, DicomInstance, Enough,
+    Export, ExportError, FileOutput, Grouping, Input, InputContainer, Matcher, MaxWait,
+    MultiOutput, NoOutput, Origin, Output, Pipeline, PriorStatus, PriorStudy, Priors, ProcessError,
+    Processor, Rejection, Retrieval, RetryPolicy, SendFailure, Sender, UnknownInput, Volume,
     VolumeOptions,
 };
 
@@ -154,7 +156,8 @@ impl Node {
                 *path = absolute;
             }
         }
-        let (storage, restored) = Storage::for_config(pipeline.inputs(), &config)?;
+        let (storage, restored) =
+            Storage::for_config(pipeline.inputs(), pipeline.completion(), &config)?;
         let storage = Arc::new(storage);
         if let Some(dir) = storage.data_dir() {
             tracing::info!(
@@ -188,6 +191,7 @@ impl Node {
         }
         // Patients that were complete when the node stopped are processed at once.
         hand_over(&runner, restored.ready, Cause::Restored);
+        priors::start(Arc::clone(&storage), Arc::clone(&runner), &config.ae_title);
         maintenance::start(storage, Arc::clone(&runner), &config);
         Ok(Node {
             scp,

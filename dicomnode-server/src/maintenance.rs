@@ -1,5 +1,6 @@
-//! Upkeep on a timer: patients whose quiet period passed, expiry of patients that never
-//! got enough, adoption of batches put back with `dicomnode requeue`.
+//! Upkeep on a timer: patients whose quiet period passed (or whose series went quiet),
+//! expiry of patients that never got enough, the pipeline's maximum wait, adoption of
+//! batches put back with `dicomnode requeue`.
 
 use crate::config::NodeConfig;
 use crate::handover::{hand_over, Cause};
@@ -9,8 +10,13 @@ use std::sync::Arc;
 
 /// Starts the maintenance thread.
 pub(crate) fn start(storage: Arc<Storage>, runner: Arc<ChildRunner>, config: &NodeConfig) {
-    // A quiet period is looked at often enough to be felt as its own length.
-    let interval = match config.quiet_period {
+    // A quiet period (the node's, or one an input's rule waits for) is looked at often
+    // enough to be felt as its own length.
+    let quiet = match (config.quiet_period, storage.shortest_rule_quiet()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let interval = match quiet {
         Some(quiet) => config
             .maintenance_interval
             .min(quiet / 4)
@@ -31,6 +37,7 @@ pub(crate) fn start(storage: Arc<Storage>, runner: Arc<ChildRunner>, config: &No
                 storage.expire(max_age, action);
             }
             hand_over(&runner, storage.adopt_requeued(), Cause::Requeued);
+            hand_over(&runner, storage.force_complete(), Cause::MaxWait);
             hand_over(&runner, storage.take_ready(), ready_cause);
         });
     if let Err(error) = spawned {

@@ -2,6 +2,7 @@
 
 pub mod deidentify;
 pub mod volume_stats;
+pub mod with_priors;
 
 pub mod store {
     //! A pipeline that writes every patient's instances to a directory, from the child.

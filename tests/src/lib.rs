@@ -5,6 +5,8 @@ pub mod raw;
 
 pub mod codecs;
 
+pub mod pacs;
+
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Read;

@@ -10,6 +10,7 @@ use dicomnode_server::input::value_of;
 use dicomnode_server::pixels;
 use dicomnode_server::synthetic::SyntheticSeries;
 use dicomnode_server::DicomInstance;
+use dicomnode_tests::pacs::{Orthanc, OrthancOptions};
 use dicomnode_tests::{
     cli_exe, dcmtk, example_exe, free_port, isolated_network, run, NodeProcess, PeerProcess,
 };
@@ -174,75 +175,19 @@ fn a_destination_that_rejects_the_association_is_not_retried() {
     assert_eq!(node.log().matches("sending failed").count(), 1);
 }
 
-/// Orthanc, from Debian's package, with its own configuration on free loopback ports.
-struct Orthanc {
-    peer: PeerProcess,
-    http: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Orthanc {
-    fn start(modality_port: u16) -> Orthanc {
-        let dir = tempfile::tempdir().unwrap();
-        let (http, dicom) = (free_port(), free_port());
-        let config = serde_json::json!({
-            "Name": "dicomnode-test",
-            "StorageDirectory": dir.path().join("db"),
-            "IndexDirectory": dir.path().join("db"),
-            "HttpPort": http,
-            "DicomPort": dicom,
-            "DicomAet": "ORTHANC",
-            "RemoteAccessAllowed": false,
-            "AuthenticationEnabled": false,
-            "Plugins": [],
-            "DicomModalities": { "plusone": ["PLUS_ONE", "127.0.0.1", modality_port] },
-        });
-        let path = dir.path().join("orthanc.json");
-        std::fs::write(&path, config.to_string()).unwrap();
-        let mut command = Command::new("/usr/sbin/Orthanc");
-        command.arg(&path);
-        let peer = PeerProcess::start(command, dicom);
-        dicomnode_tests::wait_for_port(http, Duration::from_secs(30));
-        Orthanc {
-            peer,
-            http,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.http)
-    }
-
-    fn get(&self, path: &str) -> serde_json::Value {
-        let body = ureq::get(self.url(path))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn post(&self, path: &str, body: &[u8]) -> serde_json::Value {
-        let body = ureq::post(self.url(path))
-            .send(body)
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        serde_json::from_str(&body).unwrap()
-    }
-}
-
 #[test]
 fn orthanc_sends_a_study_to_plus_one_and_receives_the_derived_series() {
     isolated_network();
     // The node's port must be known to Orthanc's configuration: take one first.
     let node_port = free_port();
-    let orthanc = Orthanc::start(node_port);
+    let orthanc = Orthanc::start(OrthancOptions::new().modality(
+        "plusone",
+        "PLUS_ONE",
+        "127.0.0.1",
+        node_port,
+    ));
     let port = node_port.to_string();
-    let dest = format!("ORTHANC@127.0.0.1:{}", orthanc.peer.port);
+    let dest = format!("ORTHANC@127.0.0.1:{}", orthanc.dicom_port());
     let args = ["--port", &port, "--ae-title", "PLUS_ONE", "--dest", &dest];
     let mut node = NodeProcess::start(&example_exe("plus_one"), &args);
 
@@ -252,18 +197,17 @@ fn orthanc_sends_a_study_to_plus_one_and_receives_the_derived_series() {
         .write_to(input.path())
         .unwrap();
     let mut study = String::new();
-    for path in &paths {
-        let answer = orthanc.post("/instances", &std::fs::read(path).unwrap());
+    for answer in orthanc.upload(&paths) {
         study = answer["ParentStudy"].as_str().unwrap().to_string();
     }
     // Orthanc sends the study to the node through its REST API.
-    orthanc.post("/modalities/plusone/store", study.as_bytes());
+    orthanc.post_json("/modalities/plusone/store", study.as_bytes());
     let line = node.wait_for_log("processing finished", WAIT);
     assert!(line.contains("sent 5 instances to ORTHANC@"), "{line}");
 
     let start = Instant::now();
     loop {
-        let series = orthanc.get(&format!("/studies/{study}/series"));
+        let series = orthanc.get_json(&format!("/studies/{study}/series"));
         let derived: Vec<&serde_json::Value> = series
             .as_array()
             .unwrap()

@@ -287,9 +287,14 @@ fn prepare<P: Pipeline>(frame: Vec<u8>) -> Result<Prepared<P>, ChildOutcome> {
         }
         inputs.push((input.name.to_string(), instances));
     }
+    let mut container =
+        InputContainer::new(job.patient_key.to_string(), job.origin.clone(), inputs);
+    for (name, status) in &job.priors {
+        container = container.with_prior_status(name.clone(), status.clone());
+    }
     Ok(Prepared {
         pipeline,
-        container: InputContainer::new(job.patient_key.to_string(), job.origin.clone(), inputs),
+        container,
         work_root: job.work_root.to_string(),
     })
 }

@@ -214,6 +214,13 @@ impl ChildRunner {
             tracing::warn!(patient = %batch.patient_key, "shutting down: not processed now{}", if batch.dir.is_some() { "; kept in the data directory for the next start" } else { "" });
             return;
         }
+        if let Some(reason) = batch.missing_required_priors.clone() {
+            // The pipeline declared it cannot run without them: a failure, kept.
+            let patient = dicomnode_core::completion::display_group_key(&batch.patient_key);
+            let place = self.storage.quarantine(batch);
+            tracing::error!(%patient, %reason, %place, "the pipeline requires prior studies and they are unavailable: quarantined, not processed");
+            return;
+        }
         let waiting = {
             let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             queue.push_back(batch);
@@ -540,5 +547,6 @@ fn job_for<'a>(batch: &'a PatientBatch, pipeline: &'a [u8], work_root: &'a str) 
                     .collect(),
             })
             .collect(),
+        priors: batch.priors.clone(),
     }
 }

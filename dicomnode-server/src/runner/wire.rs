@@ -60,6 +60,8 @@ pub struct Job<'a> {
     /// Each input's instances.
     #[serde(borrow)]
     pub inputs: Vec<JobInput<'a>>,
+    /// How each prior input's fetch ended.
+    pub priors: Vec<(String, dicomnode_core::PriorStatus)>,
 }
 
 /// One input of a job.

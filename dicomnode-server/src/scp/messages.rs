@@ -275,8 +275,31 @@ impl Messages<'_> {
                 return refuse(status::CANNOT_UNDERSTAND, error.to_string())
             }
         };
+        // An instance of a study the node is moving from a PACS as a prior goes to the
+        // prior input that asked for it, not to a patient of its own.
+        match self.storage.prior_route(&instance.header) {
+            Some(Ok((group, input))) => {
+                return match self
+                    .storage
+                    .store_fetched(&group, input, instance, temp.as_deref())
+                {
+                    Ok(()) => {
+                        tracing::debug!(sop_instance = %uid, "prior instance stored");
+                        (status::SUCCESS, None)
+                    }
+                    Err(why) => refuse(status::OUT_OF_RESOURCES, why),
+                };
+            }
+            Some(Err(why)) => {
+                if let Some(temp) = temp {
+                    crate::storage::disk::remove_temp(&temp);
+                }
+                return refuse(status::DATA_SET_DOES_NOT_MATCH, why);
+            }
+            None => {}
+        }
         let patient_key = self.patient_key;
-        let Some(key) = value_of(&instance.header, patient_key) else {
+        let Some(patient) = value_of(&instance.header, patient_key) else {
             if let Some(temp) = temp {
                 crate::storage::disk::remove_temp(&temp);
             }
@@ -288,8 +311,18 @@ impl Messages<'_> {
                 ),
             );
         };
+        let key = match self.storage.group_key(&patient, &instance.header) {
+            Ok(key) => key,
+            Err(why) => {
+                if let Some(temp) = temp {
+                    crate::storage::disk::remove_temp(&temp);
+                }
+                return refuse(status::DATA_SET_DOES_NOT_MATCH, format!("no group: {why}"));
+            }
+        };
         touched.touch(self.storage, &key);
-        let patient = escape_control(&key);
+        let patient =
+            escape_control(&dicomnode_core::completion::display_group_key(&key)).into_owned();
         match self.storage.offer(&key, instance, temp.as_deref()) {
             Offer::Stored(inputs) => {
                 tracing::debug!(%patient, sop_instance = %uid, ?inputs, "stored");

@@ -25,6 +25,10 @@ pub(crate) struct PatientBatch {
     pub(crate) attempt: u32,
     /// On disk: the batch's directory under `processing/`.
     pub(crate) dir: Option<PathBuf>,
+    /// How each prior input's fetch ended.
+    pub(crate) priors: Vec<(String, dicomnode_core::PriorStatus)>,
+    /// Why priors the pipeline requires are unavailable (it is then not processed).
+    pub(crate) missing_required_priors: Option<String>,
 }
 
 impl PatientBatch {

@@ -200,6 +200,18 @@ impl DiskLayout {
         Ok(())
     }
 
+    /// Writes a small file `name` into a patient's directory durably (a temporary file,
+    /// fsynced, renamed over the old one, the directory fsynced).
+    pub(crate) fn write_beside(&self, key: &str, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let dir = self.ensure_patient_dir(key)?;
+        let tmp = dir.join(format!("{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, dir.join(name))?;
+        fsync_dir(&dir)
+    }
+
     fn ensure_patient_dir(&self, key: &str) -> io::Result<PathBuf> {
         let patient = self.patient_dir(key);
         if !patient.join(KEY_FILE).exists() {

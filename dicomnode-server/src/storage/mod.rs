@@ -19,17 +19,19 @@ pub mod disk;
 pub(crate) mod names;
 pub mod overview;
 mod patients;
+mod priors;
 mod receive;
 mod restore;
 
 pub(crate) use batch::PatientBatch;
 pub(crate) use patients::Offer;
+pub(crate) use priors::FetchRequest;
 pub(crate) use receive::{Incoming, ReceiveError};
 pub(crate) use restore::Restored;
 
 use crate::config::NodeConfig;
 use dicom_object::InMemDicomObject;
-use dicomnode_core::Input;
+use dicomnode_core::{Completion, Input};
 use disk::DiskLayout;
 use names::safe_name;
 use patients::PatientEntry;
@@ -62,6 +64,8 @@ pub(crate) struct ReceivedInstance {
     pub(crate) data: InstanceData,
     /// The parsed header, without Pixel Data.
     pub(crate) header: InMemDicomObject,
+    /// When it was stored (after a restart: its file's time).
+    pub(crate) arrived: SystemTime,
 }
 
 impl ReceivedInstance {
@@ -106,6 +110,15 @@ pub(crate) struct Storage {
     quiet_period: Option<Duration>,
     /// Without a data directory: the most one data set may take in memory.
     memory_limit: usize,
+    /// The pipeline's grouping and maximum wait.
+    completion: Completion,
+    /// Prior fetches queued for the prior service, and its end of the queue.
+    fetches: (
+        std::sync::mpsc::Sender<FetchRequest>,
+        Mutex<Option<std::sync::mpsc::Receiver<FetchRequest>>>,
+    ),
+    /// Studies being moved from a PACS into a prior input.
+    routes: Mutex<priors::MoveRoutes>,
 }
 
 impl Storage {
@@ -117,6 +130,7 @@ impl Storage {
             Some(_) => unix_seconds(SystemTime::now()) * 1000,
             None => 0,
         };
+        let (sender, receiver) = std::sync::mpsc::channel();
         Storage {
             inputs,
             disk,
@@ -125,6 +139,9 @@ impl Storage {
             sequence: AtomicU64::new(first),
             quiet_period,
             memory_limit: usize::MAX,
+            completion: Completion::default(),
+            fetches: (sender, Mutex::new(Some(receiver))),
+            routes: Mutex::new(priors::MoveRoutes::default()),
         }
     }
 
@@ -138,21 +155,40 @@ impl Storage {
     /// directory.
     pub(crate) fn for_config(
         inputs: Vec<Input>,
+        completion: Completion,
         config: &NodeConfig,
     ) -> Result<(Self, Restored), StorageError> {
         // The quiet period is set before restoring: restored patients are judged by it.
         let (mut storage, restored) = match &config.data_dir {
-            Some(dir) => Storage::on_disk(inputs, dir, config.quiet_period)?,
-            None => (
-                Storage::new(inputs, None, config.quiet_period),
-                Restored::default(),
-            ),
+            Some(dir) => Storage::on_disk(inputs, completion, dir, config.quiet_period)?,
+            None => {
+                let mut storage = Storage::new(inputs, None, config.quiet_period);
+                storage.completion = completion;
+                (storage, Restored::default())
+            }
         };
         storage.memory_limit = usize::try_from(config.max_instance_in_memory).unwrap_or(usize::MAX);
         Ok((storage, restored))
     }
 
-    /// The data directory, if the storage is durable.
+    /// The key of the group an instance belongs to (its patient, study or series, as the
+    /// pipeline groups), from the patient key's value; `Err`: why it has none.
+    pub(crate) fn group_key(
+        &self,
+        patient: &str,
+        header: &InMemDicomObject,
+    ) -> Result<String, String> {
+        dicomnode_core::completion::group_key(patient, self.completion.grouping(), header)
+    }
+
+    /// The shortest quiet time an input's rule waits for (maintenance looks that often).
+    pub(crate) fn shortest_rule_quiet(&self) -> Option<Duration> {
+        self.inputs
+            .iter()
+            .filter_map(|i| i.enough().quiet_time())
+            .min()
+    }
+
     /// Batches in the quarantine (with a data directory).
     pub(crate) fn quarantined(&self) -> Option<usize> {
         let disk = self.disk.as_ref()?;
@@ -300,7 +336,8 @@ mod tests {
     #[test]
     fn on_disk_batches_are_files_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let (storage, restored) = Storage::on_disk(inputs(), dir.path(), None).unwrap();
+        let (storage, restored) =
+            Storage::on_disk(inputs(), Completion::default(), dir.path(), None).unwrap();
         assert_eq!(restored.patients, 0);
         let batch = exercise(&storage);
         let batch_dir = batch.dir.clone().unwrap();
@@ -317,7 +354,8 @@ mod tests {
             .is_none());
         // A crash now: the next start puts the interrupted batch back and takes it out again.
         drop(storage);
-        let (_storage, restored) = Storage::on_disk(inputs(), dir.path(), None).unwrap();
+        let (_storage, restored) =
+            Storage::on_disk(inputs(), Completion::default(), dir.path(), None).unwrap();
         assert_eq!(restored.interrupted_batches, 1);
         assert_eq!(restored.ready.len(), 1);
         assert_eq!(restored.ready[0].instance_count(), 2);

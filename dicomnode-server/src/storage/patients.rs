@@ -2,9 +2,11 @@
 //! and taking a patient out (once it has enough, or once it expired).
 
 use super::disk::{self, DiskLayout};
+use super::priors::PriorState;
 use super::{InstanceData, PatientBatch, ReceivedInstance, Storage};
 use crate::config::ExpiryAction;
-use dicom_object::InMemDicomObject;
+use dicomnode_core::completion::{display_group_key, HeldInstance};
+use dicomnode_core::{MaxWait, PriorStatus};
 use dicomnode_core::{Origin, Rejection};
 use std::collections::HashMap;
 use std::path::Path;
@@ -22,6 +24,13 @@ pub(super) struct PatientEntry {
     pub(super) last_added: SystemTime,
     /// Where the patient's instances last came from (`None`: restored at start-up).
     pub(super) last_origin: Option<Origin>,
+    /// When its first instance arrived (for the maximum wait).
+    pub(super) first_added: SystemTime,
+    /// Per input: the fetch of a prior input (`None` for other inputs, and for a prior
+    /// input whose fetch has not started).
+    pub(super) priors: Vec<Option<PriorState>>,
+    /// Why it waited, as last logged (to log only changes).
+    pub(super) last_reason: String,
 }
 
 impl PatientEntry {
@@ -31,11 +40,14 @@ impl PatientEntry {
             live_adders: 0,
             last_added: SystemTime::now(),
             last_origin: None,
+            first_added: SystemTime::now(),
+            priors: vec![None; inputs],
+            last_reason: String::new(),
         }
     }
 
     /// Where a batch taken out now comes from.
-    fn origin(&self) -> Origin {
+    pub(super) fn origin(&self) -> Origin {
         self.last_origin.clone().unwrap_or(Origin::Restored)
     }
 }
@@ -128,11 +140,17 @@ impl Storage {
             .entry(patient_key.to_string())
             .or_insert_with(|| PatientEntry::new(inputs));
         entry.last_added = SystemTime::now();
+        if entry.inputs.iter().all(Vec::is_empty) {
+            entry.first_added = entry.last_added;
+        }
         for &index in &admitted {
             let held = &mut entry.inputs[index];
             held.retain(|i| i.sop_instance_uid != instance.sop_instance_uid);
             held.push(Arc::clone(&instance));
         }
+        let fetches = self.start_priors(patient_key, entry, &instance.header);
+        drop(patients);
+        self.queue_fetches(fetches);
         Offer::Stored(names)
     }
 
@@ -152,8 +170,9 @@ impl Storage {
             patients.remove(patient_key);
             return None;
         }
-        if self.quiet_period.is_some() || !self.has_enough(entry) {
+        if self.quiet_period.is_some() || !self.has_enough(entry, SystemTime::now()) {
             // With a quiet period the maintenance thread takes it out, when quiet.
+            self.log_waiting(patient_key, entry);
             return None;
         }
         self.take_out(&mut patients, patient_key, origin.clone())
@@ -167,13 +186,7 @@ impl Storage {
         let now = SystemTime::now();
         let ready: Vec<(String, Origin)> = patients
             .iter()
-            .filter(|(_, e)| {
-                e.live_adders == 0
-                    && self.quiet_period.is_none_or(|quiet| {
-                        now.duration_since(e.last_added).unwrap_or_default() >= quiet
-                    })
-                    && self.has_enough(e)
-            })
+            .filter(|(_, e)| e.live_adders == 0 && self.is_ready(e, now))
             .map(|(k, e)| (k.clone(), e.origin()))
             .collect();
         ready
@@ -193,7 +206,7 @@ impl Storage {
                 e.live_adders == 0
                     && now.duration_since(e.last_added).unwrap_or_default() > max_age
                     // A patient with enough is waiting for processing, not expiring.
-                    && !self.has_enough(e)
+                    && !self.has_enough(e, now)
             })
             .map(|(k, e)| (k.clone(), e.origin()))
             .collect();
@@ -233,18 +246,12 @@ impl Storage {
                     .inputs
                     .iter()
                     .zip(&entry.inputs)
-                    .map(|(input, held)| {
-                        let headers: Vec<&InMemDicomObject> =
-                            held.iter().map(|i| &i.header).collect();
-                        InputState {
-                            name: input.name().to_string(),
-                            instances: held.len(),
-                            enough: std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                input.has_enough(&headers)
-                            }))
-                            .unwrap_or(false),
-                            rule: format!("{:?}", input.enough()),
-                        }
+                    .enumerate()
+                    .map(|(index, (input, held))| InputState {
+                        name: input.name().to_string(),
+                        instances: held.len(),
+                        enough: self.input_has_enough(index, entry, now),
+                        rule: self.rule_of(index, entry),
                     })
                     .collect(),
             })
@@ -261,7 +268,7 @@ impl Storage {
     }
 
     /// Takes a patient's batch out of the map (on disk: its directory to `processing/`).
-    fn take_out(
+    pub(super) fn take_out(
         &self,
         patients: &mut HashMap<String, PatientEntry>,
         patient_key: &str,
@@ -281,6 +288,33 @@ impl Storage {
             None => None,
         };
         let entry = patients.remove(patient_key)?;
+        let priors = self
+            .inputs
+            .iter()
+            .zip(&entry.priors)
+            .filter_map(|(input, state)| match state {
+                Some(PriorState::Done(status)) => Some((input.name().to_string(), status.clone())),
+                Some(PriorState::Fetching) => Some((
+                    input.name().to_string(),
+                    PriorStatus::Unavailable(
+                        "the group was processed before the fetch ended".into(),
+                    ),
+                )),
+                None => None,
+            })
+            .collect::<Vec<_>>();
+        let missing_required_priors = priors.iter().find_map(|(name, status)| match status {
+            PriorStatus::Unavailable(why)
+                if self.inputs.iter().any(|i| {
+                    i.name() == name
+                        && i.prior_source()
+                            .is_some_and(dicomnode_core::Priors::is_required)
+                }) =>
+            {
+                Some(format!("input {name:?}: {why}"))
+            }
+            _ => None,
+        });
         // Failed attempts recorded beside the data (before a restart, say) still count.
         let attempt = dir.as_deref().map_or(0, DiskLayout::failed_attempts) + 1;
         Some(PatientBatch {
@@ -295,22 +329,144 @@ impl Storage {
             triggered_at: SystemTime::now(),
             attempt,
             dir,
+            priors,
+            missing_required_priors,
         })
     }
 
-    /// Whether every input has enough; a rule that panics counts as not enough.
-    fn has_enough(&self, entry: &PatientEntry) -> bool {
-        self.inputs.iter().zip(&entry.inputs).all(|(input, held)| {
-            let headers: Vec<&InMemDicomObject> = held.iter().map(|i| &i.header).collect();
-            // A rule of the user's that panics must not take the node's state with it.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| input.has_enough(&headers)))
-                .unwrap_or_else(|_| {
-                    tracing::error!(
-                        input = input.name(),
-                        "the input's enough-rule panicked: counted as not enough"
-                    );
-                    false
-                })
+    /// Whether a group with no association adding to it goes to processing now: every
+    /// input has enough and (with a quiet period) it has been quiet that long.
+    pub(super) fn is_ready(&self, entry: &PatientEntry, now: SystemTime) -> bool {
+        self.quiet_period
+            .is_none_or(|quiet| now.duration_since(entry.last_added).unwrap_or_default() >= quiet)
+            && self.has_enough(entry, now)
+    }
+
+    /// Whether every input has enough.
+    fn has_enough(&self, entry: &PatientEntry, now: SystemTime) -> bool {
+        (0..self.inputs.len()).all(|index| self.input_has_enough(index, entry, now))
+    }
+
+    /// Whether input `index` has enough: a prior input once its fetch ended; another by
+    /// its rule (a rule that panics counts as not enough).
+    fn input_has_enough(&self, index: usize, entry: &PatientEntry, now: SystemTime) -> bool {
+        let input = &self.inputs[index];
+        if input.prior_source().is_some() {
+            return matches!(entry.priors[index], Some(PriorState::Done(_)));
+        }
+        let held: Vec<HeldInstance<'_>> = entry.inputs[index]
+            .iter()
+            .map(|i| HeldInstance {
+                header: &i.header,
+                arrived: i.arrived,
+            })
+            .collect();
+        // A rule of the user's that panics must not take the node's state with it.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            input.has_enough_at(&held, now)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!(
+                input = input.name(),
+                "the input's enough-rule panicked: counted as not enough"
+            );
+            false
         })
+    }
+
+    /// Input `index`'s rule in words, for the log and the status view.
+    fn rule_of(&self, index: usize, entry: &PatientEntry) -> String {
+        match (&self.inputs[index].prior_source(), &entry.priors[index]) {
+            (Some(_), Some(PriorState::Done(PriorStatus::Fetched(studies)))) => {
+                format!("prior studies fetched ({})", studies.len())
+            }
+            (Some(_), Some(PriorState::Done(PriorStatus::Unavailable(why)))) => {
+                format!("prior studies unavailable: {why}")
+            }
+            (Some(priors), _) => format!("prior studies being fetched from {}", priors.pacs()),
+            (None, _) => format!("{:?}", self.inputs[index].enough()),
+        }
+    }
+
+    /// Logs why a group still waits, when the reason changed.
+    fn log_waiting(&self, key: &str, entry: &mut PatientEntry) {
+        let now = SystemTime::now();
+        let unmet: Vec<String> = (0..self.inputs.len())
+            .filter(|&i| !self.input_has_enough(i, entry, now))
+            .map(|i| {
+                format!(
+                    "input {:?} ({} instances): waits for {}",
+                    self.inputs[i].name(),
+                    entry.inputs[i].len(),
+                    self.rule_of(i, entry)
+                )
+            })
+            .collect();
+        let reason = if unmet.is_empty() {
+            match self.quiet_period {
+                Some(quiet) => format!("complete; waits for its quiet period of {quiet:?}"),
+                None => "complete".into(),
+            }
+        } else {
+            unmet.join("; ")
+        };
+        if reason != entry.last_reason {
+            tracing::info!(patient = %display_group_key(key), "waiting: {reason}");
+            entry.last_reason = reason;
+        }
+    }
+
+    /// Applies the pipeline's maximum wait: groups waiting that long since their first
+    /// instance, not complete, are processed with what they hold or removed. Returns the
+    /// batches to process.
+    pub(crate) fn force_complete(&self) -> Vec<PatientBatch> {
+        let Some((max_wait, policy)) = self.completion.max_wait_policy() else {
+            return Vec::new();
+        };
+        if policy == MaxWait::KeepWaiting {
+            return Vec::new();
+        }
+        let now = SystemTime::now();
+        let mut patients = self.patients();
+        let overdue: Vec<(String, Origin)> = patients
+            .iter()
+            .filter(|(_, e)| {
+                e.live_adders == 0
+                    && now.duration_since(e.first_added).unwrap_or_default() >= max_wait
+                    && !self.has_enough(e, now)
+                    // A fetch still running is given its own time limit.
+                    && !e.priors.iter().any(|p| matches!(p, Some(PriorState::Fetching)))
+            })
+            .map(|(k, e)| (k.clone(), e.origin()))
+            .collect();
+        let mut to_process = Vec::new();
+        for (key, origin) in overdue {
+            let unmet = patients
+                .get(&key)
+                .map(|e| {
+                    (0..self.inputs.len())
+                        .filter(|&i| !self.input_has_enough(i, e, now))
+                        .map(|i| format!("{:?}: {}", self.inputs[i].name(), self.rule_of(i, e)))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default();
+            let Some(batch) = self.take_out(&mut patients, &key, origin) else {
+                continue;
+            };
+            let patient = display_group_key(&key);
+            let count = batch.instance_count();
+            match policy {
+                MaxWait::Process => {
+                    tracing::warn!(%patient, instances = count, ?max_wait, unmet = %unmet, "maximum wait reached: processing with what is there");
+                    to_process.push(batch);
+                }
+                _ => {
+                    tracing::warn!(%patient, instances = count, ?max_wait, unmet = %unmet, "maximum wait reached: discarded");
+                    self.batch_succeeded(batch);
+                }
+            }
+        }
+        to_process
     }
 }

@@ -169,6 +169,7 @@ impl Storage {
             transfer_syntax: transfer_syntax.to_string(),
             data,
             header,
+            arrived: std::time::SystemTime::now(),
         };
         Ok((instance, temp))
     }
@@ -200,5 +201,6 @@ pub(super) fn read_stored(
         transfer_syntax: transfer_syntax.to_string(),
         data: InstanceData::Disk,
         header: obj.into_inner(),
+        arrived: disk::modified(path).unwrap_or_else(std::time::SystemTime::now),
     })
 }

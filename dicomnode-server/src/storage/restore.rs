@@ -7,7 +7,7 @@ use super::names::input_dir_name;
 use super::patients::PatientEntry;
 use super::receive::read_stored;
 use super::{PatientBatch, Storage, StorageError};
-use dicomnode_core::{Input, Origin};
+use dicomnode_core::{Completion, Input, Origin};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +32,7 @@ impl Storage {
     /// Durable storage in `dir`, rebuilt from what is there.
     pub(crate) fn on_disk(
         inputs: Vec<Input>,
+        completion: Completion,
         dir: &Path,
         quiet_period: Option<Duration>,
     ) -> Result<(Self, Restored), StorageError> {
@@ -40,7 +41,8 @@ impl Storage {
             source,
         };
         let layout = DiskLayout::open(dir).map_err(io)?;
-        let storage = Storage::new(inputs, Some(layout.clone()), quiet_period);
+        let mut storage = Storage::new(inputs, Some(layout.clone()), quiet_period);
+        storage.completion = completion;
         let mut restored = Restored {
             temp_files_removed: layout.clean_tmp().map_err(io)?,
             ..Restored::default()
@@ -125,7 +127,20 @@ impl Storage {
             }
         };
         let mut seen: HashMap<String, PathBuf> = HashMap::new();
-        for (_, path) in DiskLayout::files_of(patient_dir)? {
+        // Prior inputs hold what was fetched for them: membership is their directory.
+        let mut fetched: Vec<(usize, PathBuf)> = Vec::new();
+        let prior_dirs: HashMap<String, usize> = self
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|(_, input)| input.prior_source().is_some())
+            .map(|(i, input)| (input_dir_name(input.name()), i))
+            .collect();
+        for (dir_name, path) in DiskLayout::files_of(patient_dir)? {
+            if let Some(&index) = prior_dirs.get(&dir_name) {
+                fetched.push((index, path));
+                continue;
+            }
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -135,7 +150,18 @@ impl Storage {
         let mut entry = PatientEntry::new(self.inputs.len());
         // When the newest stored instance arrived (its file's time), for expiry and quiet.
         entry.last_added = SystemTime::UNIX_EPOCH;
+        entry.first_added = SystemTime::now();
         let mut count = 0;
+        let mut first_header = None;
+        for (index, path) in fetched {
+            match read_stored(&path) {
+                Ok(instance) => entry.inputs[index].push(Arc::new(instance)),
+                Err(error) => {
+                    tracing::warn!(patient = %key, file = %path.display(), %error, "a fetched prior instance is unreadable: removed");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
         for (file_name, path) in seen {
             let instance = match read_stored(&path) {
                 Ok(instance) => instance,
@@ -160,6 +186,7 @@ impl Storage {
             }
             if let Some(modified) = disk::modified(&path) {
                 entry.last_added = entry.last_added.max(modified);
+                entry.first_added = entry.first_added.min(modified);
             }
             // Links follow the rules as they are now.
             let wanted: Vec<String> = admitted
@@ -171,7 +198,20 @@ impl Storage {
             for index in admitted {
                 entry.inputs[index].push(Arc::clone(&instance));
             }
+            if first_header.is_none() {
+                first_header = Some(Arc::clone(&instance));
+            }
             count += 1;
+        }
+        // Fetches that ended are kept; those that had not are run again.
+        let mut fetches = Vec::new();
+        if let Some(first) = &first_header {
+            for (index, input) in self.inputs.iter().enumerate() {
+                if input.prior_source().is_some() {
+                    entry.priors[index] = Storage::read_prior_state(patient_dir, input.name());
+                }
+            }
+            fetches = self.start_priors(&key, &mut entry, &first.header);
         }
         if count > 0 {
             // Merge with what associations may be adding right now.
@@ -193,6 +233,9 @@ impl Storage {
                     patients.insert(key, entry);
                 }
             }
+        }
+        if count > 0 {
+            self.queue_fetches(fetches);
         }
         Ok(count)
     }

@@ -1,0 +1,245 @@
+//! The storage's side of prior studies: which groups wait for a fetch, where fetched
+//! instances go (C-GET hands them over; C-MOVE brings them to the SCP, routed here by their
+//! StudyInstanceUID), and how a fetch ended, kept beside the group's data so that a
+//! restart resumes it.
+
+use super::patients::PatientEntry;
+use super::{disk, InstanceData, PatientBatch, ReceivedInstance, Storage};
+use crate::storage::names::input_dir_name;
+use dicom_dictionary_std::tags;
+use dicomnode_core::completion::display_group_key;
+use dicomnode_core::input::value_of;
+use dicomnode_core::{PriorStatus, Priors};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A fetch of prior studies to run, for one prior input of one group.
+#[derive(Debug, Clone)]
+pub(crate) struct FetchRequest {
+    /// The group's key.
+    pub(crate) group_key: String,
+    /// The prior input's index and name.
+    pub(crate) input: usize,
+    pub(crate) input_name: String,
+    /// What to fetch.
+    pub(crate) priors: Priors,
+    /// PatientID of the current instances (what the PACS is asked for).
+    pub(crate) patient_id: String,
+    /// The current study (never fetched as a prior).
+    pub(crate) current_study: String,
+    /// Modality and StudyDate of the instance that started the group.
+    pub(crate) modality: Option<String>,
+    pub(crate) study_date: Option<String>,
+}
+
+/// Where a prior input's fetch stands.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum PriorState {
+    /// Running (or to be run again after a restart).
+    Fetching,
+    /// Ended.
+    Done(PriorStatus),
+}
+
+/// Where the C-MOVE of one study sends its instances.
+#[derive(Debug, Clone)]
+enum Route {
+    /// Into this group's prior input.
+    Open { group_key: String, input: usize },
+    /// The fetch ended (timed out, failed): late instances are refused.
+    Closed,
+}
+
+/// The prior studies being moved, by StudyInstanceUID.
+#[derive(Debug, Default)]
+pub(crate) struct MoveRoutes(HashMap<String, Route>);
+
+/// The file beside a group's data that keeps a prior input's state.
+fn state_file(input_name: &str) -> String {
+    format!("prior-{}.json", input_dir_name(input_name))
+}
+
+impl Storage {
+    /// The prior fetches a new group starts: its entry's prior inputs are marked as
+    /// fetching. `header` is the group's first admitted instance.
+    pub(super) fn start_priors(
+        &self,
+        group_key: &str,
+        entry: &mut PatientEntry,
+        header: &dicom_object::InMemDicomObject,
+    ) -> Vec<FetchRequest> {
+        let mut requests = Vec::new();
+        for (index, input) in self.inputs.iter().enumerate() {
+            let Some(priors) = input.prior_source() else {
+                continue;
+            };
+            if entry.priors[index].is_some() {
+                continue;
+            }
+            entry.priors[index] = Some(PriorState::Fetching);
+            requests.push(FetchRequest {
+                group_key: group_key.to_string(),
+                input: index,
+                input_name: input.name().to_string(),
+                priors: priors.clone(),
+                patient_id: value_of(header, tags::PATIENT_ID).unwrap_or_default(),
+                current_study: value_of(header, tags::STUDY_INSTANCE_UID).unwrap_or_default(),
+                modality: value_of(header, tags::MODALITY),
+                study_date: value_of(header, tags::STUDY_DATE),
+            });
+        }
+        requests
+    }
+
+    /// Queues fetches for the prior service (which may not run yet: they wait).
+    pub(super) fn queue_fetches(&self, requests: Vec<FetchRequest>) {
+        for request in requests {
+            self.persist_prior_state(
+                &request.group_key,
+                &request.input_name,
+                &PriorState::Fetching,
+            );
+            tracing::info!(patient = %display_group_key(&request.group_key), input = %request.input_name, pacs = %request.priors.pacs(), "fetching prior studies");
+            if self.fetches.0.send(request).is_err() {
+                tracing::error!("the prior service is gone: the fetch is not run");
+            }
+        }
+    }
+
+    /// The queue the prior service takes fetches from (once).
+    pub(crate) fn take_fetch_queue(&self) -> Option<std::sync::mpsc::Receiver<FetchRequest>> {
+        self.fetches
+            .1
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// A C-MOVE of `study` for this group's prior input is about to start.
+    pub(crate) fn expect_moved_study(&self, study: &str, group_key: &str, input: usize) {
+        self.routes().0.insert(
+            study.to_string(),
+            Route::Open {
+                group_key: group_key.to_string(),
+                input,
+            },
+        );
+    }
+
+    /// The C-MOVE of `study` ended: instances of it that still come are refused.
+    pub(crate) fn close_moved_study(&self, study: &str) {
+        self.routes().0.insert(study.to_string(), Route::Closed);
+    }
+
+    /// Where an instance a PACS sends belongs: `None` for an ordinary instance, `Some(Ok)`
+    /// for a prior input, `Some(Err)` for a study whose fetch is over.
+    pub(crate) fn prior_route(
+        &self,
+        header: &dicom_object::InMemDicomObject,
+    ) -> Option<Result<(String, usize), String>> {
+        let study = value_of(header, tags::STUDY_INSTANCE_UID)?;
+        match self.routes().0.get(&study)? {
+            Route::Open { group_key, input } => Some(Ok((group_key.clone(), *input))),
+            Route::Closed => Some(Err(format!(
+                "study {study} was fetched as a prior, and its fetch is over"
+            ))),
+        }
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, MoveRoutes> {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores an instance fetched for a group's prior input (durably, on disk).
+    pub(crate) fn store_fetched(
+        &self,
+        group_key: &str,
+        input: usize,
+        mut instance: ReceivedInstance,
+        temp: Option<&Path>,
+    ) -> Result<(), String> {
+        let name = self.inputs[input].name();
+        if let (Some(layout), Some(temp)) = (&self.disk, temp) {
+            if let Err(error) = layout.place(group_key, temp, &[name], &instance.file_name()) {
+                disk::remove_temp(temp);
+                return Err(format!("cannot store: {error}"));
+            }
+            instance.data = InstanceData::Disk;
+        }
+        let mut patients = self.patients();
+        let Some(entry) = patients.get_mut(group_key) else {
+            if let Some(temp) = temp {
+                disk::remove_temp(temp);
+            }
+            return Err("the group it was fetched for is no longer waiting".into());
+        };
+        let held = &mut entry.inputs[input];
+        held.retain(|i| i.sop_instance_uid != instance.sop_instance_uid);
+        held.push(Arc::new(instance));
+        Ok(())
+    }
+
+    /// Instances of `study` the group's prior input holds.
+    pub(crate) fn fetched_count(&self, group_key: &str, input: usize, study: &str) -> usize {
+        self.patients().get(group_key).map_or(0, |entry| {
+            entry.inputs[input]
+                .iter()
+                .filter(|i| value_of(&i.header, tags::STUDY_INSTANCE_UID).as_deref() == Some(study))
+                .count()
+        })
+    }
+
+    /// A fetch ended. An unavailable fetch keeps nothing it half brought. Returns the
+    /// group's batch when it is now ready.
+    pub(crate) fn prior_finished(
+        &self,
+        group_key: &str,
+        input: usize,
+        status: PriorStatus,
+    ) -> Option<PatientBatch> {
+        let name = self.inputs[input].name().to_string();
+        self.persist_prior_state(group_key, &name, &PriorState::Done(status.clone()));
+        let mut patients = self.patients();
+        let entry = patients.get_mut(group_key)?;
+        if matches!(status, PriorStatus::Unavailable(_)) {
+            let dropped = std::mem::take(&mut entry.inputs[input]);
+            if let Some(layout) = &self.disk {
+                let dir = layout.patient_dir(group_key).join(input_dir_name(&name));
+                for instance in dropped {
+                    let _ = std::fs::remove_file(dir.join(instance.file_name()));
+                }
+            }
+        }
+        entry.priors[input] = Some(PriorState::Done(status.clone()));
+        let ready = entry.live_adders == 0 && self.is_ready(entry, std::time::SystemTime::now());
+        if !ready {
+            return None;
+        }
+        let origin = entry.origin();
+        self.take_out(&mut patients, group_key, origin)
+    }
+
+    /// Keeps a prior input's state beside the group's data (with a data directory).
+    fn persist_prior_state(&self, group_key: &str, input_name: &str, state: &PriorState) {
+        let Some(layout) = &self.disk else {
+            return;
+        };
+        let written = serde_json::to_vec(state)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| layout.write_beside(group_key, &state_file(input_name), &bytes));
+        if let Err(error) = written {
+            tracing::warn!(patient = %display_group_key(group_key), %error, "cannot keep the prior fetch's state (a restart fetches again)");
+        }
+    }
+
+    /// The state kept for a prior input in a group's directory (at a restart); a fetch
+    /// that had not ended is run again.
+    pub(super) fn read_prior_state(dir: &Path, input_name: &str) -> Option<PriorState> {
+        let bytes = std::fs::read(dir.join(state_file(input_name))).ok()?;
+        match serde_json::from_slice(&bytes).ok()? {
+            PriorState::Fetching => None,
+            done => Some(done),
+        }
+    }
+}
