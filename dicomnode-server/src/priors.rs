@@ -15,6 +15,7 @@ use dicomnode_core::completion::display_group_key;
 use dicomnode_core::error::error_chain;
 use dicomnode_core::input::value_of;
 use dicomnode_core::{PriorStatus, PriorStudy, Retrieval};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -112,8 +113,46 @@ fn fetch(
     if request.patient_id.is_empty() {
         return Err(FetchError::NoPatientId);
     }
+    // Time-outs name the fetch's own limit, not what was left of it.
+    let bounded = |error: RetrieveError| match error {
+        RetrieveError::TimedOut {
+            address, operation, ..
+        } => RetrieveError::TimedOut {
+            address,
+            operation,
+            limit,
+        },
+        other => other,
+    };
     let started = Instant::now();
-    let answers = retrieve::find(priors.pacs(), &options(deadline)?, &study_query(request))?;
+    let mut answers = retrieve::find(priors.pacs(), &options(deadline)?, &study_query(request))
+        .map_err(bounded)?;
+    // A PACS that does not answer ModalitiesInStudy (dcmqrscp) is asked per series.
+    if !wanted_modalities(request).is_empty() {
+        for answer in &mut answers {
+            if value_of(answer, tags::MODALITIES_IN_STUDY).is_some() {
+                continue;
+            }
+            let Some(uid) = value_of(answer, tags::STUDY_INSTANCE_UID) else {
+                continue;
+            };
+            let series = Query::new(Level::Series)
+                .matching(tags::PATIENT_ID, &request.patient_id)
+                .matching(tags::STUDY_INSTANCE_UID, &uid);
+            let found =
+                retrieve::find(priors.pacs(), &options(deadline)?, &series).map_err(bounded)?;
+            let modalities: BTreeSet<String> = found
+                .iter()
+                .filter_map(|s| value_of(s, tags::MODALITY))
+                .collect();
+            let joined = modalities.into_iter().collect::<Vec<_>>().join("\\");
+            answer.put(dicom_core::DataElement::new(
+                tags::MODALITIES_IN_STUDY,
+                dicom_core::VR::CS,
+                joined,
+            ));
+        }
+    }
     let chosen = choose(request, answers);
     tracing::info!(patient = %display_group_key(&request.group_key), found = chosen.len(),
         seconds = started.elapsed().as_secs_f64(), "C-FIND for prior studies answered");
@@ -131,6 +170,7 @@ fn fetch(
                     &mut keep,
                     &mut |_| {},
                 )
+                .map_err(bounded)
             }
             Retrieval::Move => {
                 storage.expect_moved_study(&uid, &request.group_key, request.input);
@@ -142,7 +182,7 @@ fn fetch(
                     &mut |_| {},
                 );
                 storage.close_moved_study(&uid);
-                report
+                report.map_err(bounded)
             }
         }?;
         if report.progress.failed > 0 {

@@ -15,11 +15,13 @@ use clap::Parser;
 use dicomnode_server::cli::NodeArgs;
 use dicomnode_server::dicom_dictionary_std::tags;
 use dicomnode_server::{
-    Enough, Input, InputContainer, NoOutput, Output, Pipeline, ProcessError, Processor,
+    Completion, Enough, Grouping, Input, InputContainer, MaxWait, NoOutput, Output, Pipeline,
+    ProcessError, Processor,
 };
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 struct Args {
@@ -33,21 +35,60 @@ struct Args {
     /// Milliseconds `Processor::build` takes (a stand-in for loading a model).
     #[arg(long, default_value_t = 0)]
     build_ms: u64,
+    /// One batch per `patient`, `study` or `series`.
+    #[arg(long, default_value = "patient")]
+    group_by: String,
+    /// Instead of --enough: complete when a CT and a PT series of one frame of reference
+    /// were each quiet this many milliseconds.
+    #[arg(long)]
+    ct_pt_quiet_ms: Option<u64>,
+    /// The pipeline's maximum wait, in milliseconds.
+    #[arg(long)]
+    max_wait_ms: Option<u64>,
+    /// What the maximum wait does: `process`, `discard` or `keep`.
+    #[arg(long, default_value = "process")]
+    max_wait_policy: String,
 }
 
 #[derive(Pipeline, Serialize, Deserialize)]
-#[pipeline(processor = Recorder, inputs = Self::inputs)]
+#[pipeline(processor = Recorder, inputs = Self::inputs, completion = Self::completion)]
 struct TestNode {
     out: PathBuf,
     enough: usize,
     build_ms: u64,
+    group_by: String,
+    ct_pt_quiet_ms: Option<u64>,
+    max_wait_ms: Option<u64>,
+    max_wait_policy: String,
 }
 
 impl TestNode {
     fn inputs(&self) -> Vec<Input> {
+        let enough = match self.ct_pt_quiet_ms {
+            Some(ms) => Enough::modalities_in_one_frame(["CT", "PT"], Duration::from_millis(ms)),
+            None => Enough::at_least(self.enough),
+        };
         vec![Input::new("any")
             .require(tags::SOP_INSTANCE_UID)
-            .enough_when(Enough::at_least(self.enough))]
+            .enough_when(enough)]
+    }
+
+    fn completion(&self) -> Completion {
+        let grouping = match self.group_by.as_str() {
+            "study" => Grouping::Study,
+            "series" => Grouping::Series,
+            _ => Grouping::Patient,
+        };
+        let mut completion = Completion::new().group_by(grouping);
+        if let Some(ms) = self.max_wait_ms {
+            let policy = match self.max_wait_policy.as_str() {
+                "discard" => MaxWait::Discard,
+                "keep" => MaxWait::KeepWaiting,
+                _ => MaxWait::Process,
+            };
+            completion = completion.max_wait(Duration::from_millis(ms), policy);
+        }
+        completion
     }
 }
 
@@ -88,8 +129,9 @@ impl Processor for Recorder {
         };
         let write_record = |ended: u128| {
             let record = format!(
-                "pid={}\ncwd={}\ncount={}\norigin={origin}\n{}\nstart={started}\nend={ended}\n",
+                "pid={}\ngroup={}\ncwd={}\ncount={}\norigin={origin}\n{}\nstart={started}\nend={ended}\n",
                 std::process::id(),
+                input.group().1.unwrap_or(""),
                 cwd.display(),
                 uids.len(),
                 uids.join("\n")
@@ -239,6 +281,10 @@ fn main() -> ExitCode {
                 out: args.out,
                 enough: args.enough,
                 build_ms: args.build_ms,
+                group_by: args.group_by,
+                ct_pt_quiet_ms: args.ct_pt_quiet_ms,
+                max_wait_ms: args.max_wait_ms,
+                max_wait_policy: args.max_wait_policy,
             },
             config,
         )
