@@ -107,6 +107,7 @@ impl Processor for Recorder {
         tracing::info!(patient = %input.patient_key(), instances = input.instance_count(), "test processor starts");
         let key = input.patient_key().to_string();
         let origin = input.origin().to_string();
+        let group = input.group().1.unwrap_or("").to_string();
         // The key comes from the network: never a raw path.
         let name = dicomnode_server::sanitize::path_component(&key);
         let cwd = std::env::current_dir()?;
@@ -129,9 +130,8 @@ impl Processor for Recorder {
         };
         let write_record = |ended: u128| {
             let record = format!(
-                "pid={}\ngroup={}\ncwd={}\ncount={}\norigin={origin}\n{}\nstart={started}\nend={ended}\n",
+                "pid={}\ncwd={}\ncount={}\norigin={origin}\ngroup={group}\n{}\nstart={started}\nend={ended}\n",
                 std::process::id(),
-                input.group().1.unwrap_or(""),
                 cwd.display(),
                 uids.len(),
                 uids.join("\n")
