@@ -18,6 +18,11 @@
                              # (scripts/volume_pydicom.py, in a venv made at target/bench-venv), with farm-bench
   scripts/bench.py volume-child  # the volume_stats node's child on 300 CT 512x512: its peak memory vs the volume
   scripts/bench.py http      # store_node with and without --http (scraped): CPU and memory idle and under ingest
+  scripts/bench.py priors    # with_priors (--data-dir) and Orthanc: release of a 100-CT current study -> process
+                             # with 3 priors of 100 CT 512x512 fetched by C-MOVE, its shares (C-FIND, C-MOVE,
+                             # storage), DCMTK movescu -> storescp moving the same 3 studies (reference), and a
+                             # silent (SIGSTOPped) Orthanc: release -> process with priors unavailable. Runs
+                             # itself in a private network namespace (root), as Orthanc listens on every interface.
 
 Every process started here is ended here, by PID.
 """
@@ -604,6 +609,138 @@ def http(rounds=3, slices=300, idle_secs=10):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def orthanc_start(work, name, modalities):
+    """Orthanc on free ports with its own storage; modalities: {name: [aet, host, port]}."""
+    import json
+    dicom, http = free_port(), free_port()
+    db = os.path.join(work, name)
+    config = {"Name": name, "StorageDirectory": db, "IndexDirectory": db, "HttpPort": http,
+              "DicomPort": dicom, "DicomAet": "ORTHANC", "DicomCheckCalledAet": False,
+              "DicomAlwaysAllowFind": True, "DicomAlwaysAllowMove": True, "DicomAlwaysAllowGet": True,
+              "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "Plugins": [],
+              "SaveJobs": False, "DicomModalities": modalities}
+    path = os.path.join(work, name + ".json")
+    with open(path, "w") as f:
+        json.dump(config, f)
+    log = open(os.path.join(work, name + ".log"), "w")
+    proc = start(["/usr/sbin/Orthanc", path], log)
+    wait_port(dicom, 30)
+    wait_port(http, 30)
+    return proc, dicom
+
+
+def priors(rounds=3, slices=100):
+    """Release -> process with 3 priors of `slices` CT 512x512 fetched from Orthanc by C-MOVE."""
+    if os.environ.get("BENCH_NETNS") != "1":
+        cmd = f"ip link set lo up && BENCH_NETNS=1 {sys.executable} {os.path.abspath(__file__)} priors"
+        subprocess.run(["unshare", "-n", "sh", "-c", cmd], check=True)
+        return
+    work = tempfile.mkdtemp(prefix="bench-priors-")
+    try:
+        data = os.path.join(work, "in")
+        subprocess.run([os.path.join(REL, "gen_series"), "--out", data, "--patients", "4", "--slices",
+                        str(slices), "--size", "512", "--prefix", "ST-"], check=True, stdout=subprocess.DEVNULL)
+        # Four studies of one patient: three priors (2021-2023) and the current one (2025).
+        for n, date in zip(range(1, 5), ["20210101", "20220101", "20230101", "20250101"]):
+            folder = os.path.join(data, f"ST-{n}")
+            files = [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs]
+            subprocess.run(["/usr/bin/dcmodify", "-nb", "-m", "PatientID=BENCH", "-m", f"StudyDate={date}"] + files,
+                           check=True, stdout=subprocess.DEVNULL)
+        rows = []
+        for r in range(rounds):
+            node_port, scp_port = free_port(), free_port()
+            orthanc, pacs_port = orthanc_start(work, f"orthanc-{r}", {
+                "priors": ["PRIORS", "127.0.0.1", node_port], "storescp": ["STORESCP", "127.0.0.1", scp_port]})
+            try:
+                storescu(pacs_port, "ORTHANC", [os.path.join(data, f"ST-{n}") for n in (1, 2, 3)])
+                # Reference: DCMTK movescu moves the same three studies to DCMTK storescp.
+                received = os.path.join(work, f"storescp-{r}")
+                os.makedirs(received)
+                scp = start(["/usr/bin/storescp", "-aet", "STORESCP", "-od", received, str(scp_port)],
+                            subprocess.DEVNULL)
+                try:
+                    wait_port(scp_port)
+                    t = time.perf_counter()
+                    subprocess.run(["/usr/bin/movescu", "-S", "-aet", "MOVESCU", "-aec", "ORTHANC", "-aem", "STORESCP",
+                                    "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=BENCH",
+                                    "127.0.0.1", str(pacs_port)], env=ENV, check=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    reference = time.perf_counter() - t
+                    moved = sum(len(fs) for _, _, fs in os.walk(received))
+                finally:
+                    stop(scp)
+                out, ddir = os.path.join(work, f"out-{r}"), os.path.join(work, f"data-{r}")
+                log_path = os.path.join(work, f"node-{r}.log")
+                with open(log_path, "w") as log:
+                    node = start([os.path.join(REL, "examples", "with_priors"), "--port", str(node_port),
+                                  "--ae-title", "PRIORS", "--out", out, "--data-dir", ddir,
+                                  "--pacs", f"ORTHANC@127.0.0.1:{pacs_port}"], log)
+                    try:
+                        wait_port(node_port)
+                        storescu(node_port, "PRIORS", [os.path.join(data, "ST-4")])
+                        end = time.time() + 300
+                        while "processing finished" not in open(log_path).read() and time.time() < end:
+                            time.sleep(0.05)
+                    finally:
+                        stop(node)
+                text = open(log_path).read()
+                line = lambda needle: next(l for l in text.splitlines() if needle in l)
+                num = lambda l, key: float(re.search(key + r"=([0-9.]+)", l).group(1))
+                released = log_time(line("waiting:"))
+                first = log_time(line("fetching prior studies"))
+                triggered = log_time(line("starting processing"))
+                to_process = (triggered - released) + num(line("trigger_to_process_ms"), "trigger_to_process_ms") / 1000
+                find_s = num(line("C-FIND for prior studies answered"), "seconds")
+                move_s = sum(num(l, "seconds") for l in text.splitlines() if "prior study retrieved" in l)
+                fetched = line("prior studies fetched")
+                rows.append((to_process, num(fetched, "seconds"), find_s, move_s, num(fetched, "storage_seconds"),
+                             released - first, int(num(fetched, "instances")), reference, moved))
+            finally:
+                stop(orthanc)
+        med = lambda i: statistics.median(x[i] for x in rows)
+        print(f"3 priors of {slices} CT 512x512 from Orthanc by C-MOVE, node with --data-dir, {rounds} rounds:")
+        print(f"  receiving the current study ({slices} CT) took {med(5):.2f} s after the fetch started (they overlap)")
+        print(f"  release -> process: median {med(0):.2f} s (rounds {[round(x[0], 2) for x in rows]})")
+        print(f"  fetch (first instance -> priors stored): {med(1):.2f} s for {int(med(6))} instances: "
+              f"C-FIND {med(2):.3f} s ({100 * med(2) / med(1):.1f} %), C-MOVE {med(3):.2f} s "
+              f"({100 * med(3) / med(1):.1f} %), of which storing in the node {med(4):.2f} s "
+              f"({100 * med(4) / med(1):.1f} %)")
+        print(f"  reference, DCMTK movescu -> storescp, the same 3 studies: {med(7):.2f} s ({int(med(8))} files); "
+              f"ratio node fetch / movescu = {med(1) / med(7):.2f}")
+        # A PACS that never answers: SIGSTOPped Orthanc, fetch limit 5 s.
+        node_port = free_port()
+        orthanc, pacs_port = orthanc_start(work, "orthanc-silent", {})
+        os.kill(orthanc.pid, 19)  # SIGSTOP
+        try:
+            log_path = os.path.join(work, "node-silent.log")
+            with open(log_path, "w") as log:
+                node = start([os.path.join(REL, "examples", "with_priors"), "--port", str(node_port),
+                              "--ae-title", "PRIORS", "--out", os.path.join(work, "out-silent"),
+                              "--fetch-seconds", "5", "--pacs", f"ORTHANC@127.0.0.1:{pacs_port}"], log)
+                try:
+                    wait_port(node_port)
+                    storescu(node_port, "PRIORS", [os.path.join(data, "ST-4")])
+                    end = time.time() + 60
+                    while "processing finished" not in open(log_path).read() and time.time() < end:
+                        time.sleep(0.05)
+                finally:
+                    stop(node)
+            text = open(log_path).read()
+            line = lambda needle: next(l for l in text.splitlines() if needle in l)
+            released = log_time(line("waiting:"))
+            unavailable = log_time(line("prior studies unavailable"))
+            triggered = log_time(line("starting processing"))
+            reason = re.search(r'reason=("[^"]*"|\S+)', line("prior studies unavailable"))
+            print(f"  silent PACS (SIGSTOP), limit 5 s: first instance -> unavailable "
+                  f"{unavailable - log_time(line('fetching prior studies')):.2f} s, release -> processing started "
+                  f"{triggered - released:.2f} s; reason {reason.group(1) if reason else '?'}")
+        finally:
+            os.kill(orthanc.pid, 18)  # SIGCONT
+            stop(orthanc)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     if what in ("latency", "all"):
@@ -630,3 +767,5 @@ if __name__ == "__main__":
         volume_child()
     if what in ("http", "all"):
         http()
+    if what in ("priors", "all"):
+        priors()

@@ -58,7 +58,9 @@ fn run(storage: &Storage, runner: &ChildRunner, ae_title: &str, request: FetchRe
         Ok(studies) => {
             tracing::info!(%patient, input = %request.input_name, studies = studies.len(),
                 instances = studies.iter().map(|s| s.instances).sum::<usize>(),
-                seconds = start.elapsed().as_secs_f64(), "prior studies fetched");
+                seconds = start.elapsed().as_secs_f64(),
+                storage_seconds = storage.prior_storage_time(&request.group_key).as_secs_f64(),
+                "prior studies fetched");
             PriorStatus::Fetched(studies)
         }
         Err(error) => {
@@ -159,6 +161,7 @@ fn fetch(
     let mut studies = Vec::new();
     for mut study in chosen {
         let uid = study.study_instance_uid.clone();
+        let retrieving = Instant::now();
         let report = match priors.retrieval() {
             Retrieval::Get => {
                 let mut keep = |got: retrieve::GotInstance| keep_got(storage, request, got);
@@ -192,6 +195,9 @@ fn fetch(
             });
         }
         study.instances = storage.fetched_count(&request.group_key, request.input, &uid);
+        tracing::info!(patient = %display_group_key(&request.group_key), study = %uid,
+            instances = study.instances, seconds = retrieving.elapsed().as_secs_f64(),
+            method = ?priors.retrieval(), "prior study retrieved");
         studies.push(study);
     }
     Ok(studies)
@@ -204,6 +210,7 @@ fn keep_got(
     request: &FetchRequest,
     got: retrieve::GotInstance,
 ) -> Result<(), String> {
+    let since = Instant::now();
     let mut incoming = storage.incoming(
         &got.sop_class_uid,
         &got.sop_instance_uid,
@@ -218,7 +225,13 @@ fn keep_got(
             &got.transfer_syntax,
         )
         .map_err(|e| error_chain(&e))?;
-    storage.store_fetched(&request.group_key, request.input, instance, temp.as_deref())
+    storage.store_fetched(
+        &request.group_key,
+        request.input,
+        instance,
+        temp.as_deref(),
+        since,
+    )
 }
 
 /// The C-FIND for the patient's studies, narrowed as far as the PACS is asked to.

@@ -260,6 +260,7 @@ impl Messages<'_> {
                 format!("no known transfer syntax for the data set ({transfer_syntax:?})"),
             );
         }
+        let receiving = std::time::Instant::now();
         let received = self.storage.receive(
             incoming,
             &command.sop_class_uid,
@@ -279,10 +280,13 @@ impl Messages<'_> {
         // prior input that asked for it, not to a patient of its own.
         match self.storage.prior_route(&instance.header) {
             Some(Ok((group, input))) => {
-                return match self
-                    .storage
-                    .store_fetched(&group, input, instance, temp.as_deref())
-                {
+                return match self.storage.store_fetched(
+                    &group,
+                    input,
+                    instance,
+                    temp.as_deref(),
+                    receiving,
+                ) {
                     Ok(()) => {
                         tracing::debug!(sop_instance = %uid, "prior instance stored");
                         (status::SUCCESS, None)

@@ -31,6 +31,8 @@ pub(super) struct PatientEntry {
     pub(super) priors: Vec<Option<PriorState>>,
     /// Why it waited, as last logged (to log only changes).
     pub(super) last_reason: String,
+    /// Time spent storing instances fetched as priors (for the log's figures).
+    pub(super) prior_storage_time: Duration,
 }
 
 impl PatientEntry {
@@ -43,6 +45,7 @@ impl PatientEntry {
             first_added: SystemTime::now(),
             priors: vec![None; inputs],
             last_reason: String::new(),
+            prior_storage_time: Duration::ZERO,
         }
     }
 

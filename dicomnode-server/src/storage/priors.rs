@@ -151,13 +151,15 @@ impl Storage {
         self.routes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stores an instance fetched for a group's prior input (durably, on disk).
+    /// Stores an instance fetched for a group's prior input (durably, on disk); the time
+    /// since `since` (its data set complete) counts as the fetch's storage time.
     pub(crate) fn store_fetched(
         &self,
         group_key: &str,
         input: usize,
         mut instance: ReceivedInstance,
         temp: Option<&Path>,
+        since: std::time::Instant,
     ) -> Result<(), String> {
         let name = self.inputs[input].name();
         if let (Some(layout), Some(temp)) = (&self.disk, temp) {
@@ -177,7 +179,15 @@ impl Storage {
         let held = &mut entry.inputs[input];
         held.retain(|i| i.sop_instance_uid != instance.sop_instance_uid);
         held.push(Arc::new(instance));
+        entry.prior_storage_time += since.elapsed();
         Ok(())
+    }
+
+    /// The time spent storing fetched instances for a group so far.
+    pub(crate) fn prior_storage_time(&self, group_key: &str) -> std::time::Duration {
+        self.patients()
+            .get(group_key)
+            .map_or(std::time::Duration::ZERO, |e| e.prior_storage_time)
     }
 
     /// Instances of `study` the group's prior input holds.
