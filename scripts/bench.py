@@ -646,7 +646,7 @@ def priors(rounds=3, slices=100):
             files = [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs]
             subprocess.run(["/usr/bin/dcmodify", "-nb", "-m", "PatientID=BENCH", "-m", f"StudyDate={date}"] + files,
                            check=True, stdout=subprocess.DEVNULL)
-        rows = []
+        rows, mem_rows = [], []
         for r in range(rounds):
             node_port, scp_port = free_port(), free_port()
             orthanc, pacs_port = orthanc_start(work, f"orthanc-{r}", {
@@ -669,32 +669,35 @@ def priors(rounds=3, slices=100):
                     moved = sum(len(fs) for _, _, fs in os.walk(received))
                 finally:
                     stop(scp)
-                out, ddir = os.path.join(work, f"out-{r}"), os.path.join(work, f"data-{r}")
-                log_path = os.path.join(work, f"node-{r}.log")
-                with open(log_path, "w") as log:
-                    node = start([os.path.join(REL, "examples", "with_priors"), "--port", str(node_port),
-                                  "--ae-title", "PRIORS", "--out", out, "--data-dir", ddir,
-                                  "--pacs", f"ORTHANC@127.0.0.1:{pacs_port}"], log)
-                    try:
-                        wait_port(node_port)
-                        storescu(node_port, "PRIORS", [os.path.join(data, "ST-4")])
-                        end = time.time() + 300
-                        while "processing finished" not in open(log_path).read() and time.time() < end:
-                            time.sleep(0.05)
-                    finally:
-                        stop(node)
-                text = open(log_path).read()
-                line = lambda needle: next(l for l in text.splitlines() if needle in l)
-                num = lambda l, key: float(re.search(key + r"=([0-9.]+)", l).group(1))
-                released = log_time(line("waiting:"))
-                first = log_time(line("fetching prior studies"))
-                triggered = log_time(line("starting processing"))
-                to_process = (triggered - released) + num(line("trigger_to_process_ms"), "trigger_to_process_ms") / 1000
-                find_s = num(line("C-FIND for prior studies answered"), "seconds")
-                move_s = sum(num(l, "seconds") for l in text.splitlines() if "prior study retrieved" in l)
-                fetched = line("prior studies fetched")
-                rows.append((to_process, num(fetched, "seconds"), find_s, move_s, num(fetched, "storage_seconds"),
-                             released - first, int(num(fetched, "instances")), reference, moved))
+                for mode in (["disk", "memory"] if r % 2 == 0 else ["memory", "disk"]):
+                    out, ddir = os.path.join(work, f"out-{r}-{mode}"), os.path.join(work, f"data-{r}")
+                    log_path = os.path.join(work, f"node-{r}-{mode}.log")
+                    extra = ["--data-dir", ddir] if mode == "disk" else []
+                    with open(log_path, "w") as log:
+                        node = start([os.path.join(REL, "examples", "with_priors"), "--port", str(node_port),
+                                      "--ae-title", "PRIORS", "--out", out,
+                                      "--pacs", f"ORTHANC@127.0.0.1:{pacs_port}"] + extra, log)
+                        try:
+                            wait_port(node_port)
+                            storescu(node_port, "PRIORS", [os.path.join(data, "ST-4")])
+                            end = time.time() + 300
+                            while "processing finished" not in open(log_path).read() and time.time() < end:
+                                time.sleep(0.05)
+                        finally:
+                            stop(node)
+                    text = open(log_path).read()
+                    line = lambda needle: next(l for l in text.splitlines() if needle in l)
+                    num = lambda l, key: float(re.search(key + r"=([0-9.]+)", l).group(1))
+                    released = log_time(line("waiting:"))
+                    first = log_time(line("fetching prior studies"))
+                    triggered = log_time(line("starting processing"))
+                    to_process = (triggered - released) + num(line("trigger_to_process_ms"), "trigger_to_process_ms") / 1000
+                    find_s = num(line("C-FIND for prior studies answered"), "seconds")
+                    move_s = sum(num(l, "seconds") for l in text.splitlines() if "prior study retrieved" in l)
+                    fetched = line("prior studies fetched")
+                    (rows if mode == "disk" else mem_rows).append(
+                        (to_process, num(fetched, "seconds"), find_s, move_s, num(fetched, "storage_seconds"),
+                         released - first, int(num(fetched, "instances")), reference, moved))
             finally:
                 stop(orthanc)
         med = lambda i: statistics.median(x[i] for x in rows)
@@ -705,8 +708,12 @@ def priors(rounds=3, slices=100):
               f"C-FIND {med(2):.3f} s ({100 * med(2) / med(1):.1f} %), C-MOVE {med(3):.2f} s "
               f"({100 * med(3) / med(1):.1f} %), of which storing in the node {med(4):.2f} s "
               f"({100 * med(4) / med(1):.1f} %)")
-        print(f"  reference, DCMTK movescu -> storescp, the same 3 studies: {med(7):.2f} s ({int(med(8))} files); "
-              f"ratio node fetch / movescu = {med(1) / med(7):.2f}")
+        mmed = lambda i: statistics.median(x[i] for x in mem_rows)
+        print(f"  the same node in memory: release -> process {mmed(0):.2f} s, fetch {mmed(1):.2f} s "
+              f"(C-MOVE {mmed(3):.2f} s, storing {mmed(4):.2f} s)")
+        print(f"  reference, DCMTK movescu -> storescp (no fsync), the same 3 studies: {med(7):.2f} s "
+              f"({int(med(8))} files); ratio fetch / movescu: durable {med(1) / med(7):.2f}, "
+              f"in memory {mmed(1) / med(7):.2f}")
         # A PACS that never answers: SIGSTOPped Orthanc, fetch limit 5 s.
         node_port = free_port()
         orthanc, pacs_port = orthanc_start(work, "orthanc-silent", {})
@@ -730,7 +737,7 @@ def priors(rounds=3, slices=100):
             released = log_time(line("waiting:"))
             unavailable = log_time(line("prior studies unavailable"))
             triggered = log_time(line("starting processing"))
-            reason = re.search(r'reason=("[^"]*"|\S+)', line("prior studies unavailable"))
+            reason = re.search(r"reason=(.*?) seconds=", line("prior studies unavailable"))
             print(f"  silent PACS (SIGSTOP), limit 5 s: first instance -> unavailable "
                   f"{unavailable - log_time(line('fetching prior studies')):.2f} s, release -> processing started "
                   f"{triggered - released:.2f} s; reason {reason.group(1) if reason else '?'}")
@@ -738,7 +745,8 @@ def priors(rounds=3, slices=100):
             os.kill(orthanc.pid, 18)  # SIGCONT
             stop(orthanc)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

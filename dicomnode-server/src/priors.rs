@@ -176,7 +176,13 @@ fn fetch(
                 .map_err(bounded)
             }
             Retrieval::Move => {
-                storage.expect_moved_study(&uid, &request.group_key, request.input);
+                // Another group moving the same study first: its instances are its own.
+                while !storage.expect_moved_study(&uid, request) {
+                    if Instant::now() >= deadline {
+                        return Err(FetchError::TimeLimit(limit));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
                 let report = retrieve::move_to(
                     priors.pacs(),
                     &options(deadline)?,
@@ -211,6 +217,8 @@ fn keep_got(
     got: retrieve::GotInstance,
 ) -> Result<(), String> {
     let since = Instant::now();
+    let patient =
+        |header: &InMemDicomObject| value_of(header, tags::PATIENT_ID).unwrap_or_default();
     let mut incoming = storage.incoming(
         &got.sop_class_uid,
         &got.sop_instance_uid,
@@ -225,6 +233,15 @@ fn keep_got(
             &got.transfer_syntax,
         )
         .map_err(|e| error_chain(&e))?;
+    if patient(&instance.header) != request.patient_id {
+        if let Some(temp) = &temp {
+            crate::storage::disk::remove_temp(temp);
+        }
+        return Err(format!(
+            "an instance with PatientID {:?}, not the patient's",
+            patient(&instance.header)
+        ));
+    }
     storage.store_fetched(
         &request.group_key,
         request.input,

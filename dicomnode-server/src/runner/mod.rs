@@ -297,7 +297,7 @@ impl ChildRunner {
     /// batch's data; a failure is recorded beside the data and retried after the backoff;
     /// after the last attempt the batch goes to the quarantine.
     fn process(self: &Arc<Self>, mut batch: PatientBatch, warm: &mut Option<ChildProcess>) {
-        let span = tracing::info_span!("patient", key = %batch.patient_key);
+        let span = tracing::info_span!("patient", key = %dicomnode_core::completion::display_group_key(&batch.patient_key));
         let _entered = span.enter();
         let started = std::time::Instant::now();
         let (outcome, tail, output) = self.attempt(&batch, warm);

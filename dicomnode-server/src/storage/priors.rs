@@ -45,8 +45,12 @@ pub(crate) enum PriorState {
 /// Where the C-MOVE of one study sends its instances.
 #[derive(Debug, Clone)]
 enum Route {
-    /// Into this group's prior input.
-    Open { group_key: String, input: usize },
+    /// Into this group's prior input (instances of this patient only).
+    Open {
+        group_key: String,
+        input: usize,
+        patient_id: String,
+    },
     /// The fetch ended (timed out, failed): late instances are refused.
     Closed,
 }
@@ -116,15 +120,24 @@ impl Storage {
             .take()
     }
 
-    /// A C-MOVE of `study` for this group's prior input is about to start.
-    pub(crate) fn expect_moved_study(&self, study: &str, group_key: &str, input: usize) {
-        self.routes().0.insert(
+    /// A C-MOVE of `study` for this group's prior input is about to start; `false` while
+    /// another group's C-MOVE of the same study runs (its instances cannot go to both).
+    pub(crate) fn expect_moved_study(&self, study: &str, request: &FetchRequest) -> bool {
+        let mut routes = self.routes();
+        if let Some(Route::Open { group_key, .. }) = routes.0.get(study) {
+            if *group_key != request.group_key {
+                return false;
+            }
+        }
+        routes.0.insert(
             study.to_string(),
             Route::Open {
-                group_key: group_key.to_string(),
-                input,
+                group_key: request.group_key.clone(),
+                input: request.input,
+                patient_id: request.patient_id.clone(),
             },
         );
+        true
     }
 
     /// The C-MOVE of `study` ended: instances of it that still come are refused.
@@ -140,7 +153,20 @@ impl Storage {
     ) -> Option<Result<(String, usize), String>> {
         let study = value_of(header, tags::STUDY_INSTANCE_UID)?;
         match self.routes().0.get(&study)? {
-            Route::Open { group_key, input } => Some(Ok((group_key.clone(), *input))),
+            Route::Open {
+                group_key,
+                input,
+                patient_id,
+            } => {
+                // A PACS that sends another patient's instance under the study's UID.
+                let found = value_of(header, tags::PATIENT_ID).unwrap_or_default();
+                if found != *patient_id {
+                    return Some(Err(format!(
+                        "an instance of study {study} with PatientID {found:?}, fetched as a prior of another patient"
+                    )));
+                }
+                Some(Ok((group_key.clone(), *input)))
+            }
             Route::Closed => Some(Err(format!(
                 "study {study} was fetched as a prior, and its fetch is over"
             ))),
@@ -209,6 +235,10 @@ impl Storage {
         status: PriorStatus,
     ) -> Option<PatientBatch> {
         let name = self.inputs[input].name().to_string();
+        if !self.patients().contains_key(group_key) {
+            // Taken out meanwhile (expired): nothing to record.
+            return None;
+        }
         self.persist_prior_state(group_key, &name, &PriorState::Done(status.clone()));
         let mut patients = self.patients();
         let entry = patients.get_mut(group_key)?;
