@@ -20,7 +20,7 @@
 //! assert!(format!("{enough:?}").contains("CT"));
 //! ```
 
-use crate::input::value_of;
+use crate::matching::value_of;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 use std::collections::{BTreeMap, BTreeSet};
@@ -268,7 +268,7 @@ pub fn group_key(
         Some(uid) => Ok(format!("{patient}{GROUP_SEPARATOR}{uid}")),
         None => Err(format!(
             "{} is missing, and batches are grouped by it",
-            crate::input::tag_name(tag)
+            crate::matching::tag_name(tag)
         )),
     }
 }

@@ -17,6 +17,7 @@ pub mod dates;
 pub mod deidentify;
 pub mod error;
 pub mod input;
+pub mod matching;
 pub mod output;
 pub mod part10;
 pub mod pipeline;

@@ -17,7 +17,7 @@
 //! assert!(priors.prior_source().is_some());
 //! ```
 
-use crate::input::Matcher;
+use crate::matching::Matcher;
 use crate::Address;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

@@ -203,13 +203,7 @@ impl DiskLayout {
     /// Writes a small file `name` into a patient's directory durably (a temporary file,
     /// fsynced, renamed over the old one, the directory fsynced).
     pub(crate) fn write_beside(&self, key: &str, name: &str, bytes: &[u8]) -> io::Result<()> {
-        let dir = self.ensure_patient_dir(key)?;
-        let tmp = dir.join(format!("{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, dir.join(name))?;
-        fsync_dir(&dir)
+        write_synced(&self.ensure_patient_dir(key)?, name, bytes)
     }
 
     fn ensure_patient_dir(&self, key: &str) -> io::Result<PathBuf> {
@@ -484,14 +478,19 @@ pub(crate) fn read_key(dir: &Path) -> io::Result<String> {
     fs::read(dir.join(KEY_FILE)).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// Writes the patient key into `dir` durably: a unique temporary file (two associations
-/// may create the same patient at once), fsynced, renamed, the directory fsynced.
+/// Writes the patient key into `dir` durably.
 fn write_key(dir: &Path, key: &str) -> io::Result<()> {
-    let key_tmp = dir.join(format!("key.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let mut file = File::create(&key_tmp)?;
-    file.write_all(key.as_bytes())?;
+    write_synced(dir, KEY_FILE, key.as_bytes())
+}
+
+/// Writes `dir/name` durably: a unique temporary file (two associations may write the
+/// same name at once), fsynced, renamed over the old one, the directory fsynced.
+fn write_synced(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
     file.sync_all()?;
-    fs::rename(&key_tmp, dir.join(KEY_FILE))?;
+    fs::rename(&tmp, dir.join(name))?;
     fsync_dir(dir)
 }
 

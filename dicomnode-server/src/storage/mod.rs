@@ -16,6 +16,7 @@
 
 mod batch;
 pub mod disk;
+mod entry;
 pub(crate) mod names;
 pub mod overview;
 mod patients;
@@ -33,8 +34,8 @@ use crate::config::NodeConfig;
 use dicom_object::InMemDicomObject;
 use dicomnode_core::{Completion, Input};
 use disk::DiskLayout;
+use entry::PatientEntry;
 use names::safe_name;
-use patients::PatientEntry;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;

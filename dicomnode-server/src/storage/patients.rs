@@ -2,10 +2,14 @@
 //! and taking a patient out (once it has enough, or once it expired).
 
 use super::disk::{self, DiskLayout};
-use super::priors::PriorState;
+use super::entry::{PatientEntry, PriorState};
+use super::names::input_dir_name;
+use super::priors::FetchRequest;
 use super::{InstanceData, PatientBatch, ReceivedInstance, Storage};
 use crate::config::ExpiryAction;
+use dicom_dictionary_std::tags;
 use dicomnode_core::completion::{display_group_key, HeldInstance};
+use dicomnode_core::input::value_of;
 use dicomnode_core::{MaxWait, PriorStatus};
 use dicomnode_core::{Origin, Rejection};
 use std::collections::HashMap;
@@ -13,47 +17,6 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-/// One patient being gathered.
-pub(super) struct PatientEntry {
-    /// Instances per input, in declaration order.
-    pub(super) inputs: Vec<Vec<Arc<ReceivedInstance>>>,
-    /// Associations (or requeues) that added to this patient and have not ended.
-    pub(super) live_adders: usize,
-    /// When an instance last arrived (for expiry and the quiet period).
-    pub(super) last_added: SystemTime,
-    /// Where the patient's instances last came from (`None`: restored at start-up).
-    pub(super) last_origin: Option<Origin>,
-    /// When its first instance arrived (for the maximum wait).
-    pub(super) first_added: SystemTime,
-    /// Per input: the fetch of a prior input (`None` for other inputs, and for a prior
-    /// input whose fetch has not started).
-    pub(super) priors: Vec<Option<PriorState>>,
-    /// Why it waited, as last logged (to log only changes).
-    pub(super) last_reason: String,
-    /// Time spent storing instances fetched as priors (for the log's figures).
-    pub(super) prior_storage_time: Duration,
-}
-
-impl PatientEntry {
-    pub(super) fn new(inputs: usize) -> Self {
-        PatientEntry {
-            inputs: vec![Vec::new(); inputs],
-            live_adders: 0,
-            last_added: SystemTime::now(),
-            last_origin: None,
-            first_added: SystemTime::now(),
-            priors: vec![None; inputs],
-            last_reason: String::new(),
-            prior_storage_time: Duration::ZERO,
-        }
-    }
-
-    /// Where a batch taken out now comes from.
-    pub(super) fn origin(&self) -> Origin {
-        self.last_origin.clone().unwrap_or(Origin::Restored)
-    }
-}
 
 /// A patient held now, for the status view.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -471,5 +434,70 @@ impl Storage {
             }
         }
         to_process
+    }
+
+    /// The prior fetches a new group starts: its entry's prior inputs are marked as
+    /// fetching. `header` is the group's first admitted instance.
+    pub(super) fn start_priors(
+        &self,
+        group_key: &str,
+        entry: &mut PatientEntry,
+        header: &dicom_object::InMemDicomObject,
+    ) -> Vec<FetchRequest> {
+        let mut requests = Vec::new();
+        for (index, input) in self.inputs.iter().enumerate() {
+            let Some(priors) = input.prior_source() else {
+                continue;
+            };
+            if entry.priors[index].is_some() {
+                continue;
+            }
+            entry.priors[index] = Some(PriorState::Fetching);
+            requests.push(FetchRequest {
+                group_key: group_key.to_string(),
+                input: index,
+                input_name: input.name().to_string(),
+                priors: priors.clone(),
+                patient_id: value_of(header, tags::PATIENT_ID).unwrap_or_default(),
+                current_study: value_of(header, tags::STUDY_INSTANCE_UID).unwrap_or_default(),
+                modality: value_of(header, tags::MODALITY),
+                study_date: value_of(header, tags::STUDY_DATE),
+            });
+        }
+        requests
+    }
+
+    /// A fetch ended. An unavailable fetch keeps nothing it half brought. Returns the
+    /// group's batch when it is now ready.
+    pub(crate) fn prior_finished(
+        &self,
+        group_key: &str,
+        input: usize,
+        status: PriorStatus,
+    ) -> Option<PatientBatch> {
+        let name = self.inputs[input].name().to_string();
+        if !self.patients().contains_key(group_key) {
+            // Taken out meanwhile (expired): nothing to record.
+            return None;
+        }
+        self.persist_prior_state(group_key, &name, &PriorState::Done(status.clone()));
+        let mut patients = self.patients();
+        let entry = patients.get_mut(group_key)?;
+        if matches!(status, PriorStatus::Unavailable(_)) {
+            let dropped = std::mem::take(&mut entry.inputs[input]);
+            if let Some(layout) = &self.disk {
+                let dir = layout.patient_dir(group_key).join(input_dir_name(&name));
+                for instance in dropped {
+                    let _ = std::fs::remove_file(dir.join(instance.file_name()));
+                }
+            }
+        }
+        entry.priors[input] = Some(PriorState::Done(status.clone()));
+        let ready = entry.live_adders == 0 && self.is_ready(entry, std::time::SystemTime::now());
+        if !ready {
+            return None;
+        }
+        let origin = entry.origin();
+        self.take_out(&mut patients, group_key, origin)
     }
 }

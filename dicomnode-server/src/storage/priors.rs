@@ -3,13 +3,13 @@
 //! StudyInstanceUID), and how a fetch ended, kept beside the group's data so that a
 //! restart resumes it.
 
-use super::patients::PatientEntry;
-use super::{disk, InstanceData, PatientBatch, ReceivedInstance, Storage};
+use super::entry::PriorState;
+use super::{disk, InstanceData, ReceivedInstance, Storage};
 use crate::storage::names::input_dir_name;
 use dicom_dictionary_std::tags;
 use dicomnode_core::completion::display_group_key;
 use dicomnode_core::input::value_of;
-use dicomnode_core::{PriorStatus, Priors};
+use dicomnode_core::Priors;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -31,15 +31,6 @@ pub(crate) struct FetchRequest {
     /// Modality and StudyDate of the instance that started the group.
     pub(crate) modality: Option<String>,
     pub(crate) study_date: Option<String>,
-}
-
-/// Where a prior input's fetch stands.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) enum PriorState {
-    /// Running (or to be run again after a restart).
-    Fetching,
-    /// Ended.
-    Done(PriorStatus),
 }
 
 /// Where the C-MOVE of one study sends its instances.
@@ -65,37 +56,6 @@ fn state_file(input_name: &str) -> String {
 }
 
 impl Storage {
-    /// The prior fetches a new group starts: its entry's prior inputs are marked as
-    /// fetching. `header` is the group's first admitted instance.
-    pub(super) fn start_priors(
-        &self,
-        group_key: &str,
-        entry: &mut PatientEntry,
-        header: &dicom_object::InMemDicomObject,
-    ) -> Vec<FetchRequest> {
-        let mut requests = Vec::new();
-        for (index, input) in self.inputs.iter().enumerate() {
-            let Some(priors) = input.prior_source() else {
-                continue;
-            };
-            if entry.priors[index].is_some() {
-                continue;
-            }
-            entry.priors[index] = Some(PriorState::Fetching);
-            requests.push(FetchRequest {
-                group_key: group_key.to_string(),
-                input: index,
-                input_name: input.name().to_string(),
-                priors: priors.clone(),
-                patient_id: value_of(header, tags::PATIENT_ID).unwrap_or_default(),
-                current_study: value_of(header, tags::STUDY_INSTANCE_UID).unwrap_or_default(),
-                modality: value_of(header, tags::MODALITY),
-                study_date: value_of(header, tags::STUDY_DATE),
-            });
-        }
-        requests
-    }
-
     /// Queues fetches for the prior service (which may not run yet: they wait).
     pub(super) fn queue_fetches(&self, requests: Vec<FetchRequest>) {
         for request in requests {
@@ -226,42 +186,13 @@ impl Storage {
         })
     }
 
-    /// A fetch ended. An unavailable fetch keeps nothing it half brought. Returns the
-    /// group's batch when it is now ready.
-    pub(crate) fn prior_finished(
+    /// Keeps a prior input's state beside the group's data (with a data directory).
+    pub(super) fn persist_prior_state(
         &self,
         group_key: &str,
-        input: usize,
-        status: PriorStatus,
-    ) -> Option<PatientBatch> {
-        let name = self.inputs[input].name().to_string();
-        if !self.patients().contains_key(group_key) {
-            // Taken out meanwhile (expired): nothing to record.
-            return None;
-        }
-        self.persist_prior_state(group_key, &name, &PriorState::Done(status.clone()));
-        let mut patients = self.patients();
-        let entry = patients.get_mut(group_key)?;
-        if matches!(status, PriorStatus::Unavailable(_)) {
-            let dropped = std::mem::take(&mut entry.inputs[input]);
-            if let Some(layout) = &self.disk {
-                let dir = layout.patient_dir(group_key).join(input_dir_name(&name));
-                for instance in dropped {
-                    let _ = std::fs::remove_file(dir.join(instance.file_name()));
-                }
-            }
-        }
-        entry.priors[input] = Some(PriorState::Done(status.clone()));
-        let ready = entry.live_adders == 0 && self.is_ready(entry, std::time::SystemTime::now());
-        if !ready {
-            return None;
-        }
-        let origin = entry.origin();
-        self.take_out(&mut patients, group_key, origin)
-    }
-
-    /// Keeps a prior input's state beside the group's data (with a data directory).
-    fn persist_prior_state(&self, group_key: &str, input_name: &str, state: &PriorState) {
+        input_name: &str,
+        state: &PriorState,
+    ) {
         let Some(layout) = &self.disk else {
             return;
         };

@@ -3,8 +3,8 @@
 //! quarantined batch.
 
 use super::disk::{self, Aside, DiskLayout};
+use super::entry::PatientEntry;
 use super::names::input_dir_name;
-use super::patients::PatientEntry;
 use super::receive::read_stored;
 use super::{PatientBatch, Storage, StorageError};
 use dicomnode_core::{Completion, Input, Origin};
