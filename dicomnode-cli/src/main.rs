@@ -83,41 +83,19 @@ enum Command {
     },
     /// Retrieve one study with C-GET into a folder (one Part-10 file per instance).
     Get {
-        /// The PACS: AE@host:port.
-        address: Address,
-        /// The study's StudyInstanceUID.
-        #[arg(long)]
-        study: String,
+        #[command(flatten)]
+        study: StudyArgs,
         /// The folder to write to.
         #[arg(long)]
         out: PathBuf,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
-        /// No progress bar.
-        #[arg(long, short)]
-        quiet: bool,
-        #[command(flatten)]
-        tls: TlsArgs,
     },
     /// Ask a PACS to send one study to an AE title with C-MOVE.
     Move {
-        /// The PACS: AE@host:port.
-        address: Address,
-        /// The study's StudyInstanceUID.
-        #[arg(long)]
-        study: String,
+        #[command(flatten)]
+        study: StudyArgs,
         /// The AE title the PACS sends to (it must know its host and port).
         #[arg(long)]
         destination: String,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 600)]
-        timeout: u64,
-        /// No progress bar.
-        #[arg(long, short)]
-        quiet: bool,
-        #[command(flatten)]
-        tls: TlsArgs,
     },
     /// Read DICOM files (folders recursively) as volumes, one per series, and print each
     /// one's geometry, units (HU, SUVbw, ...) and value statistics.
@@ -207,6 +185,32 @@ enum Command {
     },
 }
 
+/// The study a C-GET or C-MOVE retrieves, and from where.
+#[derive(clap::Args)]
+struct StudyArgs {
+    /// The PACS: AE@host:port.
+    address: Address,
+    /// The study's StudyInstanceUID.
+    #[arg(long)]
+    study: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+impl StudyArgs {
+    /// The PACS's address (over TLS when asked) and the options to call it with.
+    fn target(&self, calling: &str) -> (Address, dicomnode_server::retrieve::QrOptions) {
+        let address = self.tls.apply_ref(self.address.clone());
+        (address, qr_options(calling, self.timeout))
+    }
+}
+
 /// TLS to the node.
 #[derive(clap::Args)]
 struct TlsArgs {
@@ -227,11 +231,16 @@ struct TlsArgs {
 impl TlsArgs {
     /// The address, over TLS when asked.
     fn apply(self, address: Address) -> Address {
-        match (self.tls, self.tls_ca) {
+        self.apply_ref(address)
+    }
+
+    /// The address, over TLS when asked (the arguments kept).
+    fn apply_ref(&self, address: Address) -> Address {
+        match (self.tls, &self.tls_ca) {
             (true, Some(ca)) => address.with_tls(ClientTls {
-                ca,
-                cert: self.tls_cert,
-                key: self.tls_key,
+                ca: ca.clone(),
+                cert: self.tls_cert.clone(),
+                key: self.tls_key.clone(),
             }),
             _ => address,
         }
@@ -300,34 +309,14 @@ fn main() -> ExitCode {
             &keys,
             json,
         ),
-        Command::Get {
-            address,
-            study,
-            out,
-            timeout,
-            quiet,
-            tls,
-        } => qr::get(
-            &tls.apply(address),
-            &qr_options(&cli.calling_ae_title, timeout),
-            &study,
-            &out,
-            quiet,
-        ),
-        Command::Move {
-            address,
-            study,
-            destination,
-            timeout,
-            quiet,
-            tls,
-        } => qr::move_study(
-            &tls.apply(address),
-            &qr_options(&cli.calling_ae_title, timeout),
-            &study,
-            &destination,
-            quiet,
-        ),
+        Command::Get { study, out } => {
+            let (address, options) = study.target(&cli.calling_ae_title);
+            qr::get(&address, &options, &study.study, &out, study.quiet)
+        }
+        Command::Move { study, destination } => {
+            let (address, options) = study.target(&cli.calling_ae_title);
+            qr::move_study(&address, &options, &study.study, &destination, study.quiet)
+        }
         Command::Status { data_dir, json } => status(&data_dir, json),
         Command::Quarantine { data_dir } => quarantine(&data_dir),
         Command::Requeue { data_dir, patients } => requeue(&data_dir, &patients),

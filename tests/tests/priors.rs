@@ -5,6 +5,7 @@
 use dicomnode_server::dicom_core::{DataElement, VR};
 use dicomnode_server::dicom_dictionary_std::tags;
 use dicomnode_server::synthetic::SyntheticSeries;
+use dicomnode_server::DicomInstance;
 use dicomnode_tests::pacs::{
     storescu, study, study_uid, write_files as write, Dcmqrscp, DcmqrscpOptions, Orthanc,
     OrthancOptions,
@@ -55,6 +56,11 @@ fn load_priors(dir: &Path, patient: &str, per_study: u32) -> Priors {
     // The newest first, as the node picks them.
     ct.reverse();
     Priors { files, ct }
+}
+
+/// Sends a study to the node (DCMTK storescu), from files written into `dir`.
+fn send(node_port: u16, dir: &Path, instances: &[DicomInstance]) {
+    storescu(node_port, "PRIORS", &write(dir, instances));
 }
 
 /// Starts the with_priors example against `pacs`, listening on `port`.
@@ -128,11 +134,7 @@ fn with_priors_moves_three_priors_from_orthanc_into_the_current_patient() {
     );
     let current = study("P1", "CT", "20250101", 3);
     let sent = Instant::now();
-    storescu(
-        node_port,
-        "PRIORS",
-        &write(&dir.path().join("current"), &current),
-    );
+    send(node_port, &dir.path().join("current"), &current);
     let json = wait_json(&out, "P1", Duration::from_secs(60));
     eprintln!("current study stored to JSON written: {:?}", sent.elapsed());
     check_priors(&json, &study_uid(&current), &priors.ct, 4);
@@ -150,11 +152,7 @@ fn with_priors_moves_three_priors_from_orthanc_into_the_current_patient() {
     orthanc.upload(&write(&dir.path().join("current-stored"), &current));
     std::fs::remove_file(out.join("P1.json")).unwrap();
     let second = study("P1", "CT", "20250601", 2);
-    storescu(
-        node_port,
-        "PRIORS",
-        &write(&dir.path().join("second"), &second),
-    );
+    send(node_port, &dir.path().join("second"), &second);
     let json = wait_json(&out, "P1", Duration::from_secs(60));
     let mut expected = vec![(study_uid(&current), "20250101".to_string())];
     expected.extend(priors.ct.iter().cloned());
@@ -182,11 +180,7 @@ fn with_priors_gets_priors_from_dcmqrscp_with_c_get() {
         &[],
     );
     let current = study("P2", "CT", "20250101", 2);
-    storescu(
-        node_port,
-        "PRIORS",
-        &write(&dir.path().join("current"), &current),
-    );
+    send(node_port, &dir.path().join("current"), &current);
     let json = wait_json(&out, "P2", Duration::from_secs(60));
     check_priors(&json, &study_uid(&current), &priors.ct, 3);
 }
@@ -201,11 +195,7 @@ fn a_pacs_that_is_down_or_never_answers_makes_priors_unavailable_in_bounded_time
     let nobody = format!("PACS@127.0.0.1:{}", free_port());
     let node = with_priors(node_port, &out, &nobody, "move", 30, &[]);
     let current = study("P3", "CT", "20250101", 2);
-    storescu(
-        node_port,
-        "PRIORS",
-        &write(&dir.path().join("c3"), &current),
-    );
+    send(node_port, &dir.path().join("c3"), &current);
     let json = wait_json(&out, "P3", Duration::from_secs(30));
     assert_eq!(json["priors"], serde_json::json!([]));
     let status = json["prior_status"].as_str().unwrap();
@@ -232,11 +222,7 @@ fn a_pacs_that_is_down_or_never_answers_makes_priors_unavailable_in_bounded_time
     );
     let current = study("P4", "CT", "20250101", 2);
     let sent = Instant::now();
-    storescu(
-        node_port,
-        "PRIORS",
-        &write(&dir.path().join("c4"), &current),
-    );
+    send(node_port, &dir.path().join("c4"), &current);
     let json = wait_json(&out, "P4", Duration::from_secs(30));
     let elapsed = sent.elapsed();
     kill(pid, Signal::SIGCONT).unwrap();
@@ -285,11 +271,7 @@ fn a_pacs_killed_mid_retrieve_leaves_no_half_prior_and_no_stray_patient() {
         &["--data-dir", data.to_str().unwrap()],
     );
     let current = study("P5", "CT", "20250101", 2);
-    storescu(
-        node_port,
-        "PRIORS",
-        &write(&dir.path().join("current"), &current),
-    );
+    send(node_port, &dir.path().join("current"), &current);
     // Kill the PACS once some prior instances arrived.
     let start = Instant::now();
     let prior_dir_files = || {
@@ -352,11 +334,7 @@ fn a_node_killed_while_fetching_fetches_again_after_a_restart() {
         &data_arg,
     );
     let current = study("P6", "CT", "20250101", 2);
-    storescu(
-        node_port,
-        "PRIORS",
-        &write(&dir.path().join("current"), &current),
-    );
+    send(node_port, &dir.path().join("current"), &current);
     node.wait_for_log("fetching prior studies", Duration::from_secs(10));
     kill(Pid::from_raw(node.pid() as i32), Signal::SIGKILL).unwrap();
     node.wait_for_exit(Duration::from_secs(10));
