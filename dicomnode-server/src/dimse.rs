@@ -308,4 +308,42 @@ mod tests {
         assert!(!rsp.has_data_set);
         assert!(Command::decode(b"garbage").is_err());
     }
+
+    #[test]
+    fn retrieve_requests_carry_their_fields_and_responses_their_counts() {
+        let mv = Command::decode(&move_request(3, "1.2.840.10008.5.1.4.1.2.2.2", "NODE")).unwrap();
+        assert_eq!(
+            (mv.field, mv.message_id, mv.has_data_set),
+            (C_MOVE_RQ, 3, true)
+        );
+        let get = Command::decode(&get_request(4, "1.2.840.10008.5.1.4.1.2.2.3")).unwrap();
+        assert_eq!((get.field, get.message_id), (C_GET_RQ, 4));
+        let find = Command::decode(&find_request(5, "1.2.840.10008.5.1.4.1.2.2.1")).unwrap();
+        assert_eq!((find.field, find.has_data_set), (C_FIND_RQ, true));
+        let cancel = Command::decode(&cancel_request(5)).unwrap();
+        assert_eq!(
+            (cancel.field, cancel.message_id, cancel.has_data_set),
+            (C_CANCEL_RQ, 5, false)
+        );
+        let rsp = encode(vec![
+            us(tags::COMMAND_FIELD, C_MOVE_RSP),
+            us(tags::MESSAGE_ID_BEING_RESPONDED_TO, 3),
+            us(tags::COMMAND_DATA_SET_TYPE, NO_DATA_SET),
+            us(tags::STATUS, 0xFF00),
+            us(tags::NUMBER_OF_REMAINING_SUBOPERATIONS, 7),
+            us(tags::NUMBER_OF_COMPLETED_SUBOPERATIONS, 2),
+            us(tags::NUMBER_OF_FAILED_SUBOPERATIONS, 1),
+        ]);
+        let rsp = Command::decode(&rsp).unwrap();
+        assert_eq!(rsp.status, Some(0xFF00));
+        assert_eq!(
+            rsp.sub_operations,
+            SubOperations {
+                remaining: Some(7),
+                completed: Some(2),
+                failed: Some(1),
+                warning: None
+            }
+        );
+    }
 }

@@ -3,6 +3,7 @@
 //! and the quarantine.
 
 use super::disk::{read_key, DiskLayout, QuarantinedBatch};
+use dicomnode_core::completion::display_group_key;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
@@ -60,7 +61,7 @@ impl DiskLayout {
                 }
             }
             patients_waiting.push(StoredPatient {
-                patient: read_key(&dir).unwrap_or_default(),
+                patient: display_group_key(&read_key(&dir).unwrap_or_default()),
                 inputs,
                 seconds_since_last_instance: now
                     .duration_since(newest)
@@ -71,7 +72,7 @@ impl DiskLayout {
         let mut processing = Vec::new();
         for dir in DiskLayout::subdirs(&self.processing())? {
             processing.push(BatchInProcessing {
-                patient: read_key(&dir).unwrap_or_default(),
+                patient: display_group_key(&read_key(&dir).unwrap_or_default()),
                 files: DiskLayout::files_of(&dir).map_or(0, |f| f.len()),
                 dir,
             });

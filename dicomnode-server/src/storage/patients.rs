@@ -202,7 +202,7 @@ impl Storage {
         let mut out: Vec<WaitingPatient> = patients
             .iter()
             .map(|(key, entry)| WaitingPatient {
-                patient: key.clone(),
+                patient: display_group_key(key),
                 associations_adding: entry.live_adders,
                 seconds_since_last_instance: now
                     .duration_since(entry.last_added)
