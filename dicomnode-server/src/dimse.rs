@@ -95,6 +95,8 @@ pub struct Command {
     pub status: Option<u16>,
     /// The sub-operation counts of a C-MOVE or C-GET response.
     pub sub_operations: SubOperations,
+    /// MoveOriginatorApplicationEntityTitle (0000,1030) of a C-STORE that a C-MOVE caused.
+    pub move_originator: Option<String>,
 }
 
 /// The sub-operation counts of a C-MOVE-RSP or C-GET-RSP (each absent when not sent).
@@ -141,6 +143,11 @@ impl Command {
                 .ok_or(CommandError::Missing("CommandDataSetType"))?
                 != NO_DATA_SET,
             status: uint(&obj, tags::STATUS),
+            move_originator: obj
+                .get(tags::MOVE_ORIGINATOR_APPLICATION_ENTITY_TITLE)
+                .and_then(|e| e.to_str().ok())
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
             sub_operations: SubOperations {
                 remaining: uint(&obj, tags::NUMBER_OF_REMAINING_SUBOPERATIONS),
                 completed: uint(&obj, tags::NUMBER_OF_COMPLETED_SUBOPERATIONS),

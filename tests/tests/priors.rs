@@ -10,7 +10,9 @@ use dicomnode_tests::pacs::{
     storescu, study, study_uid, write_files as write, Dcmqrscp, DcmqrscpOptions, Orthanc,
     OrthancOptions,
 };
-use dicomnode_tests::{example_exe, files_under, free_port, isolated_network, NodeProcess};
+use dicomnode_tests::{
+    dcmtk, example_exe, files_under, free_port, isolated_network, run, NodeProcess,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,8 @@ fn wait_json(out: &Path, patient: &str, timeout: Duration) -> serde_json::Value 
 struct Priors {
     files: Vec<PathBuf>,
     ct: Vec<(String, String)>,
+    /// The other patient's study.
+    other: String,
 }
 
 fn load_priors(dir: &Path, patient: &str, per_study: u32) -> Priors {
@@ -49,13 +53,15 @@ fn load_priors(dir: &Path, patient: &str, per_study: u32) -> Priors {
         files.extend(write(&dir.join(date), &s));
     }
     files.extend(write(&dir.join("mr"), &study(patient, "MR", "20240601", 2)));
-    files.extend(write(
-        &dir.join("other"),
-        &study("OTHER", "CT", "20240601", 2),
-    ));
+    let other = study("OTHER", "CT", "20240601", 2);
+    files.extend(write(&dir.join("other"), &other));
     // The newest first, as the node picks them.
     ct.reverse();
-    Priors { files, ct }
+    Priors {
+        files,
+        ct,
+        other: study_uid(&other),
+    }
 }
 
 /// Sends a study to the node (DCMTK storescu), from files written into `dir`.
@@ -160,6 +166,22 @@ fn with_priors_moves_three_priors_from_orthanc_into_the_current_patient() {
     assert_eq!(json["priors"][0]["study"], study_uid(&current).as_str());
     assert_eq!(json["priors"][0]["instances"], 3);
     node.wait_for_count("starting processing", 2, Duration::from_secs(10));
+    // A C-MOVE to the node that names it as its originator but that no fetch waits for
+    // (as after a restart): refused, never a patient of its own.
+    let mut movescu = dcmtk("movescu");
+    movescu.args(["-S", "-aet", "PRIORS", "-aec", "ORTHANC", "-aem", "PRIORS"]);
+    movescu.args(["-k", "QueryRetrieveLevel=STUDY", "-k"]);
+    movescu.arg(format!("StudyInstanceUID={}", priors.other));
+    movescu.args(["127.0.0.1", &orthanc.dicom_port().to_string()]);
+    let (_, text) = run(movescu);
+    assert!(
+        text.contains("Failed") || text.contains("Warning"),
+        "{text}"
+    );
+    node.wait_for_log("no prior fetch waits for", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(node.log().matches("starting processing").count(), 2);
+    assert!(!out.join("OTHER.json").exists());
 }
 
 #[test]

@@ -67,6 +67,8 @@ impl Gathering {
 pub(super) struct Messages<'a> {
     pub(super) storage: &'a Storage,
     pub(super) patient_key: dicom_core::Tag,
+    /// The node's AE title: a C-STORE whose Move Originator it is was asked for as a prior.
+    pub(super) ae_title: &'a str,
 }
 
 impl Messages<'_> {
@@ -299,6 +301,17 @@ impl Messages<'_> {
                     crate::storage::disk::remove_temp(&temp);
                 }
                 return refuse(status::DATA_SET_DOES_NOT_MATCH, why);
+            }
+            // A C-MOVE this node asked for (before a restart, say) that no fetch waits
+            // for: never a patient of its own.
+            None if command.move_originator.as_deref() == Some(self.ae_title) => {
+                if let Some(temp) = temp {
+                    crate::storage::disk::remove_temp(&temp);
+                }
+                return refuse(
+                    status::DATA_SET_DOES_NOT_MATCH,
+                    "a C-MOVE sub-operation for this node that no prior fetch waits for".into(),
+                );
             }
             None => {}
         }

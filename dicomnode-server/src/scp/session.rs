@@ -214,6 +214,7 @@ impl AssociationSession {
         let messages = Messages {
             storage: &self.storage,
             patient_key: self.config.patient_key,
+            ae_title: &self.config.ae_title,
         };
         let mut gathering = Gathering::default();
         loop {
