@@ -697,19 +697,22 @@ def priors(rounds=3, slices=100):
                     fetched = line("prior studies fetched")
                     (rows if mode == "disk" else mem_rows).append(
                         (to_process, num(fetched, "seconds"), find_s, move_s, num(fetched, "storage_seconds"),
-                         released - first, int(num(fetched, "instances")), reference, moved))
+                         released - first, int(num(fetched, "instances")), reference, moved,
+                         num(line("trigger_to_process_ms"), "trigger_to_process_ms") / 1000))
             finally:
                 stop(orthanc)
         med = lambda i: statistics.median(x[i] for x in rows)
         print(f"3 priors of {slices} CT 512x512 from Orthanc by C-MOVE, node with --data-dir, {rounds} rounds:")
         print(f"  receiving the current study ({slices} CT) took {med(5):.2f} s after the fetch started (they overlap)")
-        print(f"  release -> process: median {med(0):.2f} s (rounds {[round(x[0], 2) for x in rows]})")
+        print(f"  release -> process: median {med(0):.2f} s (rounds {[round(x[0], 2) for x in rows]}), of which "
+              f"the child's start with 400 instances (trigger -> process) {med(9):.2f} s")
         print(f"  fetch (first instance -> priors stored): {med(1):.2f} s for {int(med(6))} instances: "
               f"C-FIND {med(2):.3f} s ({100 * med(2) / med(1):.1f} %), C-MOVE {med(3):.2f} s "
               f"({100 * med(3) / med(1):.1f} %), of which storing in the node {med(4):.2f} s "
               f"({100 * med(4) / med(1):.1f} %)")
         mmed = lambda i: statistics.median(x[i] for x in mem_rows)
-        print(f"  the same node in memory: release -> process {mmed(0):.2f} s, fetch {mmed(1):.2f} s "
+        print(f"  the same node in memory: release -> process {mmed(0):.2f} s (child's start {mmed(9):.2f} s), "
+              f"fetch {mmed(1):.2f} s "
               f"(C-MOVE {mmed(3):.2f} s, storing {mmed(4):.2f} s)")
         print(f"  reference, DCMTK movescu -> storescp (no fsync), the same 3 studies: {med(7):.2f} s "
               f"({int(med(8))} files); ratio fetch / movescu: durable {med(1) / med(7):.2f}, "

@@ -247,7 +247,7 @@ pub enum Grouping {
 }
 
 /// Separates the patient key from the study's or series' UID in a group's key (a control
-/// character: a patient key holding one is refused when grouping by study or series).
+/// character: a patient key holding one is refused).
 pub const GROUP_SEPARATOR: char = '\u{1c}';
 
 /// The key of the group `header` belongs to, for a patient key `patient`.
@@ -256,14 +256,14 @@ pub fn group_key(
     grouping: Grouping,
     header: &InMemDicomObject,
 ) -> Result<String, String> {
+    if patient.contains(GROUP_SEPARATOR) {
+        return Err("the patient key holds a control character (0x1C)".into());
+    }
     let tag = match grouping {
         Grouping::Patient => return Ok(patient.to_string()),
         Grouping::Study => tags::STUDY_INSTANCE_UID,
         Grouping::Series => tags::SERIES_INSTANCE_UID,
     };
-    if patient.contains(GROUP_SEPARATOR) {
-        return Err("the patient key holds a control character (0x1C)".into());
-    }
     match value_of(header, tag) {
         Some(uid) => Ok(format!("{patient}{GROUP_SEPARATOR}{uid}")),
         None => Err(format!(

@@ -19,8 +19,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Fetches run at once (each one an association with the PACS at a time).
-const WORKERS: usize = 2;
+/// Fetches run at once (each one an association with the PACS at a time; they mostly
+/// wait on the network).
+const WORKERS: usize = 4;
 
 /// Starts the prior service's threads, if the storage has fetches to run.
 pub(crate) fn start(storage: Arc<Storage>, runner: Arc<ChildRunner>, ae_title: &str) {
@@ -42,7 +43,17 @@ pub(crate) fn start(storage: Arc<Storage>, runner: Arc<ChildRunner>, ae_title: &
                 let Ok(request) = next else {
                     return;
                 };
-                run(&storage, &runner, &ae_title, request);
+                // A fetch that panics still ends: the group must not wait for ever.
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(&storage, &runner, &ae_title, &request)
+                }));
+                if ran.is_err() {
+                    tracing::error!(patient = %display_group_key(&request.group_key), "the prior fetch panicked");
+                    let status = PriorStatus::Unavailable("the fetch failed unexpectedly (a panic)".into());
+                    if let Some(batch) = storage.prior_finished(&request, status) {
+                        hand_over(&runner, [batch], Cause::PriorsFetched);
+                    }
+                }
             });
         if let Err(error) = spawned {
             tracing::error!(%error, "cannot start a prior service thread");
@@ -51,10 +62,10 @@ pub(crate) fn start(storage: Arc<Storage>, runner: Arc<ChildRunner>, ae_title: &
 }
 
 /// Runs one fetch to its end and hands the group over when it is complete.
-fn run(storage: &Storage, runner: &ChildRunner, ae_title: &str, request: FetchRequest) {
+fn run(storage: &Storage, runner: &ChildRunner, ae_title: &str, request: &FetchRequest) {
     let patient = display_group_key(&request.group_key);
     let start = Instant::now();
-    let status = match fetch(storage, ae_title, &request) {
+    let status = match fetch(storage, ae_title, request) {
         Ok(studies) => {
             tracing::info!(%patient, input = %request.input_name, studies = studies.len(),
                 instances = studies.iter().map(|s| s.instances).sum::<usize>(),
@@ -70,7 +81,7 @@ fn run(storage: &Storage, runner: &ChildRunner, ae_title: &str, request: FetchRe
             PriorStatus::Unavailable(reason)
         }
     };
-    if let Some(batch) = storage.prior_finished(&request.group_key, request.input, status) {
+    if let Some(batch) = storage.prior_finished(request, status) {
         hand_over(runner, [batch], Cause::PriorsFetched);
     }
 }
@@ -85,7 +96,7 @@ enum FetchError {
     #[error("the time limit of {0:?} passed")]
     TimeLimit(Duration),
     /// The PACS reported failed sub-operations.
-    #[error("{failed} instance(s) of study {study} failed to arrive")]
+    #[error("instances of study {study} failed to arrive ({failed} counted by the PACS)")]
     Incomplete {
         /// The study.
         study: String,
@@ -104,7 +115,11 @@ fn fetch(
 ) -> Result<Vec<PriorStudy>, FetchError> {
     let priors = &request.priors;
     let limit = priors.limit();
-    let deadline = Instant::now() + limit;
+    // The limit counts from the moment the fetch was asked for, queueing included.
+    let deadline = request
+        .queued_at
+        .checked_add(limit)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
     let options = |deadline: Instant| -> Result<QrOptions, FetchError> {
         let left = deadline
             .checked_duration_since(Instant::now())
@@ -176,25 +191,34 @@ fn fetch(
                 .map_err(bounded)
             }
             Retrieval::Move => {
-                // Another group moving the same study first: its instances are its own.
+                // Another fetch moving the same study first: its instances are its own.
                 while !storage.expect_moved_study(&uid, request) {
                     if Instant::now() >= deadline {
                         return Err(FetchError::TimeLimit(limit));
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                let report = retrieve::move_to(
-                    priors.pacs(),
-                    &options(deadline)?,
-                    &Query::study(&uid),
-                    ae_title,
-                    &mut |_| {},
-                );
+                // From here to the close, nothing returns early: the route must close.
+                let report = options(deadline).map_err(|_| RetrieveError::TimedOut {
+                    address: priors.pacs().to_string(),
+                    operation: "C-MOVE",
+                    limit,
+                });
+                let report = report.and_then(|options| {
+                    retrieve::move_to(
+                        priors.pacs(),
+                        &options,
+                        &Query::study(&uid),
+                        ae_title,
+                        &mut |_| {},
+                    )
+                });
                 storage.close_moved_study(&uid);
                 report.map_err(bounded)
             }
         }?;
-        if report.progress.failed > 0 {
+        // A warning status (0xB000..) says sub-operations failed, counted or not.
+        if report.progress.failed > 0 || (0xB000..=0xBFFF).contains(&report.status) {
             return Err(FetchError::Incomplete {
                 study: uid,
                 failed: report.progress.failed,
@@ -245,6 +269,7 @@ fn keep_got(
     storage.store_fetched(
         &request.group_key,
         request.input,
+        request.generation,
         instance,
         temp.as_deref(),
         since,
@@ -363,6 +388,8 @@ mod tests {
             current_study: "1.9".into(),
             modality: Some("CT".into()),
             study_date: Some("20240301".into()),
+            generation: 1,
+            queued_at: Instant::now(),
         };
         let answers = vec![
             answer("1.1", "20230101", "CT"), // too old

@@ -189,6 +189,42 @@ impl ScuAssociation {
         }
     }
 
+    /// Shuts the connection down at `deadline` unless the returned sender is dropped (or
+    /// sent to) first: a hard bound on every read and write, however slowly a peer
+    /// trickles bytes. `None` when the socket cannot be watched.
+    pub(crate) fn deadline_watchdog(
+        &mut self,
+        deadline: std::time::Instant,
+    ) -> Option<std::sync::mpsc::Sender<()>> {
+        let socket = match &mut self.link {
+            Link::Plain(a) => a.inner_stream().try_clone(),
+            Link::Tls(a) => a.inner_stream().sock.try_clone(),
+        };
+        let socket = match socket {
+            Ok(socket) => socket,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch the association's deadline");
+                return None;
+            }
+        };
+        let (stand_down, wait) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("scu-deadline".into())
+            .spawn(move || {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(left) {
+                    let _ = socket.shutdown(std::net::Shutdown::Both);
+                }
+            });
+        match spawned {
+            Ok(_) => Some(stand_down),
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch the association's deadline");
+                None
+            }
+        }
+    }
+
     /// Releases the association gracefully.
     pub(crate) fn release(self) -> Result<(), LinkError> {
         let address = self.address.clone();

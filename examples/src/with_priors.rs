@@ -96,7 +96,11 @@ impl Processor for ComparePriors {
         };
         std::fs::create_dir_all(&node.out)?;
         let name = format!("{}.json", sanitize::path_component(input.patient_key()));
-        let partial = node.out.join(format!(".{name}.partial"));
+        // Two studies of a patient may be processed at once: each writes its own partial.
+        let partial = node.out.join(format!(
+            ".{name}.{}.partial",
+            sanitize::path_component(&current)
+        ));
         let text = serde_json::to_string_pretty(&json!({
             "current": current,
             "priors": studies,

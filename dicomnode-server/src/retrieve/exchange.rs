@@ -14,6 +14,9 @@ use dicomnode_core::error::error_chain;
 use dicomnode_core::Address;
 use std::time::{Duration, Instant};
 
+/// The largest C-FIND, C-MOVE or C-GET response identifier read.
+const MAX_IDENTIFIER_BYTES: usize = 1 << 20;
+
 /// What the next response was.
 pub(super) enum Step {
     /// A pending response, with its identifier (C-FIND) and counts (C-MOVE, C-GET).
@@ -46,7 +49,12 @@ pub(super) struct Exchange<'a> {
     /// A command whose data set is still coming, with its presentation context.
     awaiting: Option<(Command, u8)>,
     data: Vec<u8>,
+    /// Fragments received and not yet handled (a PDU may hold several messages).
+    queued: std::collections::VecDeque<PDataValue>,
     on_store: Option<StoreSink<'a>>,
+    /// Ends the connection at the deadline whatever a read or write is waiting for;
+    /// dropped (the exchange over), it stands down.
+    _watchdog: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl<'a> Exchange<'a> {
@@ -60,7 +68,7 @@ impl<'a> Exchange<'a> {
     ) -> Result<Self, RetrieveError> {
         let deadline = Instant::now() + options.timeout;
         let address = pacs.to_string();
-        let association = establish(pacs, options, model, store_classes).map_err(|error| {
+        let mut association = establish(pacs, options, model, store_classes).map_err(|error| {
             // A PACS that accepts the connection but never answers the A-ASSOCIATE-RQ.
             if time_left(deadline).is_none() {
                 RetrieveError::TimedOut {
@@ -72,6 +80,7 @@ impl<'a> Exchange<'a> {
                 RetrieveError::Link(error)
             }
         })?;
+        let watchdog = association.deadline_watchdog(deadline);
         let Some(pc) = association.accepted_context(model, None) else {
             association.abort();
             return Err(RetrieveError::NotOffered {
@@ -91,11 +100,18 @@ impl<'a> Exchange<'a> {
             pc,
             deadline,
             limit: options.timeout,
-            max_instance_bytes: options.max_instance_bytes,
+            // An identifier is a few hundred bytes; only a C-GET brings instances.
+            max_instance_bytes: if store_classes.is_empty() {
+                MAX_IDENTIFIER_BYTES
+            } else {
+                options.max_instance_bytes
+            },
             fragments: CommandFragments::default(),
             awaiting: None,
             data: Vec::new(),
+            queued: std::collections::VecDeque::new(),
             on_store: None,
+            _watchdog: watchdog,
         })
     }
 
@@ -155,6 +171,11 @@ impl<'a> Exchange<'a> {
     /// Reads until the next response to request `id`, answering C-STORE sub-operations.
     pub(super) fn next(&mut self, id: u16) -> Result<Step, RetrieveError> {
         loop {
+            while let Some(pdv) = self.queued.pop_front() {
+                if let Some(step) = self.on_pdv(pdv, id)? {
+                    return Ok(step);
+                }
+            }
             let Some(left) = time_left(self.deadline) else {
                 return Err(self.timed_out());
             };
@@ -178,11 +199,7 @@ impl<'a> Exchange<'a> {
                     return Err(self.protocol(format!("unexpected PDU {}", pdu_name(&other))));
                 }
             };
-            for pdv in pdvs {
-                if let Some(step) = self.on_pdv(pdv, id)? {
-                    return Ok(step);
-                }
-            }
+            self.queued.extend(pdvs);
         }
     }
 

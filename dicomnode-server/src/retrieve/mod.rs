@@ -313,7 +313,11 @@ fn establish(
     let mut proposal = ClientAssociationOptions::new()
         .calling_ae_title(options.calling_ae_title.clone())
         .max_pdu_length(256 * 1024)
-        .connection_timeout(options.timeout.min(Duration::from_secs(30)))
+        // Connecting may take a quarter of the limit (a host that does not answer); the
+        // association's reads get the whole limit (a watchdog enforces the deadline once
+        // the association stands), so the worst case is a slow connection to a silent
+        // peer: 1.25 times the limit.
+        .connection_timeout((options.timeout / 4).min(Duration::from_secs(30)))
         .read_timeout(options.timeout)
         .write_timeout(options.timeout)
         .with_presentation_context(model.to_string(), native.clone());

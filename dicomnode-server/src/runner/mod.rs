@@ -211,7 +211,7 @@ impl ChildRunner {
     /// Queues a batch for processing; returns at once.
     pub fn submit(&self, batch: PatientBatch) {
         if self.stopping.load(Ordering::SeqCst) {
-            tracing::warn!(patient = %batch.patient_key, "shutting down: not processed now{}", if batch.dir.is_some() { "; kept in the data directory for the next start" } else { "" });
+            tracing::warn!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), "shutting down: not processed now{}", if batch.dir.is_some() { "; kept in the data directory for the next start" } else { "" });
             return;
         }
         if let Some(reason) = batch.missing_required_priors.clone() {
@@ -279,7 +279,13 @@ impl ChildRunner {
             crate::metrics::global().children(1);
             let me = std::thread::current().id();
             if let Ok(mut running) = self.running.lock() {
-                running.insert(me, (batch.patient_key.clone(), SystemTime::now()));
+                running.insert(
+                    me,
+                    (
+                        dicomnode_core::completion::display_group_key(&batch.patient_key),
+                        SystemTime::now(),
+                    ),
+                );
             }
             self.process(batch, &mut warm);
             if let Ok(mut running) = self.running.lock() {

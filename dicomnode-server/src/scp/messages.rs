@@ -278,42 +278,34 @@ impl Messages<'_> {
                 return refuse(status::CANNOT_UNDERSTAND, error.to_string())
             }
         };
-        // An instance of a study the node is moving from a PACS as a prior goes to the
-        // prior input that asked for it, not to a patient of its own.
-        match self.storage.prior_route(&instance.header) {
-            Some(Ok((group, input))) => {
-                return match self.storage.store_fetched(
-                    &group,
-                    input,
-                    instance,
-                    temp.as_deref(),
-                    receiving,
-                ) {
-                    Ok(()) => {
-                        tracing::debug!(sop_instance = %uid, "prior instance stored");
-                        (status::SUCCESS, None)
+        // A C-MOVE sub-operation of this node's own (its move originator is the node)
+        // brings a prior: it goes to the prior input that asked for it, never to a
+        // patient of its own. Other instances of the same study are ordinary.
+        if command.move_originator.as_deref() == Some(self.ae_title) {
+            let stored = self.storage.prior_route(&instance.header).and_then(
+                |(group, input, generation)| {
+                    self.storage.store_fetched(
+                        &group,
+                        input,
+                        generation,
+                        instance,
+                        temp.as_deref(),
+                        receiving,
+                    )
+                },
+            );
+            return match stored {
+                Ok(()) => {
+                    tracing::debug!(sop_instance = %uid, "prior instance stored");
+                    (status::SUCCESS, None)
+                }
+                Err(why) => {
+                    if let Some(temp) = &temp {
+                        crate::storage::disk::remove_temp(temp);
                     }
-                    Err(why) => refuse(status::OUT_OF_RESOURCES, why),
-                };
-            }
-            Some(Err(why)) => {
-                if let Some(temp) = temp {
-                    crate::storage::disk::remove_temp(&temp);
+                    refuse(status::DATA_SET_DOES_NOT_MATCH, why)
                 }
-                return refuse(status::DATA_SET_DOES_NOT_MATCH, why);
-            }
-            // A C-MOVE this node asked for (before a restart, say) that no fetch waits
-            // for: never a patient of its own.
-            None if command.move_originator.as_deref() == Some(self.ae_title) => {
-                if let Some(temp) = temp {
-                    crate::storage::disk::remove_temp(&temp);
-                }
-                return refuse(
-                    status::DATA_SET_DOES_NOT_MATCH,
-                    "a C-MOVE sub-operation for this node that no prior fetch waits for".into(),
-                );
-            }
-            None => {}
+            };
         }
         let patient_key = self.patient_key;
         let Some(patient) = value_of(&instance.header, patient_key) else {

@@ -69,16 +69,16 @@ impl Storage {
         if strays > 0 {
             match layout.put_back_strays(dir, &held) {
                 Ok(()) => {
-                    tracing::warn!(patient = %batch.patient_key, strays, "files the batch did not hold were beside it: put back for processing")
+                    tracing::warn!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), strays, "files the batch did not hold were beside it: put back for processing")
                 }
                 Err(error) => {
-                    tracing::error!(patient = %batch.patient_key, %error, dir = %dir.display(), "files the batch did not hold stay in its directory")
+                    tracing::error!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), %error, dir = %dir.display(), "files the batch did not hold stay in its directory")
                 }
             }
             return;
         }
         if let Err(error) = layout.remove_batch(dir) {
-            tracing::error!(patient = %batch.patient_key, dir = %dir.display(), %error, "cannot delete the processed batch");
+            tracing::error!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), dir = %dir.display(), %error, "cannot delete the processed batch");
         }
     }
 
@@ -86,7 +86,7 @@ impl Storage {
     pub(crate) fn record_failure(&self, batch: &PatientBatch, record: &str) {
         if let (Some(layout), Some(dir)) = (&self.disk, &batch.dir) {
             if let Err(error) = layout.record_failure(dir, record) {
-                tracing::error!(patient = %batch.patient_key, %error, "cannot write the failure record");
+                tracing::error!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), %error, "cannot write the failure record");
             }
         }
     }
@@ -100,7 +100,7 @@ impl Storage {
         match layout.keep_output(dir, batch.attempt, output) {
             Ok(name) => Some(name),
             Err(error) => {
-                tracing::warn!(patient = %batch.patient_key, %error, "cannot keep the child's output beside the failure record");
+                tracing::warn!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), %error, "cannot keep the child's output beside the failure record");
                 None
             }
         }
@@ -119,7 +119,7 @@ impl Storage {
                 match layout.quarantine_batch(dir, &batch.patient_key, &suffix) {
                     Ok(place) => place.display().to_string(),
                     Err(error) => {
-                        tracing::error!(patient = %batch.patient_key, %error, "cannot move the batch to the quarantine; it stays in processing/ and is retried at the next start");
+                        tracing::error!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), %error, "cannot move the batch to the quarantine; it stays in processing/ and is retried at the next start");
                         dir.display().to_string()
                     }
                 }

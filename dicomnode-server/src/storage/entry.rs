@@ -6,8 +6,14 @@ use dicomnode_core::{Origin, PriorStatus};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+/// The generation of the next entry.
+static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// One patient being gathered.
 pub(super) struct PatientEntry {
+    /// Tells this entry from a later one with the same key (after an expiry, say): a
+    /// prior fetch acts only on the entry that started it.
+    pub(super) generation: u64,
     /// Instances per input, in declaration order.
     pub(super) inputs: Vec<Vec<Arc<ReceivedInstance>>>,
     /// Associations (or requeues) that added to this patient and have not ended.
@@ -30,6 +36,7 @@ pub(super) struct PatientEntry {
 impl PatientEntry {
     pub(super) fn new(inputs: usize) -> Self {
         PatientEntry {
+            generation: NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             inputs: vec![Vec::new(); inputs],
             live_adders: 0,
             last_added: SystemTime::now(),

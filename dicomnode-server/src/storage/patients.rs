@@ -173,6 +173,8 @@ impl Storage {
                     && now.duration_since(e.last_added).unwrap_or_default() > max_age
                     // A patient with enough is waiting for processing, not expiring.
                     && !self.has_enough(e, now)
+                    // A fetch still running ends within its own time limit.
+                    && !e.priors.iter().any(|p| matches!(p, Some(PriorState::Fetching)))
             })
             .map(|(k, e)| (k.clone(), e.origin()))
             .collect();
@@ -183,12 +185,12 @@ impl Storage {
             let count = batch.instance_count();
             match action {
                 ExpiryAction::Remove => {
-                    tracing::warn!(patient = %key, instances = count, ?max_age, "patient expired without enough instances: removed");
+                    tracing::warn!(patient = %display_group_key(key), instances = count, ?max_age, "patient expired without enough instances: removed");
                     self.batch_succeeded(batch);
                 }
                 ExpiryAction::Quarantine => {
                     let place = self.quarantine(batch);
-                    tracing::warn!(patient = %key, instances = count, ?max_age, %place, "patient expired without enough instances: quarantined");
+                    tracing::warn!(patient = %display_group_key(key), instances = count, ?max_age, %place, "patient expired without enough instances: quarantined");
                 }
             }
         }
@@ -462,6 +464,8 @@ impl Storage {
                 current_study: value_of(header, tags::STUDY_INSTANCE_UID).unwrap_or_default(),
                 modality: value_of(header, tags::MODALITY),
                 study_date: value_of(header, tags::STUDY_DATE),
+                generation: entry.generation,
+                queued_at: std::time::Instant::now(),
             });
         }
         requests
@@ -471,17 +475,25 @@ impl Storage {
     /// group's batch when it is now ready.
     pub(crate) fn prior_finished(
         &self,
-        group_key: &str,
-        input: usize,
+        request: &FetchRequest,
         status: PriorStatus,
     ) -> Option<PatientBatch> {
+        let (group_key, input) = (request.group_key.as_str(), request.input);
         let name = self.inputs[input].name().to_string();
-        if !self.patients().contains_key(group_key) {
-            // Taken out meanwhile (expired): nothing to record.
+        let current = |patients: &HashMap<String, PatientEntry>| {
+            patients
+                .get(group_key)
+                .is_some_and(|e| e.generation == request.generation)
+        };
+        if !current(&self.patients()) {
+            // Taken out meanwhile: nothing to record, nothing to hand over.
             return None;
         }
         self.persist_prior_state(group_key, &name, &PriorState::Done(status.clone()));
         let mut patients = self.patients();
+        if !current(&patients) {
+            return None;
+        }
         let entry = patients.get_mut(group_key)?;
         if matches!(status, PriorStatus::Unavailable(_)) {
             let dropped = std::mem::take(&mut entry.inputs[input]);

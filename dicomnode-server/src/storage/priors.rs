@@ -3,7 +3,7 @@
 //! StudyInstanceUID), and how a fetch ended, kept beside the group's data so that a
 //! restart resumes it.
 
-use super::entry::PriorState;
+use super::entry::{PatientEntry, PriorState};
 use super::{disk, InstanceData, ReceivedInstance, Storage};
 use crate::storage::names::input_dir_name;
 use dicom_dictionary_std::tags;
@@ -28,22 +28,23 @@ pub(crate) struct FetchRequest {
     pub(crate) patient_id: String,
     /// The current study (never fetched as a prior).
     pub(crate) current_study: String,
+    /// The generation of the group's entry that asked (see `PatientEntry::generation`).
+    pub(crate) generation: u64,
+    /// When it was queued: the time limit counts from here.
+    pub(crate) queued_at: std::time::Instant,
     /// Modality and StudyDate of the instance that started the group.
     pub(crate) modality: Option<String>,
     pub(crate) study_date: Option<String>,
 }
 
-/// Where the C-MOVE of one study sends its instances.
+/// Where the C-MOVE of one study sends its instances: into this group's prior input
+/// (instances of this patient only).
 #[derive(Debug, Clone)]
-enum Route {
-    /// Into this group's prior input (instances of this patient only).
-    Open {
-        group_key: String,
-        input: usize,
-        patient_id: String,
-    },
-    /// The fetch ended (timed out, failed): late instances are refused.
-    Closed,
+struct Route {
+    group_key: String,
+    input: usize,
+    generation: u64,
+    patient_id: String,
 }
 
 /// The prior studies being moved, by StudyInstanceUID.
@@ -84,53 +85,49 @@ impl Storage {
     /// another group's C-MOVE of the same study runs (its instances cannot go to both).
     pub(crate) fn expect_moved_study(&self, study: &str, request: &FetchRequest) -> bool {
         let mut routes = self.routes();
-        if let Some(Route::Open { group_key, .. }) = routes.0.get(study) {
-            if *group_key != request.group_key {
-                return false;
-            }
+        if routes.0.contains_key(study) {
+            return false;
         }
         routes.0.insert(
             study.to_string(),
-            Route::Open {
+            Route {
                 group_key: request.group_key.clone(),
                 input: request.input,
+                generation: request.generation,
                 patient_id: request.patient_id.clone(),
             },
         );
         true
     }
 
-    /// The C-MOVE of `study` ended: instances of it that still come are refused.
+    /// The C-MOVE of `study` ended: instances of it that still come (naming the node as
+    /// their move originator) are refused.
     pub(crate) fn close_moved_study(&self, study: &str) {
-        self.routes().0.insert(study.to_string(), Route::Closed);
+        self.routes().0.remove(study);
     }
 
-    /// Where an instance a PACS sends belongs: `None` for an ordinary instance, `Some(Ok)`
-    /// for a prior input, `Some(Err)` for a study whose fetch is over.
+    /// Where an instance that a C-MOVE of this node's brought belongs: the group's prior
+    /// input and the entry's generation, or why it is refused (no fetch waits for its
+    /// study, or it is another patient's).
     pub(crate) fn prior_route(
         &self,
         header: &dicom_object::InMemDicomObject,
-    ) -> Option<Result<(String, usize), String>> {
-        let study = value_of(header, tags::STUDY_INSTANCE_UID)?;
-        match self.routes().0.get(&study)? {
-            Route::Open {
-                group_key,
-                input,
-                patient_id,
-            } => {
-                // A PACS that sends another patient's instance under the study's UID.
-                let found = value_of(header, tags::PATIENT_ID).unwrap_or_default();
-                if found != *patient_id {
-                    return Some(Err(format!(
-                        "an instance of study {study} with PatientID {found:?}, fetched as a prior of another patient"
-                    )));
-                }
-                Some(Ok((group_key.clone(), *input)))
-            }
-            Route::Closed => Some(Err(format!(
-                "study {study} was fetched as a prior, and its fetch is over"
-            ))),
+    ) -> Result<(String, usize, u64), String> {
+        let study = value_of(header, tags::STUDY_INSTANCE_UID).unwrap_or_default();
+        let routes = self.routes();
+        let Some(route) = routes.0.get(&study) else {
+            return Err(format!(
+                "a C-MOVE sub-operation for this node that no prior fetch waits for (study {study})"
+            ));
+        };
+        // A PACS that sends another patient's instance under the study's UID.
+        let found = value_of(header, tags::PATIENT_ID).unwrap_or_default();
+        if found != route.patient_id {
+            return Err(format!(
+                "an instance of study {study} with PatientID {found:?}, fetched as a prior of another patient"
+            ));
         }
+        Ok((route.group_key.clone(), route.input, route.generation))
     }
 
     fn routes(&self) -> std::sync::MutexGuard<'_, MoveRoutes> {
@@ -143,11 +140,23 @@ impl Storage {
         &self,
         group_key: &str,
         input: usize,
+        generation: u64,
         mut instance: ReceivedInstance,
         temp: Option<&Path>,
         since: std::time::Instant,
     ) -> Result<(), String> {
         let name = self.inputs[input].name();
+        let waiting = |patients: &HashMap<String, PatientEntry>| {
+            patients
+                .get(group_key)
+                .is_some_and(|e| e.generation == generation)
+        };
+        if !waiting(&self.patients()) {
+            if let Some(temp) = temp {
+                disk::remove_temp(temp);
+            }
+            return Err("the group it was fetched for is no longer waiting".into());
+        }
         if let (Some(layout), Some(temp)) = (&self.disk, temp) {
             if let Err(error) = layout.place(group_key, temp, &[name], &instance.file_name()) {
                 disk::remove_temp(temp);
@@ -156,11 +165,13 @@ impl Storage {
             instance.data = InstanceData::Disk;
         }
         let mut patients = self.patients();
-        let Some(entry) = patients.get_mut(group_key) else {
-            if let Some(temp) = temp {
-                disk::remove_temp(temp);
+        let entry = match patients.get_mut(group_key) {
+            Some(entry) if entry.generation == generation => entry,
+            _ => {
+                // Taken out while the file was placed: it went with the group or stays
+                // as a stray that the group's end puts back; nothing is acknowledged.
+                return Err("the group it was fetched for is no longer waiting".into());
             }
-            return Err("the group it was fetched for is no longer waiting".into());
         };
         let held = &mut entry.inputs[input];
         held.retain(|i| i.sop_instance_uid != instance.sop_instance_uid);

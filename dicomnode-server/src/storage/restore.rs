@@ -97,12 +97,12 @@ impl Storage {
             match layout.merge_back(&dir) {
                 Ok(_) => {
                     if let Err(error) = self.rescan(&layout.patient_dir(&key)) {
-                        tracing::error!(patient = %key, %error, "cannot read the requeued patient");
+                        tracing::error!(patient = %dicomnode_core::completion::display_group_key(&key), %error, "cannot read the requeued patient");
                     }
                     if let Some(entry) = self.patients().get_mut(&key) {
                         entry.last_added = SystemTime::now();
                     }
-                    tracing::info!(patient = %key, "requeued batch adopted");
+                    tracing::info!(patient = %dicomnode_core::completion::display_group_key(&key), "requeued batch adopted");
                 }
                 Err(error) => {
                     tracing::error!(dir = %dir.display(), %error, "cannot adopt a requeued batch")
@@ -157,7 +157,7 @@ impl Storage {
             match read_stored(&path) {
                 Ok(instance) => entry.inputs[index].push(Arc::new(instance)),
                 Err(error) => {
-                    tracing::warn!(patient = %key, file = %path.display(), %error, "a fetched prior instance is unreadable: removed");
+                    tracing::warn!(patient = %dicomnode_core::completion::display_group_key(&key), file = %path.display(), %error, "a fetched prior instance is unreadable: removed");
                     let _ = std::fs::remove_file(&path);
                 }
             }
@@ -168,7 +168,7 @@ impl Storage {
                 Err(error) => {
                     // Set aside: it must not be swept out with a batch and deleted.
                     layout.set_aside(patient_dir, &key, &path, Aside::Unreadable)?;
-                    tracing::error!(patient = %key, file = %file_name, %error, "stored file unreadable; moved to the quarantine");
+                    tracing::error!(patient = %dicomnode_core::completion::display_group_key(&key), file = %file_name, %error, "stored file unreadable; moved to the quarantine");
                     continue;
                 }
             };
@@ -181,7 +181,7 @@ impl Storage {
                 .collect();
             if admitted.is_empty() {
                 layout.set_aside(patient_dir, &key, &path, Aside::Rejected)?;
-                tracing::warn!(patient = %key, file = %file_name, "no input admits this stored instance any more; moved to the quarantine");
+                tracing::warn!(patient = %dicomnode_core::completion::display_group_key(&key), file = %file_name, "no input admits this stored instance any more; moved to the quarantine");
                 continue;
             }
             if let Some(modified) = disk::modified(&path) {
@@ -203,40 +203,37 @@ impl Storage {
             }
             count += 1;
         }
-        // Fetches that ended are kept; those that had not are run again.
-        let mut fetches = Vec::new();
-        if let Some(first) = &first_header {
-            for (index, input) in self.inputs.iter().enumerate() {
-                if input.prior_source().is_some() {
-                    entry.priors[index] = Storage::read_prior_state(patient_dir, input.name());
-                }
-            }
-            fetches = self.start_priors(&key, &mut entry, &first.header);
-        }
-        if count > 0 {
-            // Merge with what associations may be adding right now.
-            let mut patients = self.patients();
-            match patients.get_mut(&key) {
-                Some(existing) => {
-                    for (held, found) in existing.inputs.iter_mut().zip(entry.inputs) {
-                        for instance in found {
-                            if !held
-                                .iter()
-                                .any(|i| i.sop_instance_uid == instance.sop_instance_uid)
-                            {
-                                held.push(instance);
-                            }
+        let Some(first) = first_header else {
+            return Ok(count);
+        };
+        // Merge with what associations (or a requeue) may be adding right now.
+        let mut patients = self.patients();
+        let target = match patients.entry(key.clone()) {
+            std::collections::hash_map::Entry::Occupied(existing) => {
+                let existing = existing.into_mut();
+                for (held, found) in existing.inputs.iter_mut().zip(entry.inputs) {
+                    for instance in found {
+                        if !held
+                            .iter()
+                            .any(|i| i.sop_instance_uid == instance.sop_instance_uid)
+                        {
+                            held.push(instance);
                         }
                     }
                 }
-                None => {
-                    patients.insert(key, entry);
-                }
+                existing
+            }
+            std::collections::hash_map::Entry::Vacant(vacant) => vacant.insert(entry),
+        };
+        // Fetches that ended are kept; those that had not (or never started) run again.
+        for (index, input) in self.inputs.iter().enumerate() {
+            if input.prior_source().is_some() && target.priors[index].is_none() {
+                target.priors[index] = Storage::read_prior_state(patient_dir, input.name());
             }
         }
-        if count > 0 {
-            self.queue_fetches(fetches);
-        }
+        let fetches = self.start_priors(&key, target, &first.header);
+        drop(patients);
+        self.queue_fetches(fetches);
         Ok(count)
     }
 }
