@@ -6,6 +6,7 @@ pub mod raw;
 pub mod codecs;
 
 pub mod pacs;
+pub mod pki;
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

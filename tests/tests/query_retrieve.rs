@@ -7,6 +7,7 @@ use dicomnode_tests::pacs::{
     findscu_studies, study, study_uid, write_files as write, Dcmqrscp, DcmqrscpOptions, FoundStudy,
     Orthanc, OrthancOptions,
 };
+use dicomnode_tests::pki::Pki;
 use dicomnode_tests::{cli_exe, dcmtk, files_under, free_port, isolated_network, run, PeerProcess};
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -188,4 +189,59 @@ fn find_get_and_move_agree_with_findscu_and_the_files_on_orthanc_and_dcmqrscp() 
     let (output, text) = cli(&["find", &nobody, "-k", "PatientID=QR1", "--timeout", "5"]);
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert!(text.contains("cannot associate"), "{text}");
+}
+
+#[test]
+fn find_and_get_over_tls_with_orthanc() {
+    isolated_network();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("qr");
+    let (server_cert, server_key) = pki.issue("orthanc", false);
+    let (client_cert, client_key) = pki.issue("dicomnode", false);
+    let orthanc = Orthanc::start(
+        OrthancOptions::new()
+            .setting("DicomTlsEnabled", serde_json::json!(true))
+            .setting("DicomTlsCertificate", serde_json::json!(server_cert))
+            .setting("DicomTlsPrivateKey", serde_json::json!(server_key))
+            .setting("DicomTlsTrustedCertificates", serde_json::json!(pki.ca()))
+            .setting("DicomTlsRemoteCertificateRequired", serde_json::json!(true)),
+    );
+    let a = study("TLS1", "CT", "20230101", 2);
+    orthanc.upload(&write(&dir.path().join("a"), &a));
+    let address = orthanc.address().to_string();
+    let tls = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "--tls".to_string(),
+            "--tls-ca".to_string(),
+            pki.ca().display().to_string(),
+            "--tls-cert".to_string(),
+            client_cert.display().to_string(),
+            "--tls-key".to_string(),
+            client_key.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let mut find = vec!["find".to_string(), address.clone(), "--json".to_string()];
+    find.extend(tls(&["-k", "PatientID=TLS1", "--timeout", "20"]));
+    let args: Vec<&str> = find.iter().map(String::as_str).collect();
+    let (output, text) = cli(&args);
+    assert!(output.status.success(), "find over TLS failed: {text}");
+    assert!(text.contains(&study_uid(&a)), "{text}");
+    let got = dir.path().join("got");
+    let mut get = vec!["get".to_string(), address.clone()];
+    get.extend(tls(&[
+        "--study",
+        &study_uid(&a),
+        "--out",
+        got.to_str().unwrap(),
+        "-q",
+    ]));
+    let args: Vec<&str> = get.iter().map(String::as_str).collect();
+    let (output, text) = cli(&args);
+    assert!(output.status.success(), "get over TLS failed: {text}");
+    assert_eq!(files_under(&got).len(), 2, "{text}");
+    // Plain TCP to the TLS port: refused, said so.
+    let (output, text) = cli(&["find", &address, "-k", "PatientID=TLS1", "--timeout", "10"]);
+    assert_eq!(output.status.code(), Some(2), "{text}");
 }
