@@ -3,7 +3,6 @@
 
 use dicomnode_server::input::{tag_name, value_of};
 use dicomnode_server::retrieve::{self, Level, Progress, QrOptions, Query};
-use dicomnode_server::sanitize::path_component;
 use dicomnode_server::Address;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::Path;
@@ -90,20 +89,13 @@ pub(crate) fn get(
     std::fs::create_dir_all(out)?;
     let bar = progress_bar(quiet);
     let start = Instant::now();
-    let mut written = 0usize;
+    let mut files = retrieve::Part10Files::new(out);
     let report = retrieve::get(
         pacs,
         options,
         &Query::study(study),
         &[],
-        &mut |instance| {
-            let name = format!("{}.dcm", path_component(&instance.sop_instance_uid));
-            instance
-                .write_part10(&out.join(name))
-                .map_err(|e| e.to_string())?;
-            written += 1;
-            Ok(())
-        },
+        &mut files,
         &mut |p| show(&bar, p),
     )?;
     bar.finish_and_clear();
@@ -115,7 +107,7 @@ pub(crate) fn get(
         report.status,
         start.elapsed().as_secs_f64()
     );
-    Ok(report.progress.failed == 0 && written == report.received)
+    Ok(report.progress.failed == 0 && files.written == report.received)
 }
 
 /// `dicomnode move`: asks the PACS to send one study to `destination` with C-MOVE.

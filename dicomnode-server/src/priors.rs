@@ -179,7 +179,11 @@ fn fetch(
         let retrieving = Instant::now();
         let report = match priors.retrieval() {
             Retrieval::Get => {
-                let mut keep = |got: retrieve::GotInstance| keep_got(storage, request, got);
+                let mut keep = PriorSink {
+                    storage,
+                    request,
+                    current: None,
+                };
                 retrieve::get(
                     priors.pacs(),
                     &options(deadline)?,
@@ -233,47 +237,64 @@ fn fetch(
     Ok(studies)
 }
 
-/// Stores an instance a C-GET brought into the group's prior input, as the SCP stores
-/// what a sender sends (on disk: durably).
-fn keep_got(
-    storage: &Storage,
-    request: &FetchRequest,
-    got: retrieve::GotInstance,
-) -> Result<(), String> {
-    let since = Instant::now();
-    let patient =
-        |header: &InMemDicomObject| value_of(header, tags::PATIENT_ID).unwrap_or_default();
-    let mut incoming = storage.incoming(
-        &got.sop_class_uid,
-        &got.sop_instance_uid,
-        &got.transfer_syntax,
-    );
-    incoming.push(got.data);
-    let (instance, temp) = storage
-        .receive(
-            incoming,
-            &got.sop_class_uid,
-            &got.sop_instance_uid,
-            &got.transfer_syntax,
-        )
-        .map_err(|e| error_chain(&e))?;
-    if patient(&instance.header) != request.patient_id {
-        if let Some(temp) = &temp {
-            crate::storage::disk::remove_temp(temp);
-        }
-        return Err(format!(
-            "an instance with PatientID {:?}, not the patient's",
-            patient(&instance.header)
-        ));
+/// Stores the instances a C-GET brings into the group's prior input, streamed as the SCP
+/// streams what a sender sends (on disk: a temporary file, fsynced, then placed).
+struct PriorSink<'a> {
+    storage: &'a Storage,
+    request: &'a FetchRequest,
+    /// The instance arriving: what it is, where its bytes go, since when.
+    current: Option<(String, String, String, crate::storage::Incoming, Instant)>,
+}
+
+impl retrieve::InstanceSink for PriorSink<'_> {
+    fn begin(&mut self, class: &str, instance: &str, ts: &str) -> Result<(), String> {
+        let incoming = self.storage.incoming(class, instance, ts);
+        let ids = (class.to_string(), instance.to_string(), ts.to_string());
+        self.current = Some((ids.0, ids.1, ids.2, incoming, Instant::now()));
+        Ok(())
     }
-    storage.store_fetched(
-        &request.group_key,
-        request.input,
-        request.generation,
-        instance,
-        temp.as_deref(),
-        since,
-    )
+
+    fn data(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        match &mut self.current {
+            Some((_, _, _, incoming, _)) => {
+                incoming.push(bytes);
+                Ok(())
+            }
+            None => Err("data before its instance".into()),
+        }
+    }
+
+    fn end(&mut self) -> Result<(), String> {
+        let Some((class, uid, ts, incoming, since)) = self.current.take() else {
+            return Err("no instance begun".into());
+        };
+        let (storage, request) = (self.storage, self.request);
+        let (instance, temp) = storage
+            .receive(incoming, &class, &uid, &ts)
+            .map_err(|e| error_chain(&e))?;
+        let found = value_of(&instance.header, tags::PATIENT_ID).unwrap_or_default();
+        if found != request.patient_id {
+            if let Some(temp) = &temp {
+                crate::storage::disk::remove_temp(temp);
+            }
+            return Err(format!(
+                "an instance with PatientID {found:?}, not the patient's"
+            ));
+        }
+        storage.store_fetched(
+            &request.group_key,
+            request.input,
+            request.generation,
+            instance,
+            temp.as_deref(),
+            since,
+        )
+    }
+
+    fn abandon(&mut self) {
+        // Dropping the incoming data set removes what was written of it.
+        self.current = None;
+    }
 }
 
 /// The C-FIND for the patient's studies, narrowed as far as the PACS is asked to.

@@ -193,13 +193,15 @@ fn with_priors_gets_priors_from_dcmqrscp_with_c_get() {
     let priors = load_priors(&dir.path().join("pacs"), "P2", 3);
     dcmqrscp.load(&priors.files);
     let node_port = free_port();
+    // Durable: each instance the C-GET brings streams to a file, fsynced, then placed.
+    let data = dir.path().join("data");
     let _node = with_priors(
         node_port,
         &out,
         &dcmqrscp.address().to_string(),
         "get",
         60,
-        &[],
+        &["--data-dir", data.to_str().unwrap()],
     );
     let current = study("P2", "CT", "20250101", 2);
     send(node_port, &dir.path().join("current"), &current);

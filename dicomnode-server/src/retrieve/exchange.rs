@@ -2,7 +2,7 @@
 //! out; pending and final responses (with their identifiers) in; for a C-GET, the PACS's
 //! C-STORE sub-operations answered on the way. Every read is bounded by the deadline.
 
-use super::{establish, time_left, GotInstance, QrOptions, RetrieveError};
+use super::{establish, time_left, InstanceSink, QrOptions, RetrieveError};
 use crate::dimse::{self, status, Command, CommandFragments, SubOperations};
 use crate::scu::ScuAssociation;
 use dicom_encoding::TransferSyntaxIndex;
@@ -33,7 +33,7 @@ pub(super) enum Step {
 }
 
 /// Takes the instances of a C-GET.
-type StoreSink<'a> = &'a mut dyn FnMut(GotInstance) -> Result<(), String>;
+type StoreSink<'a> = &'a mut dyn InstanceSink;
 
 /// A request in flight on its own association.
 pub(super) struct Exchange<'a> {
@@ -48,6 +48,8 @@ pub(super) struct Exchange<'a> {
     fragments: CommandFragments,
     /// A command whose data set is still coming, with its presentation context.
     awaiting: Option<(Command, u8)>,
+    /// A C-GET's C-STORE whose data set streams to the sink: its outcome so far.
+    streaming: Option<Result<(), String>>,
     data: Vec<u8>,
     /// Fragments received and not yet handled (a PDU may hold several messages).
     queued: std::collections::VecDeque<PDataValue>,
@@ -108,6 +110,7 @@ impl<'a> Exchange<'a> {
             },
             fragments: CommandFragments::default(),
             awaiting: None,
+            streaming: None,
             data: Vec::new(),
             queued: std::collections::VecDeque::new(),
             on_store: None,
@@ -214,7 +217,11 @@ impl<'a> Exchange<'a> {
                     return Ok(None);
                 };
                 if command.has_data_set {
-                    self.awaiting = Some((command, pdv.presentation_context_id));
+                    let pc = pdv.presentation_context_id;
+                    // A C-GET's instance streams to the sink: memory stays bounded.
+                    self.streaming = (command.field == dimse::C_STORE_RQ)
+                        .then(|| self.begin_sub_store(&command, pc));
+                    self.awaiting = Some((command, pc));
                     self.data.clear();
                     return Ok(None);
                 }
@@ -223,6 +230,22 @@ impl<'a> Exchange<'a> {
             PDataValueType::Data => {
                 if self.awaiting.is_none() {
                     return Err(self.protocol("a data set without a command".into()));
+                }
+                if let Some(outcome) = self.streaming.take() {
+                    let outcome = match (outcome, self.on_store.as_mut()) {
+                        (Ok(()), Some(sink)) => sink.data(pdv.data),
+                        (Ok(()), None) => Err("a C-STORE outside a C-GET".to_string()),
+                        (failed, _) => failed,
+                    };
+                    if !pdv.is_last {
+                        self.streaming = Some(outcome);
+                        return Ok(None);
+                    }
+                    let Some((command, pc)) = self.awaiting.take() else {
+                        return Ok(None);
+                    };
+                    self.end_sub_store(&command, pc, outcome)?;
+                    return Ok(None);
                 }
                 if self.data.len() + pdv.data.len() > self.max_instance_bytes {
                     return Err(
@@ -250,7 +273,8 @@ impl<'a> Exchange<'a> {
         id: u16,
     ) -> Result<Option<Step>, RetrieveError> {
         if command.field == dimse::C_STORE_RQ {
-            self.sub_store(&command, pc, data)?;
+            // Without a data set (its data sets stream, see `on_pdv`).
+            self.end_sub_store(&command, pc, Err("no data set".into()))?;
             return Ok(None);
         }
         if command.message_id != id || command.field & 0x8000 == 0 {
@@ -285,27 +309,37 @@ impl<'a> Exchange<'a> {
         }))
     }
 
-    /// Answers one C-STORE of a C-GET after handing its instance to the caller.
-    fn sub_store(
+    /// A C-STORE of a C-GET begins: the sink is told what comes.
+    fn begin_sub_store(&mut self, command: &Command, pc: u8) -> Result<(), String> {
+        let ts = self
+            .association
+            .as_ref()
+            .and_then(|a| a.context(pc))
+            .map(|(_, ts)| ts)
+            .unwrap_or_default();
+        match self.on_store.as_mut() {
+            Some(sink) => sink.begin(&command.sop_class_uid, &command.sop_instance_uid, &ts),
+            None => Err("a C-STORE outside a C-GET".to_string()),
+        }
+    }
+
+    /// Answers one C-STORE of a C-GET once its data set is complete (and the sink has
+    /// ended it), with success or a failure status.
+    fn end_sub_store(
         &mut self,
         command: &Command,
         pc: u8,
-        data: Option<Vec<u8>>,
+        outcome: Result<(), String>,
     ) -> Result<(), RetrieveError> {
-        let ts = self
-            .association()?
-            .context(pc)
-            .map(|(_, ts)| ts)
-            .unwrap_or_default();
-        let outcome = match (data, self.on_store.as_mut()) {
-            (Some(data), Some(sink)) => sink(GotInstance {
-                sop_class_uid: command.sop_class_uid.clone(),
-                sop_instance_uid: command.sop_instance_uid.clone(),
-                transfer_syntax: ts,
-                data,
-            }),
-            (None, _) => Err("no data set".to_string()),
-            (Some(_), None) => Err("a C-STORE outside a C-GET".to_string()),
+        let outcome = match (outcome, self.on_store.as_mut()) {
+            (Ok(()), Some(sink)) => sink.end(),
+            (Ok(()), None) => Err("a C-STORE outside a C-GET".to_string()),
+            (Err(why), sink) => {
+                if let Some(sink) = sink {
+                    sink.abandon();
+                }
+                Err(why)
+            }
         };
         let (code, comment) = match &outcome {
             Ok(()) => (status::SUCCESS, None),

@@ -142,37 +142,98 @@ pub struct RetrieveReport {
     pub received: usize,
 }
 
-/// An instance a C-GET brought, as it came on the association.
-#[derive(Debug)]
-pub struct GotInstance {
-    /// Its SOP Class UID.
-    pub sop_class_uid: String,
-    /// Its SOP Instance UID.
-    pub sop_instance_uid: String,
-    /// The transfer syntax it came in.
-    pub transfer_syntax: String,
-    /// The data set, as sent.
-    pub data: Vec<u8>,
+/// Where the instances a C-GET brings go, as they arrive: each data set is streamed
+/// (`begin`, `data`..., `end`), so that memory stays bounded whatever their size. An `Err`
+/// answers that C-STORE with a failure status (the PACS counts it as failed).
+pub trait InstanceSink {
+    /// An instance begins.
+    fn begin(
+        &mut self,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        transfer_syntax: &str,
+    ) -> Result<(), String>;
+    /// The next bytes of its data set.
+    fn data(&mut self, bytes: Vec<u8>) -> Result<(), String>;
+    /// Its data set is complete.
+    fn end(&mut self) -> Result<(), String>;
+    /// It failed on the way: whatever was begun is dropped.
+    fn abandon(&mut self);
 }
 
-impl GotInstance {
-    /// Writes the instance as a Part-10 file (the data set as it came, after a meta group).
-    pub fn write_part10(&self, path: &std::path::Path) -> std::io::Result<()> {
+/// A sink that writes each instance as a Part-10 file `<dir>/<SOP Instance UID>.dcm` (the
+/// data set as it came, after a meta group), through a temporary name.
+#[derive(Debug)]
+pub struct Part10Files {
+    dir: std::path::PathBuf,
+    current: Option<(
+        std::io::BufWriter<std::fs::File>,
+        std::path::PathBuf,
+        String,
+    )>,
+    /// Files written.
+    pub written: usize,
+}
+
+impl Part10Files {
+    /// Writes into `dir` (which must exist).
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> Self {
+        Part10Files {
+            dir: dir.into(),
+            current: None,
+            written: 0,
+        }
+    }
+}
+
+impl InstanceSink for Part10Files {
+    fn begin(&mut self, class: &str, instance: &str, ts: &str) -> Result<(), String> {
         use std::io::Write;
         let meta = dicom_object::meta::FileMetaTableBuilder::new()
-            .transfer_syntax(self.transfer_syntax.as_str())
-            .media_storage_sop_class_uid(self.sop_class_uid.as_str())
-            .media_storage_sop_instance_uid(self.sop_instance_uid.as_str())
+            .transfer_syntax(ts)
+            .media_storage_sop_class_uid(class)
+            .media_storage_sop_instance_uid(instance)
             .implementation_class_uid(crate::implementation::IMPLEMENTATION_CLASS_UID)
             .implementation_version_name(crate::implementation::IMPLEMENTATION_VERSION_NAME)
             .build()
-            .map_err(std::io::Error::other)?;
-        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-        out.write_all(&[0u8; 128])?;
-        out.write_all(b"DICM")?;
-        meta.write(&mut out).map_err(std::io::Error::other)?;
-        out.write_all(&self.data)?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()
+            .map_err(|e| e.to_string())?;
+        let name = dicomnode_core::sanitize::path_component(instance);
+        let temp = self.dir.join(format!(".{name}.partial"));
+        let mut out =
+            std::io::BufWriter::new(std::fs::File::create(&temp).map_err(|e| e.to_string())?);
+        out.write_all(&[0u8; 128])
+            .and_then(|()| out.write_all(b"DICM"))
+            .map_err(|e| e.to_string())?;
+        meta.write(&mut out).map_err(|e| e.to_string())?;
+        self.current = Some((out, temp, format!("{name}.dcm")));
+        Ok(())
+    }
+
+    fn data(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        use std::io::Write;
+        match &mut self.current {
+            Some((out, _, _)) => out.write_all(&bytes).map_err(|e| e.to_string()),
+            None => Err("data before its instance".into()),
+        }
+    }
+
+    fn end(&mut self) -> Result<(), String> {
+        let Some((out, temp, name)) = self.current.take() else {
+            return Err("no instance begun".into());
+        };
+        out.into_inner()
+            .map_err(|e| e.into_error().to_string())?
+            .sync_all()
+            .and_then(|()| std::fs::rename(&temp, self.dir.join(name)))
+            .map_err(|e| e.to_string())?;
+        self.written += 1;
+        Ok(())
+    }
+
+    fn abandon(&mut self) {
+        if let Some((_, temp, _)) = self.current.take() {
+            let _ = std::fs::remove_file(temp);
+        }
     }
 }
 
@@ -234,7 +295,7 @@ pub fn move_to(
 }
 
 /// Retrieves what `query` names from `pacs` with a C-GET: the instances come on this
-/// association, each handed to `instance` (an `Err` answers that C-STORE with a failure
+/// association, each streamed to `sink` (an `Err` answers that C-STORE with a failure
 /// status and is counted by the PACS as failed). `sop_classes` are proposed for the
 /// instances (with the SCP role); empty: the usual image, document and RT classes.
 pub fn get(
@@ -242,7 +303,7 @@ pub fn get(
     options: &QrOptions,
     query: &Query,
     sop_classes: &[String],
-    instance: &mut dyn FnMut(GotInstance) -> Result<(), String>,
+    sink: &mut dyn InstanceSink,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<RetrieveReport, RetrieveError> {
     let model = uids::STUDY_ROOT_QUERY_RETRIEVE_INFORMATION_MODEL_GET;
@@ -256,17 +317,39 @@ pub fn get(
     };
     let mut exchange = Exchange::open(pacs, options, "C-GET", model, &classes)?;
     let id = exchange.request(dimse::get_request, query.identifier())?;
-    let mut received = 0;
-    let mut seen = |got: GotInstance| {
-        let result = instance(got);
-        if result.is_ok() {
-            received += 1;
-        }
-        result
-    };
-    exchange.on_store(&mut seen);
+    let mut counting = Counting { sink, received: 0 };
+    exchange.on_store(&mut counting);
     let report = retrieval(exchange, id, progress, 0)?;
-    Ok(RetrieveReport { received, ..report })
+    Ok(RetrieveReport {
+        received: counting.received,
+        ..report
+    })
+}
+
+/// Counts the instances a sink kept.
+struct Counting<'a> {
+    sink: &'a mut dyn InstanceSink,
+    received: usize,
+}
+
+impl InstanceSink for Counting<'_> {
+    fn begin(&mut self, class: &str, instance: &str, ts: &str) -> Result<(), String> {
+        self.sink.begin(class, instance, ts)
+    }
+
+    fn data(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        self.sink.data(bytes)
+    }
+
+    fn end(&mut self) -> Result<(), String> {
+        self.sink.end()?;
+        self.received += 1;
+        Ok(())
+    }
+
+    fn abandon(&mut self) {
+        self.sink.abandon();
+    }
 }
 
 /// Reads the responses of a C-MOVE or C-GET to its end.
