@@ -3,7 +3,8 @@
 
   scripts/bench.py latency   # release -> child entering process, over 20 patients
   scripts/bench.py ingest    # DCMTK storescu, 300 CT 512x512 16-bit: store_node vs storescp, interleaved
-  scripts/bench.py durable   # storescu 300 CT: store_node --data-dir vs in memory vs storescp, with peak RSS
+  scripts/bench.py durable   # storescu 300 CT 512x512 and 1,000 x 64x64, one association and four at once:
+                             # storescp vs store_node in memory vs --data-dir (write-ahead log) vs Orthanc
   scripts/bench.py children  # 100 tiny patients at concurrency 2: fresh child vs warm worker; 1 s set-up
   scripts/bench.py scu       # 300 CT 512x512 16-bit to storescp: `dicomnode store` vs DCMTK storescu, interleaved
   scripts/bench.py latency-vs OTHER_RELEASE_DIR   # release -> process over 100 patients, this build vs another
@@ -325,48 +326,82 @@ def peak_rss_mib(pid):
     return float("nan")
 
 
-def durable(rounds=5, slices=300):
+def durable(rounds=3):
+    """storescu into: DCMTK storescp (no fsync), the node in memory, the node with --data-dir
+    (write-ahead log), Orthanc (default settings, which fsync); 300 CT 512x512 and 1,000
+    instances 64x64, by one association and by four at once; order rotated per round."""
+    if os.environ.get("BENCH_NETNS") != "1":
+        # storescp and Orthanc listen on every interface: a private network namespace.
+        cmd = f"ip link set lo up && BENCH_NETNS=1 {sys.executable} {os.path.abspath(__file__)} durable"
+        subprocess.run(["unshare", "-n", "sh", "-c", cmd], check=True)
+        return
     work = tempfile.mkdtemp(prefix="bench-durable-")
     try:
-        data = os.path.join(work, "in")
-        subprocess.run([os.path.join(REL, "gen_series"), "--out", data, "--slices", str(slices), "--size", "512",
-                        "--prefix", "DUR-"], check=True)
-        kinds = ["data-dir", "memory", "storescp"]
-        times = {k: [] for k in kinds}
-        rss = {k: [] for k in kinds}
+        sets = {}
+        for name, total, size in (("300 CT 512x512", 300, 512), ("1000 x 64x64", 1000, 64)):
+            one = os.path.join(work, f"{total}-one")
+            four = os.path.join(work, f"{total}-four")
+            subprocess.run([os.path.join(REL, "gen_series"), "--out", one, "--slices", str(total), "--size", str(size),
+                            "--prefix", "D1-"], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run([os.path.join(REL, "gen_series"), "--out", four, "--patients", "4", "--slices",
+                            str(total // 4), "--size", str(size), "--prefix", "D4-"], check=True, stdout=subprocess.DEVNULL)
+            sets[name] = (one, [os.path.join(four, d) for d in sorted(os.listdir(four))])
+        kinds = ["storescp", "memory", "log", "orthanc"]
+        results = {}
         for r in range(rounds):
-            order = kinds[r % 3:] + kinds[:r % 3]
+            order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
             for which in order:
-                port = free_port()
-                out = os.path.join(work, f"out-{which}-{r}")
-                os.makedirs(out)
-                with open(os.path.join(work, f"{which}-{r}.log"), "w") as log:
-                    if which == "storescp":
-                        proc = start(["/usr/bin/storescp", "-aet", "STORESCP", "-od", out, str(port)], log)
-                        aec = "STORESCP"
-                    else:
-                        cmd = [os.path.join(REL, "examples", "store_node"), "--port", str(port), "--out", out,
-                               "--ae-title", "STORE_NODE"]
-                        if which == "data-dir":
-                            cmd += ["--data-dir", os.path.join(work, f"data-{r}")]
-                        proc = start(cmd, log)
-                        aec = "STORE_NODE"
-                    try:
-                        wait_port(port)
-                        times[which].append(storescu(port, aec, [data]))
-                        rss[which].append(peak_rss_mib(proc.pid))
-                        time.sleep(1.5)
-                    finally:
-                        stop(proc)
-                shutil.rmtree(out, ignore_errors=True)
-                shutil.rmtree(os.path.join(work, f"data-{r}"), ignore_errors=True)
-        print(f"storescu {slices} CT 512x512 16-bit, {rounds} rounds, order rotated:")
-        for k in kinds:
-            print(f"  {k:9s} median {statistics.median(times[k])*1000:.0f} ms  runs {[round(x*1000) for x in times[k]]}"
-                  f"  peak RSS median {statistics.median(rss[k]):.0f} MiB")
-        ref = statistics.median(times["storescp"])
-        for k in ("data-dir", "memory"):
-            print(f"  ratio {k}/storescp = {statistics.median(times[k])/ref:.2f}")
+                for name, (one, fours) in sets.items():
+                    for mode in ("one", "four"):
+                        port = free_port()
+                        out = os.path.join(work, f"out-{which}")
+                        shutil.rmtree(out, ignore_errors=True)
+                        os.makedirs(out)
+                        log = open(os.path.join(work, f"{which}.log"), "w")
+                        if which == "storescp":
+                            proc = start(["/usr/bin/storescp", "-aet", "STORESCP", "-od", out, str(port)], log)
+                            aec = "STORESCP"
+                        elif which == "orthanc":
+                            proc, port = orthanc_start(work, f"orthanc-{r}-{mode}-{len(name)}", {})
+                            aec = "ORTHANC"
+                        else:
+                            cmd = [os.path.join(REL, "examples", "store_node"), "--port", str(port), "--out", out,
+                                   "--ae-title", "STORE_NODE"]
+                            if which == "log":
+                                cmd += ["--data-dir", os.path.join(work, "data")]
+                            proc = start(cmd, log)
+                            aec = "STORE_NODE"
+                        try:
+                            wait_port(port, 30)
+                            t = time.perf_counter()
+                            if mode == "one":
+                                storescu(port, aec, [one])
+                            else:
+                                senders = [subprocess.Popen(["/usr/bin/storescu", "-aec", aec, "+sd", "+r", "127.0.0.1",
+                                                             str(port), d], env=ENV, stdout=subprocess.DEVNULL,
+                                                            stderr=subprocess.DEVNULL) for d in fours]
+                                for sender in senders:
+                                    if sender.wait() != 0:
+                                        raise RuntimeError(f"storescu to {which} failed")
+                            results.setdefault((name, mode, which), []).append(time.perf_counter() - t)
+                        finally:
+                            stop(proc)
+                            log.close()
+                        shutil.rmtree(out, ignore_errors=True)
+                        shutil.rmtree(os.path.join(work, "data"), ignore_errors=True)
+                        for d in os.listdir(work):
+                            if d.startswith("orthanc-"):
+                                shutil.rmtree(os.path.join(work, d), ignore_errors=True)
+        print(f"durable ingest, {rounds} rounds, order rotated; medians, ratio to storescp:")
+        for name in sets:
+            for mode in ("one", "four"):
+                ref = statistics.median(results[(name, mode, "storescp")])
+                cells = []
+                for k in kinds:
+                    v = statistics.median(results[(name, mode, k)])
+                    cells.append(f"{k} {v:.2f} s ({v / ref:.2f})")
+                label = "1 association" if mode == "one" else "4 at once"
+                print(f"  {name}, {label}: " + ", ".join(cells))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -166,6 +166,7 @@ impl Node {
                 instances = restored.instances,
                 temp_files_removed = restored.temp_files_removed,
                 interrupted_batches = restored.interrupted_batches,
+                replayed_from_log = restored.replayed,
                 ready = restored.ready.len(),
                 "data directory restored"
             );

@@ -27,6 +27,7 @@ pub(crate) fn start(storage: Arc<Storage>, runner: Arc<ChildRunner>, config: &No
         Some(_) => Cause::QuietPeriod,
         None => Cause::Maintenance,
     };
+    let storage_for_log = Arc::clone(&storage);
     let expiry = config.expiry;
     let action = config.expiry_action;
     let spawned = std::thread::Builder::new()
@@ -42,5 +43,17 @@ pub(crate) fn start(storage: Arc<Storage>, runner: Arc<ChildRunner>, config: &No
         });
     if let Err(error) = spawned {
         tracing::error!(%error, "cannot start the maintenance thread: no expiry, no requeue");
+    }
+    if storage_for_log.data_dir().is_some() {
+        // Checkpoints keep the write-ahead log's space free, off the receive path.
+        let spawned = std::thread::Builder::new()
+            .name("wal-checkpoint".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                storage_for_log.checkpoint();
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start the checkpoint thread: the log is checkpointed when full");
+        }
     }
 }

@@ -58,6 +58,8 @@ impl Storage {
         let (Some(layout), Some(dir)) = (&self.disk, &batch.dir) else {
             return;
         };
+        // The log must not bring back, after a crash, what is deleted now.
+        self.checkpoint();
         // Only what the batch held is deleted: a file that reached the directory without
         // being part of the batch goes back for processing.
         let held: HashSet<PathBuf> = batch
@@ -111,6 +113,8 @@ impl Storage {
     pub(crate) fn quarantine(&self, batch: PatientBatch) -> String {
         match (&self.disk, &batch.dir) {
             (Some(layout), Some(dir)) => {
+                // The log must not bring it back into the patients after a crash.
+                self.checkpoint();
                 let suffix = format!(
                     "{}-{}",
                     unix_seconds(SystemTime::now()),

@@ -17,7 +17,7 @@
 //! quarantine ([`DiskLayout::quarantined`]) and put batches back
 //! ([`DiskLayout::requeue_quarantined`]).
 
-use super::names::{input_dir_name, patient_dir_name, safe_name};
+use super::names::{patient_dir_name, safe_name};
 use super::StorageError;
 use dicom_object::meta::FileMetaTable;
 use dicomnode_core::uid::trim_uid;
@@ -111,7 +111,7 @@ impl DiskLayout {
     pub fn root(&self) -> &Path {
         &self.root
     }
-    fn tmp(&self) -> PathBuf {
+    pub(super) fn tmp(&self) -> PathBuf {
         self.root.join("tmp")
     }
     /// Where patients gather.
@@ -163,50 +163,13 @@ impl DiskLayout {
         Ok((writer, path))
     }
 
-    /// Moves a received file (fsynced) into the patient's input directories: renamed into
-    /// the first, hard-linked into the others; each directory fsynced.
-    pub(crate) fn place(
-        &self,
-        key: &str,
-        temp: &Path,
-        inputs: &[&str],
-        file_name: &str,
-    ) -> io::Result<()> {
-        let patient = self.ensure_patient_dir(key)?;
-        let mut first: Option<PathBuf> = None;
-        for input in inputs {
-            let dir = patient.join(input_dir_name(input));
-            if !dir.exists() {
-                // Another association may create it at the same moment.
-                match fs::create_dir(&dir) {
-                    Ok(()) => fsync_dir(&patient)?,
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            let target = dir.join(file_name);
-            match &first {
-                None => {
-                    fs::rename(temp, &target)?;
-                    first = Some(target);
-                }
-                Some(source) => {
-                    let _ = fs::remove_file(&target);
-                    fs::hard_link(source, &target)?;
-                }
-            }
-            fsync_dir(&dir)?;
-        }
-        Ok(())
-    }
-
     /// Writes a small file `name` into a patient's directory durably (a temporary file,
     /// fsynced, renamed over the old one, the directory fsynced).
     pub(crate) fn write_beside(&self, key: &str, name: &str, bytes: &[u8]) -> io::Result<()> {
         write_synced(&self.ensure_patient_dir(key)?, name, bytes)
     }
 
-    fn ensure_patient_dir(&self, key: &str) -> io::Result<PathBuf> {
+    pub(super) fn ensure_patient_dir(&self, key: &str) -> io::Result<PathBuf> {
         let patient = self.patient_dir(key);
         if !patient.join(KEY_FILE).exists() {
             fs::create_dir_all(&patient)?;
@@ -469,7 +432,7 @@ impl DiskLayout {
 }
 
 /// Fsyncs a directory, so that renames and creations in it survive a crash.
-fn fsync_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -543,7 +506,7 @@ pub(crate) fn modified(path: &Path) -> Option<SystemTime> {
 }
 
 /// A file name from a UID that is unique even when the same UID arrives twice at once.
-fn uuid_like(uid: &str) -> String {
+pub(super) fn uuid_like(uid: &str) -> String {
     format!(
         "{}-{}",
         safe_name(trim_uid(uid)),

@@ -20,9 +20,11 @@ mod entry;
 pub(crate) mod names;
 pub mod overview;
 mod patients;
+mod placing;
 mod priors;
 mod receive;
 mod restore;
+mod wal;
 
 pub(crate) use batch::PatientBatch;
 pub(crate) use patients::Offer;
@@ -120,6 +122,8 @@ pub(crate) struct Storage {
     ),
     /// Studies being moved from a PACS into a prior input.
     routes: Mutex<priors::MoveRoutes>,
+    /// With a data directory: the write-ahead log that makes instances durable.
+    wal: Option<wal::Wal>,
 }
 
 impl Storage {
@@ -143,6 +147,7 @@ impl Storage {
             completion: Completion::default(),
             fetches: (sender, Mutex::new(Some(receiver))),
             routes: Mutex::new(priors::MoveRoutes::default()),
+            wal: None,
         }
     }
 
@@ -170,6 +175,16 @@ impl Storage {
         };
         storage.memory_limit = usize::try_from(config.max_instance_in_memory).unwrap_or(usize::MAX);
         Ok((storage, restored))
+    }
+
+    /// Makes the files of logged instances durable, so that the log's space can be
+    /// reused (a checkpoint); a no-op without a log or with nothing to do.
+    pub(crate) fn checkpoint(&self) {
+        if let Some(wal) = self.wal.as_ref().filter(|w| w.pending()) {
+            if let Err(error) = wal.checkpoint() {
+                tracing::error!(%error, "write-ahead log checkpoint failed; it is tried again");
+            }
+        }
     }
 
     /// The key of the group an instance belongs to (its patient, study or series, as the

@@ -92,8 +92,7 @@ impl Storage {
         let names: Vec<&str> = admitted.iter().map(|&i| self.inputs[i].name()).collect();
         if let (Some(layout), Some(temp)) = (&self.disk, temp) {
             // The patient cannot be taken out meanwhile: this association is adding to it.
-            if let Err(error) = layout.place(patient_key, temp, &names, &instance.file_name()) {
-                disk::remove_temp(temp);
+            if let Err(error) = self.place_durably(layout, patient_key, temp, &names, &instance) {
                 return Offer::Failed(error);
             }
             instance.data = InstanceData::Disk;
@@ -118,6 +117,50 @@ impl Storage {
         drop(patients);
         self.queue_fetches(fetches);
         Offer::Stored(names)
+    }
+
+    /// Places a received file into the patient's input directories, durably: through the
+    /// write-ahead log when it takes the instance (no fsync of the file or directories,
+    /// one shared flush of the log), else file and directories fsynced. On failure
+    /// nothing of it is left.
+    fn place_durably(
+        &self,
+        layout: &DiskLayout,
+        key: &str,
+        temp: &Path,
+        names: &[&str],
+        instance: &ReceivedInstance,
+    ) -> std::io::Result<()> {
+        let file_name = instance.file_name();
+        let size = std::fs::metadata(temp).map(|m| m.len()).unwrap_or(u64::MAX);
+        let Some(wal) = self.wal.as_ref().filter(|_| size <= super::wal::MAX_LOGGED) else {
+            return layout.place(key, temp, names, &file_name).inspect_err(|_| {
+                disk::remove_temp(temp);
+            });
+        };
+        let bytes = std::fs::read(temp)?;
+        let placed = layout.place_with(key, temp, names, &file_name, false);
+        let logged = placed.and_then(|()| {
+            wal.log(&super::wal::WalRecord {
+                key: key.to_string(),
+                input_dirs: names.iter().map(|n| input_dir_name(n)).collect(),
+                file_name: file_name.clone(),
+                bytes,
+            })
+        });
+        if let Err(error) = logged {
+            disk::remove_temp(temp);
+            for name in names {
+                let _ = std::fs::remove_file(
+                    layout
+                        .patient_dir(key)
+                        .join(input_dir_name(name))
+                        .join(&file_name),
+                );
+            }
+            return Err(error);
+        }
+        Ok(())
     }
 
     /// Marks that an association (or a requeue) ended adding to a patient; if no other

@@ -144,12 +144,17 @@ impl Storage {
                 (InstanceData::Memory(bytes), header, None)
             }
             Sink::File { writer, path } => {
+                let logged = self.wal.is_some();
                 let finished = writer
                     .into_inner()
                     .map_err(|e| e.into_error())
                     // The data and the size it needs; the rename into place and its
-                    // directory's fsync make the name durable.
-                    .and_then(|file| file.sync_data());
+                    // directory's fsync make the name durable. With the write-ahead log,
+                    // an instance it takes is made durable there instead.
+                    .and_then(|file| match file.metadata() {
+                        Ok(meta) if logged && meta.len() <= super::wal::MAX_LOGGED => Ok(()),
+                        _ => file.sync_data(),
+                    });
                 if let Err(error) = finished {
                     disk::remove_temp(&path);
                     return Err(ReceiveError::Resources(error));

@@ -24,6 +24,8 @@ pub(crate) struct Restored {
     pub(crate) temp_files_removed: usize,
     /// Batches whose processing was interrupted, put back.
     pub(crate) interrupted_batches: usize,
+    /// Instances written again from the write-ahead log.
+    pub(crate) replayed: usize,
     /// Patients that already have enough, taken out for processing.
     pub(crate) ready: Vec<PatientBatch>,
 }
@@ -62,6 +64,10 @@ impl Storage {
                 tracing::error!(dir = %batch_dir.display(), %error, "cannot adopt a requeued batch; left in place");
             }
         }
+        // Acknowledged instances whose files a crash may have lost are written again.
+        let (wal, replayed) = super::wal::Wal::open(dir, &layout).map_err(io)?;
+        storage.wal = Some(wal);
+        restored.replayed = replayed;
         for patient_dir in DiskLayout::subdirs(&layout.patients()).map_err(io)? {
             match storage.rescan(&patient_dir) {
                 Ok(0) => {}
