@@ -65,9 +65,19 @@ impl Storage {
             }
         }
         // Acknowledged instances whose files a crash may have lost are written again.
-        let (wal, replayed) = super::wal::Wal::open(dir, &layout).map_err(io)?;
-        storage.wal = Some(wal);
-        restored.replayed = replayed;
+        match super::wal::Wal::open(dir, &layout) {
+            Ok((wal, replayed)) => {
+                storage.wal = Some(wal);
+                restored.replayed = replayed;
+            }
+            // A file system too small for the log's ring: each instance is fsynced on its
+            // own, as without a log (a log left from before is kept for a later start).
+            Err(error) if error.kind() == std::io::ErrorKind::StorageFull => {
+                tracing::warn!(%error, "no room for the write-ahead log: each instance is fsynced on its own");
+                super::wal::Wal::discard_unstarted(dir);
+            }
+            Err(error) => return Err(io(error)),
+        }
         for patient_dir in DiskLayout::subdirs(&layout.patients()).map_err(io)? {
             match storage.rescan(&patient_dir) {
                 Ok(0) => {}

@@ -150,6 +150,15 @@ impl Wal {
         Ok((wal, replayed))
     }
 
+    /// Removes a log whose segments could not even be created (no checkpoint yet, so
+    /// nothing in it was ever acknowledged).
+    pub(crate) fn discard_unstarted(root: &Path) {
+        let dir = root.join("wal");
+        if !dir.join("checkpoint").exists() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
