@@ -306,10 +306,16 @@ impl ChildRunner {
         let span = tracing::info_span!("patient", key = %dicomnode_core::completion::display_group_key(&batch.patient_key));
         let _entered = span.enter();
         let started = std::time::Instant::now();
+        // The batch's logged instances are made durable in their files before a child
+        // acts on them: after a crash, the log cannot bring back what was processed.
+        self.storage.checkpoint();
         let (outcome, tail, output) = self.attempt(&batch, warm);
         if let Outcome::Success(_) = outcome {
             crate::metrics::global().processed(started.elapsed());
             let attempt = batch.attempt;
+            // Recorded first: a crash before the data are deleted does not process the
+            // batch again at the next start.
+            self.storage.mark_succeeded(&batch);
             self.storage.batch_succeeded(batch);
             tracing::info!(%outcome, attempt, "processing finished");
             return;

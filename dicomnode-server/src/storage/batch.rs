@@ -84,6 +84,16 @@ impl Storage {
         }
     }
 
+    /// A batch was processed: that is recorded beside its data (on disk, durably) before
+    /// they are deleted, so that a crash in between does not process it again.
+    pub(crate) fn mark_succeeded(&self, batch: &PatientBatch) {
+        if let (Some(layout), Some(dir)) = (&self.disk, &batch.dir) {
+            if let Err(error) = layout.mark_succeeded(dir) {
+                tracing::warn!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), %error, "cannot record the success beside the batch");
+            }
+        }
+    }
+
     /// A batch failed: its failure is recorded beside its data (on disk).
     pub(crate) fn record_failure(&self, batch: &PatientBatch, record: &str) {
         if let (Some(layout), Some(dir)) = (&self.disk, &batch.dir) {

@@ -163,6 +163,16 @@ impl DiskLayout {
         Ok((writer, path))
     }
 
+    /// Records, durably, that the batch in `batch_dir` was processed.
+    pub(crate) fn mark_succeeded(&self, batch_dir: &Path) -> io::Result<()> {
+        write_synced(batch_dir, SUCCEEDED_FILE, b"")
+    }
+
+    /// Whether the batch in `batch_dir` was processed (and only its deletion is left).
+    pub(crate) fn succeeded(batch_dir: &Path) -> bool {
+        batch_dir.join(SUCCEEDED_FILE).exists()
+    }
+
     /// Writes a small file `name` into a patient's directory durably (a temporary file,
     /// fsynced, renamed over the old one, the directory fsynced).
     pub(crate) fn write_beside(&self, key: &str, name: &str, bytes: &[u8]) -> io::Result<()> {
@@ -430,6 +440,9 @@ impl DiskLayout {
         Ok(files)
     }
 }
+
+/// Beside a batch processed but not yet deleted.
+const SUCCEEDED_FILE: &str = "succeeded";
 
 /// Fsyncs a directory, so that renames and creations in it survive a crash.
 pub(super) fn fsync_dir(dir: &Path) -> io::Result<()> {

@@ -52,6 +52,18 @@ impl Storage {
         // One unreadable directory must not keep the node from starting: it is logged and
         // left where it is for a person to look at.
         for batch_dir in DiskLayout::subdirs(&layout.processing()).map_err(io)? {
+            if DiskLayout::succeeded(&batch_dir) {
+                // Processed before the stop; only its deletion was left.
+                match layout.remove_batch(&batch_dir) {
+                    Ok(()) => {
+                        tracing::info!(dir = %batch_dir.display(), "a batch processed before the stop: removed")
+                    }
+                    Err(error) => {
+                        tracing::error!(dir = %batch_dir.display(), %error, "cannot remove a processed batch; left in place")
+                    }
+                }
+                continue;
+            }
             match layout.merge_back(&batch_dir) {
                 Ok(_) => restored.interrupted_batches += 1,
                 Err(error) => {
