@@ -333,6 +333,7 @@ def durable(rounds=3):
     if os.environ.get("BENCH_NETNS") != "1":
         # storescp and Orthanc listen on every interface: a private network namespace.
         cmd = f"ip link set lo up && BENCH_NETNS=1 {sys.executable} {os.path.abspath(__file__)} durable"
+        # (BENCH_KINDS=storescp,log limits the peers compared.)
         subprocess.run(["unshare", "-n", "sh", "-c", cmd], check=True)
         return
     work = tempfile.mkdtemp(prefix="bench-durable-")
@@ -346,7 +347,7 @@ def durable(rounds=3):
             subprocess.run([os.path.join(REL, "gen_series"), "--out", four, "--patients", "4", "--slices",
                             str(total // 4), "--size", str(size), "--prefix", "D4-"], check=True, stdout=subprocess.DEVNULL)
             sets[name] = (one, [os.path.join(four, d) for d in sorted(os.listdir(four))])
-        kinds = ["storescp", "memory", "log", "orthanc"]
+        kinds = os.environ.get("BENCH_KINDS", "storescp,memory,log,orthanc").split(",")
         results = {}
         for r in range(rounds):
             order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]

@@ -48,9 +48,13 @@ pub(crate) fn start(storage: Arc<Storage>, runner: Arc<ChildRunner>, config: &No
         // Checkpoints keep the write-ahead log's space free, off the receive path.
         let spawned = std::thread::Builder::new()
             .name("wal-checkpoint".into())
-            .spawn(move || loop {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                storage_for_log.checkpoint();
+            .spawn(move || {
+                let mut last = std::time::Instant::now();
+                loop {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    storage_for_log
+                        .checkpoint_when_due(&mut last, std::time::Duration::from_secs(5));
+                }
             });
         if let Err(error) = spawned {
             tracing::error!(%error, "cannot start the checkpoint thread: the log is checkpointed when full");

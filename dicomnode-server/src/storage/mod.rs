@@ -187,6 +187,18 @@ impl Storage {
         }
     }
 
+    /// A checkpoint when the log's ring is over half used, or `every` after the last.
+    pub(crate) fn checkpoint_when_due(&self, last: &mut std::time::Instant, every: Duration) {
+        let due = self
+            .wal
+            .as_ref()
+            .is_some_and(|w| w.half_full() || (w.pending() && last.elapsed() >= every));
+        if due {
+            self.checkpoint();
+            *last = std::time::Instant::now();
+        }
+    }
+
     /// The key of the group an instance belongs to (its patient, study or series, as the
     /// pipeline groups), from the patient key's value; `Err`: why it has none.
     pub(crate) fn group_key(

@@ -28,8 +28,9 @@ const SEGMENTS: u64 = 4;
 const SEGMENT_BYTES: u64 = 16 << 20;
 /// The ring's size.
 const RING: u64 = SEGMENTS * SEGMENT_BYTES;
-/// The largest instance logged; larger ones are made durable file by file.
-pub(crate) const MAX_LOGGED: u64 = 4 << 20;
+/// The largest instance logged; larger ones are made durable file by file (their data
+/// dominate: logged, they would be written twice, to the log and at the checkpoint).
+pub(crate) const MAX_LOGGED: u64 = 128 << 10;
 /// A record's header: magic, kind, LSN, payload length, CRC.
 const HEADER: u64 = 24;
 const MAGIC: u32 = 0x4C57_4E44; // "DNWL"
@@ -315,6 +316,14 @@ impl Wal {
     pub(crate) fn pending(&self) -> bool {
         let state = self.state();
         state.head > state.checkpoint
+    }
+
+    /// Whether the ring is over half used: time for a checkpoint in the background (a
+    /// checkpoint writes the files out; done less often, it competes less with the
+    /// flushes of the receive path).
+    pub(crate) fn half_full(&self) -> bool {
+        let state = self.state();
+        state.head - state.checkpoint > RING / 2
     }
 
     /// Makes the files of every flushed record durable (`syncfs`), then records that the
