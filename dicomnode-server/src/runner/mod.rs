@@ -308,7 +308,9 @@ impl ChildRunner {
         let started = std::time::Instant::now();
         // The batch's logged instances are made durable in their files before a child
         // acts on them: after a crash, the log cannot bring back what was processed.
-        self.storage.checkpoint();
+        if !self.storage.checkpoint() {
+            tracing::warn!("processing before the write-ahead log's checkpoint: a crash before the next one may process this batch again");
+        }
         let (outcome, tail, output) = self.attempt(&batch, warm);
         if let Outcome::Success(_) = outcome {
             crate::metrics::global().processed(started.elapsed());

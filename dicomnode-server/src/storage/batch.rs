@@ -58,8 +58,13 @@ impl Storage {
         let (Some(layout), Some(dir)) = (&self.disk, &batch.dir) else {
             return;
         };
-        // The log must not bring back, after a crash, what is deleted now.
-        self.checkpoint();
+        // The log must not bring back, after a crash, what is deleted now: without a
+        // checkpoint the data stay (a later start processes them again rather than
+        // bringing back half of them).
+        if !self.checkpoint() {
+            tracing::error!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), dir = %dir.display(), "the processed batch is kept: the write-ahead log could not be checkpointed");
+            return;
+        }
         // Only what the batch held is deleted: a file that reached the directory without
         // being part of the batch goes back for processing.
         let held: HashSet<PathBuf> = batch
@@ -123,8 +128,9 @@ impl Storage {
     pub(crate) fn quarantine(&self, batch: PatientBatch) -> String {
         match (&self.disk, &batch.dir) {
             (Some(layout), Some(dir)) => {
-                // The log must not bring it back into the patients after a crash.
-                self.checkpoint();
+                // The log must not bring it back into the patients after a crash (if the
+                // checkpoint fails, it may: a duplicate, never a loss).
+                let _ = self.checkpoint();
                 let suffix = format!(
                     "{}-{}",
                     unix_seconds(SystemTime::now()),

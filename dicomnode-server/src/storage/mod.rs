@@ -178,13 +178,16 @@ impl Storage {
     }
 
     /// Makes the files of logged instances durable, so that the log's space can be
-    /// reused (a checkpoint); a no-op without a log or with nothing to do.
-    pub(crate) fn checkpoint(&self) {
+    /// reused (a checkpoint); a no-op without a log or with nothing to do. `false` when
+    /// it failed (logged).
+    pub(crate) fn checkpoint(&self) -> bool {
         if let Some(wal) = self.wal.as_ref().filter(|w| w.pending()) {
             if let Err(error) = wal.checkpoint() {
                 tracing::error!(%error, "write-ahead log checkpoint failed; it is tried again");
+                return false;
             }
         }
+        true
     }
 
     /// A checkpoint when the log's ring is over half used, or `every` after the last.
@@ -193,8 +196,7 @@ impl Storage {
             .wal
             .as_ref()
             .is_some_and(|w| w.half_full() || (w.pending() && last.elapsed() >= every));
-        if due {
-            self.checkpoint();
+        if due && self.checkpoint() {
             *last = std::time::Instant::now();
         }
     }

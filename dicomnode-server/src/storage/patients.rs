@@ -123,7 +123,7 @@ impl Storage {
     /// write-ahead log when it takes the instance (no fsync of the file or directories,
     /// one shared flush of the log), else file and directories fsynced. On failure
     /// nothing of it is left.
-    fn place_durably(
+    pub(super) fn place_durably(
         &self,
         layout: &DiskLayout,
         key: &str,

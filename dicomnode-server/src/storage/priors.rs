@@ -158,8 +158,8 @@ impl Storage {
             return Err("the group it was fetched for is no longer waiting".into());
         }
         if let (Some(layout), Some(temp)) = (&self.disk, temp) {
-            if let Err(error) = layout.place(group_key, temp, &[name], &instance.file_name()) {
-                disk::remove_temp(temp);
+            // Durable as a sender's instance is: logged, or fsynced file by file.
+            if let Err(error) = self.place_durably(layout, group_key, temp, &[name], &instance) {
                 return Err(format!("cannot store: {error}"));
             }
             instance.data = InstanceData::Disk;

@@ -62,6 +62,8 @@ struct State {
     checkpoint: u64,
     /// Segments written since the last flush.
     dirty: [bool; SEGMENTS as usize],
+    /// A flush failed: what it covered is unknown, so nothing more is acknowledged.
+    failed: bool,
 }
 
 /// The write-ahead log.
@@ -143,11 +145,19 @@ impl Wal {
                 syncing: false,
                 checkpoint,
                 dirty: [false; SEGMENTS as usize],
+                failed: false,
             }),
             flushed: Condvar::new(),
             checkpointing: Mutex::new(()),
         };
-        let replayed = wal.replay(layout)?;
+        // Only creating the segments may fail for want of room (the caller then runs
+        // without a log); a replay that fails stops the start-up.
+        let replayed = wal.replay(layout).map_err(|e| {
+            io::Error::other(format!(
+                "replaying the write-ahead log in {}: {e}",
+                wal.dir.display()
+            ))
+        })?;
         Ok((wal, replayed))
     }
 
@@ -228,6 +238,11 @@ impl Wal {
         }
         let end = {
             let mut state = self.state();
+            if state.failed {
+                return Err(io::Error::other(
+                    "the write-ahead log failed to flush earlier; it takes nothing more",
+                ));
+            }
             // Space: a full ring is checkpointed (outside the lock) and tried again.
             let mut tries = 0;
             loop {
@@ -278,6 +293,9 @@ impl Wal {
     fn flush_through(&self, end: u64) -> io::Result<()> {
         let mut state = self.state();
         loop {
+            if state.failed {
+                return Err(io::Error::other("the write-ahead log failed to flush"));
+            }
             if state.synced >= end {
                 return Ok(());
             }
@@ -302,10 +320,12 @@ impl Wal {
             if result.is_ok() {
                 state.synced = state.synced.max(target);
             } else {
-                // Flushed or not, nothing is known: dirty again, for the next one.
-                for (n, was) in dirty.iter().enumerate() {
-                    state.dirty[n] |= *was;
-                }
+                // A second fdatasync would report success for pages the failed one left
+                // unwritten: nothing after this is acknowledged.
+                state.failed = true;
+                tracing::error!(
+                    "the write-ahead log failed to flush: instances are refused until a restart"
+                );
             }
             self.flushed.notify_all();
             result?;
