@@ -33,9 +33,9 @@ fn node(out: &Path, data: &Path) -> NodeProcess {
     )
 }
 
-/// Each run that finished (its record has a non-zero end): its end (ns since the epoch)
-/// and its SOP Instance UIDs.
-fn finished_runs(out: &Path) -> Vec<(u128, Vec<String>)> {
+/// Each run that finished (its record has a non-zero end): its patient, its end (ns since
+/// the epoch) and its SOP Instance UIDs.
+fn finished_runs(out: &Path) -> Vec<(String, u128, Vec<String>)> {
     let mut runs = Vec::new();
     for path in files_under(&out.join("runs")) {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -47,15 +47,15 @@ fn finished_runs(out: &Path) -> Vec<(u128, Vec<String>)> {
         if end == 0 {
             continue;
         }
-        runs.push((end, dicomnode_tests::record_uids(&text)));
+        // `<patient>-<pid>-<n>.txt`
+        let name = path
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let patient = name.rsplitn(3, '-').nth(2).unwrap_or_default().to_string();
+        runs.push((patient, end, dicomnode_tests::record_uids(&text)));
     }
     runs
-}
-
-fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
 }
 
 fn send(port: u16, dir: &Path) -> Child {
@@ -109,7 +109,7 @@ fn ten_rounds_of_sigkill_lose_no_acknowledged_instance_and_process_none_twice() 
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(7, |d| d.subsec_nanos() as u64);
     eprintln!("seed {seed}");
-    let mut kills: Vec<u128> = Vec::new();
+    let mut logs: Vec<String> = Vec::new();
     let mut node = node(out.path(), data.path());
     for round in 0..10u64 {
         let dirs: Vec<PathBuf> = (0..4)
@@ -136,13 +136,13 @@ fn ten_rounds_of_sigkill_lose_no_acknowledged_instance_and_process_none_twice() 
         x ^= x << 17;
         let wait = 100 + x % 1400;
         std::thread::sleep(Duration::from_millis(wait));
-        kills.push(now_ns());
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(node.pid() as i32),
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
         node.wait_for_exit(WAIT);
+        logs.push(node.log());
         for sender in senders {
             acked.extend(acknowledged(sender));
         }
@@ -161,7 +161,7 @@ fn ten_rounds_of_sigkill_lose_no_acknowledged_instance_and_process_none_twice() 
     loop {
         let processed: HashSet<String> = finished_runs(out.path())
             .into_iter()
-            .flat_map(|(_, uids)| uids)
+            .flat_map(|(_, _, uids)| uids)
             .collect();
         if acked.is_subset(&processed) {
             break;
@@ -175,30 +175,51 @@ fn ten_rounds_of_sigkill_lose_no_acknowledged_instance_and_process_none_twice() 
         std::thread::sleep(Duration::from_millis(100));
     }
     // Nothing is processed twice by runs that finished, except a batch whose child had
-    // finished when the node was killed, before the node could record its success (a few
-    // milliseconds: the child's report, one small fsync'd file). Such a run ended just
-    // before a kill.
+    // finished when the node was killed, before the node recorded the success: the node's
+    // log then has one "processing finished" for it, not two.
     std::thread::sleep(Duration::from_secs(1));
-    let mut seen: HashMap<String, Vec<u128>> = HashMap::new();
-    for (end, uids) in finished_runs(out.path()) {
+    logs.push(node.log());
+    let mut runs_of: HashMap<String, usize> = HashMap::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (patient, _, uids) in finished_runs(out.path()) {
+        *runs_of.entry(patient).or_default() += 1;
         for uid in uids {
-            seen.entry(uid).or_default().push(end);
+            *seen.entry(uid).or_default() += 1;
         }
     }
-    let window = 100_000_000u128; // 100 ms
+    // The check below reads the log's lines for each patient: it must find them at all.
+    let recorded_total = runs_of
+        .keys()
+        .filter(|patient| {
+            logs.iter().flat_map(|log| log.lines()).any(|l| {
+                l.contains(&format!("key={patient}}}")) && l.contains("processing finished")
+            })
+        })
+        .count();
+    assert!(
+        recorded_total * 2 >= runs_of.len(),
+        "successes recorded for {recorded_total} of {} patients",
+        runs_of.len()
+    );
     let mut again = 0;
-    for (uid, mut ends) in seen {
-        ends.sort_unstable();
-        for earlier in &ends[..ends.len() - 1] {
-            let killed_after = kills.iter().any(|k| *k >= *earlier && k - earlier < window);
-            assert!(
-                killed_after,
-                "{uid} was processed twice, and no kill came within 100 ms of the first run's end"
-            );
-            again += 1;
-        }
+    for (patient, runs) in runs_of.iter().filter(|(_, n)| **n > 1) {
+        let recorded = logs
+            .iter()
+            .flat_map(|log| log.lines())
+            .filter(|l| {
+                l.contains(&format!("key={patient}}}")) && l.contains("processing finished")
+            })
+            .count();
+        assert!(
+            recorded <= 1,
+            "patient {patient}: {runs} finished runs and {recorded} successes recorded: processed twice"
+        );
+        again += runs - 1;
     }
-    eprintln!("{again} instance(s) processed again after a kill within 100 ms of their run's end");
+    eprintln!(
+        "{again} batch(es) run again after a kill that came before their success was recorded; {} instances seen more than once",
+        seen.values().filter(|n| **n > 1).count()
+    );
     assert!(
         files_under(&data.path().join("tmp")).is_empty(),
         "no temporary file is left"
