@@ -436,3 +436,27 @@ pub fn store_pdu(
         ],
     }
 }
+
+/// The SOP Instance UIDs that DCMTK `storescu -v` saw acknowledged with success, read
+/// from its output (each "Sending file" line names the file the next response is for).
+pub fn storescu_acknowledged(output: &str) -> Vec<String> {
+    let mut current: Option<PathBuf> = None;
+    let mut uids = Vec::new();
+    for line in output.lines() {
+        if let Some(file) = line.strip_prefix("I: Sending file: ") {
+            current = Some(PathBuf::from(file));
+        } else if line.contains("Received Store Response (Success)") {
+            if let Some(file) = current.take() {
+                let obj = dicomnode_server::dicom_object::open_file(&file)
+                    .expect("storescu sent a readable file");
+                let uid = dicomnode_server::input::value_of(
+                    &obj,
+                    dicomnode_server::dicom_dictionary_std::tags::SOP_INSTANCE_UID,
+                )
+                .expect("the file has a SOP Instance UID");
+                uids.push(dicomnode_server::uid::trim_uid(&uid).to_string());
+            }
+        }
+    }
+    uids
+}

@@ -3,10 +3,7 @@
 //! checkpoints, or runs a child), then restarted on the same data directory. In the end
 //! every acknowledged instance was processed, none twice, and no temporary file is left.
 
-use dicomnode_server::dicom_dictionary_std::tags;
-use dicomnode_server::dicom_object::open_file;
 use dicomnode_server::synthetic::SyntheticSeries;
-use dicomnode_server::uid::trim_uid;
 use dicomnode_tests::{dcmtk, files_under, NodeProcess};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -79,24 +76,7 @@ fn acknowledged(sender: Child) -> Vec<String> {
     let output = sender.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout).to_string()
         + &String::from_utf8_lossy(&output.stderr);
-    let mut current: Option<PathBuf> = None;
-    let mut uids = Vec::new();
-    for line in text.lines() {
-        if let Some(file) = line.strip_prefix("I: Sending file: ") {
-            current = Some(PathBuf::from(file));
-        } else if line.contains("Received Store Response (Success)") {
-            if let Some(file) = current.take() {
-                let obj = open_file(&file).unwrap();
-                let uid = obj
-                    .element(tags::SOP_INSTANCE_UID)
-                    .unwrap()
-                    .to_str()
-                    .unwrap();
-                uids.push(trim_uid(&uid).to_string());
-            }
-        }
-    }
-    uids
+    dicomnode_tests::storescu_acknowledged(&text)
 }
 
 #[test]

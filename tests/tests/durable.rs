@@ -2,10 +2,8 @@
 
 use dicomnode_server::dicom_core::{DataElement, VR};
 use dicomnode_server::dicom_dictionary_std::tags;
-use dicomnode_server::dicom_object::open_file;
 use dicomnode_server::dimse::status;
 use dicomnode_server::synthetic::SyntheticSeries;
-use dicomnode_server::uid::trim_uid;
 use dicomnode_tests::{cli_exe, dcmtk, files_under, record_uids, run, store_all, NodeProcess};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -116,24 +114,7 @@ fn sigkill_during_transfers_loses_no_acknowledged_instance() {
         let output = sender.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&output.stdout).to_string()
             + &String::from_utf8_lossy(&output.stderr);
-        let mut current = None;
-        for line in text.lines() {
-            if let Some(file) = line.strip_prefix("I: Sending file: ") {
-                current = Some(PathBuf::from(file));
-            } else if line.contains("Received Store Response (Success)") {
-                let file = current.take().expect("a response follows a file");
-                let obj = open_file(&file).unwrap();
-                acknowledged.insert(
-                    trim_uid(
-                        &obj.element(tags::SOP_INSTANCE_UID)
-                            .unwrap()
-                            .to_str()
-                            .unwrap(),
-                    )
-                    .to_string(),
-                );
-            }
-        }
+        acknowledged.extend(dicomnode_tests::storescu_acknowledged(&text));
     }
     assert!(!acknowledged.is_empty(), "some instances were acknowledged");
     assert!(

@@ -144,11 +144,7 @@ impl<'a> Exchange<'a> {
     ) -> Result<u16, RetrieveError> {
         let pc = self.pc;
         let model = self.model.clone();
-        let ts = self
-            .association()?
-            .context(pc)
-            .map(|(_, ts)| ts)
-            .unwrap_or_default();
+        let ts = self.transfer_syntax_of(pc);
         let Some(syntax) = TransferSyntaxRegistry.get(&ts) else {
             return Err(self.protocol(format!("unknown transfer syntax {ts}")));
         };
@@ -311,12 +307,7 @@ impl<'a> Exchange<'a> {
 
     /// A C-STORE of a C-GET begins: the sink is told what comes.
     fn begin_sub_store(&mut self, command: &Command, pc: u8) -> Result<(), String> {
-        let ts = self
-            .association
-            .as_ref()
-            .and_then(|a| a.context(pc))
-            .map(|(_, ts)| ts)
-            .unwrap_or_default();
+        let ts = self.transfer_syntax_of(pc);
         match self.on_store.as_mut() {
             Some(sink) => sink.begin(&command.sop_class_uid, &command.sop_instance_uid, &ts),
             None => Err("a C-STORE outside a C-GET".to_string()),
@@ -353,13 +344,17 @@ impl<'a> Exchange<'a> {
         Ok(())
     }
 
-    fn decode(&self, bytes: &[u8], pc: u8) -> Result<InMemDicomObject, RetrieveError> {
-        let ts = self
-            .association
+    /// The transfer syntax accepted for presentation context `pc` (empty if none).
+    fn transfer_syntax_of(&self, pc: u8) -> String {
+        self.association
             .as_ref()
             .and_then(|a| a.context(pc))
             .map(|(_, ts)| ts)
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    fn decode(&self, bytes: &[u8], pc: u8) -> Result<InMemDicomObject, RetrieveError> {
+        let ts = self.transfer_syntax_of(pc);
         let Some(syntax) = TransferSyntaxRegistry.get(&ts) else {
             return Err(self.protocol(format!("unknown transfer syntax {ts}")));
         };
