@@ -56,6 +56,8 @@ pub struct NodeConfig {
     pub maintenance_interval: Duration,
     /// How many children at once, their limits, warm workers.
     pub children: ChildPolicy,
+    /// Where patients' processing runs: local children (the default) or Slurm jobs.
+    pub executor: ExecutorChoice,
     /// On SIGINT/SIGTERM: how long running associations and children may take to finish.
     pub shutdown_grace: Duration,
     /// Also log to daily rolling files here (the log goes to stdout either way).
@@ -133,6 +135,57 @@ impl Default for ChildPolicy {
     }
 }
 
+/// Where patients' processing runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ExecutorChoice {
+    /// A child process on this machine per patient (or a warm worker).
+    #[default]
+    Local,
+    /// A Slurm job per patient attempt.
+    Slurm(SlurmSettings),
+}
+
+/// How patients' jobs go to a Slurm cluster. The time limit, memory limit and
+/// `max_children` of [`ChildPolicy`] become the jobs' `--time`, `--mem` and the number of
+/// jobs in flight at once; warm workers do not apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlurmSettings {
+    /// A directory on a file system the cluster's nodes share with this one: each job is
+    /// a directory in it (the job, its instances, its script, its output). The node's
+    /// executable must be reachable from the cluster's nodes at the same path.
+    pub job_dir: PathBuf,
+    /// `--partition`.
+    pub partition: Option<String>,
+    /// `--account`.
+    pub account: Option<String>,
+    /// `--gres` (e.g. `gpu:1`).
+    pub gres: Option<String>,
+    /// Further arguments passed to `sbatch` as they are.
+    pub extra_args: Vec<String>,
+    /// On SIGINT/SIGTERM, cancel the jobs in flight (their batches run again at the next
+    /// start) instead of leaving them running (adopted at the next start).
+    pub cancel_jobs_on_exit: bool,
+    /// How often the controller is asked about the jobs in flight (one `squeue` for all
+    /// of them); a job's report in its directory is noticed sooner.
+    pub poll: Duration,
+}
+
+impl SlurmSettings {
+    /// Jobs in `job_dir`, defaults otherwise (no partition, account or GRES; the
+    /// controller asked every 5 s; jobs left running on exit).
+    pub fn new(job_dir: impl Into<PathBuf>) -> Self {
+        SlurmSettings {
+            job_dir: job_dir.into(),
+            partition: None,
+            account: None,
+            gres: None,
+            extra_args: Vec::new(),
+            cancel_jobs_on_exit: false,
+            poll: Duration::from_secs(5),
+        }
+    }
+}
+
 impl NodeConfig {
     /// Defaults: listen on 127.0.0.1:11112, check the called AE title, key on PatientID.
     pub fn new(ae_title: impl Into<String>) -> Self {
@@ -153,6 +206,7 @@ impl NodeConfig {
             disk_watermark: 0.95,
             maintenance_interval: Duration::from_secs(5),
             children: ChildPolicy::default(),
+            executor: ExecutorChoice::Local,
             shutdown_grace: Duration::from_secs(30),
             log_dir: None,
             quiet_period: None,

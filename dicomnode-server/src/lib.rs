@@ -64,7 +64,7 @@ mod trigger;
 
 pub use config::NodeConfig;
 pub use dicomnode_derive::Pipeline;
-pub use runner::{ChildEntry, RunnerError};
+pub use runner::{ChildEntry, RunnerError, SlurmError, SlurmToolError};
 pub use storage_classes::STORAGE_SOP_CLASSES;
 
 /// n-dimensional arrays, the type of [`Volume::data`], re-exported so versions match.

@@ -10,13 +10,14 @@ use super::wire::{
     read_frame, write_frame, ChildMessage, ChildOutcome, Job, JobInstance, LogRecord, Report,
 };
 use super::{micros, unix_micros};
-use super::{CHILD_ENV, MEMORY_LIMIT_ENV};
+use super::{CHILD_ENV, JOB_DIR_ENV, MEMORY_LIMIT_ENV};
 use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicomnode_core::{DicomInstance, InputContainer, Pipeline, Processor};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,15 +62,16 @@ pub fn child_entry_among(entries: &[ChildEntry]) -> Option<ExitCode> {
     }
 }
 
-/// The socket to the parent, shared by the job loop and the log layer.
-type Channel = Arc<Mutex<UnixStream>>;
+/// Where the child's messages go (the socket to the parent, or a job's events file),
+/// shared by the job loop and the log layer.
+type Channel = Arc<Mutex<Box<dyn Write + Send>>>;
 
 fn send(channel: &Channel, message: &ChildMessage) -> Result<(), String> {
     let bytes = postcard::to_allocvec(message).map_err(|e| e.to_string())?;
-    let stream = channel
+    let mut stream = channel
         .lock()
         .map_err(|_| "the channel lock is poisoned".to_string())?;
-    write_frame(&*stream, &bytes).map_err(|e| e.to_string())
+    write_frame(&mut *stream, &bytes).map_err(|e| e.to_string())
 }
 
 /// A tracing layer that sends every event to the parent as a [`LogRecord`].
@@ -189,33 +191,52 @@ fn take_channel_from_stdin() -> nix::Result<UnixStream> {
     Ok(UnixStream::from(channel))
 }
 
-/// The child's `main`: runs the jobs it is sent, one after another, until the parent
-/// closes the channel.
-pub fn child_main<P: Pipeline>() -> ExitCode {
-    apply_limits();
+/// Where jobs are read from.
+type JobSource = Box<dyn Read>;
+
+/// Where jobs come from and messages go: the socket pair's end on standard input (a
+/// local child), or the files of a job's directory (a cluster's job: `job.bin` holds the
+/// job, `events.bin` gets the messages, which the node reads as they are appended).
+fn open_channel() -> Result<(JobSource, Box<dyn Write + Send>), String> {
+    if let Some(dir) = std::env::var_os(JOB_DIR_ENV) {
+        let dir = PathBuf::from(dir);
+        let job = std::fs::File::open(dir.join(super::JOB_FILE))
+            .map_err(|e| format!("cannot open the job in {}: {e}", dir.display()))?;
+        let events = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(super::EVENTS_FILE))
+            .map_err(|e| format!("cannot open the events file in {}: {e}", dir.display()))?;
+        return Ok((Box::new(job), Box::new(events)));
+    }
     // The channel arrives as standard input: moved to a descriptor of its own,
     // close-on-exec, and /dev/null put in its place, so that nothing the processor starts
     // can read job frames or hold the channel open.
-    let socket = match take_channel_from_stdin() {
-        Ok(socket) => socket,
+    let socket = take_channel_from_stdin()
+        .map_err(|e| format!("cannot take the job channel from standard input: {e}"))?;
+    let reader = socket
+        .try_clone()
+        .map_err(|e| format!("cannot use the channel: {e}"))?;
+    Ok((Box::new(reader), Box::new(socket)))
+}
+
+/// The child's `main`: runs the jobs it is sent, one after another, until the parent
+/// closes the channel (or the job file ends).
+pub fn child_main<P: Pipeline>() -> ExitCode {
+    apply_limits();
+    let (mut reader, writer) = match open_channel() {
+        Ok(channel) => channel,
         Err(e) => {
-            eprintln!("dicomnode child: cannot take the job channel from standard input: {e}");
+            eprintln!("dicomnode child: {e}");
             return ExitCode::from(2);
         }
     };
     // From here on nothing this process starts believes it is a child. (Single-threaded
     // still: nothing else reads the environment now.)
-    for marker in [CHILD_ENV, MEMORY_LIMIT_ENV] {
+    for marker in [CHILD_ENV, MEMORY_LIMIT_ENV, JOB_DIR_ENV] {
         std::env::remove_var(marker);
     }
-    let reader = match socket.try_clone() {
-        Ok(reader) => reader,
-        Err(e) => {
-            eprintln!("dicomnode child: cannot use the channel: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let channel: Channel = Arc::new(Mutex::new(socket));
+    let channel: Channel = Arc::new(Mutex::new(writer));
     install_logging(&channel);
     install_panic_hook();
     // Built on the first job and kept: a warm worker builds its processor once.
@@ -223,7 +244,7 @@ pub fn child_main<P: Pipeline>() -> ExitCode {
     let mut all_succeeded = true;
     loop {
         // The parent's jobs are as large as the batch is (u32 frames).
-        let frame = match read_frame(&reader, u32::MAX as usize) {
+        let frame = match read_frame(&mut reader, u32::MAX as usize) {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(e) => {

@@ -8,24 +8,29 @@
 //! patients and after any failure. See [`wire`] for what crosses between them.
 
 mod child;
+mod executor;
+mod local;
 mod output;
+pub(crate) mod slurm;
 mod supervise;
 pub mod wire;
 mod workdirs;
 
 pub use child::{child_entry_among, is_child, ChildEntry};
+pub use slurm::{ControlError as SlurmToolError, SlurmError};
 
-use crate::config::{ChildPolicy, NodeConfig};
+use crate::config::{ChildPolicy, ExecutorChoice, NodeConfig};
 use crate::storage::{InstanceData, PatientBatch, Storage};
 use dicomnode_core::{Pipeline, RetryPolicy};
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use executor::{Attempt, Executor};
+use local::LocalChildren;
+use slurm::SlurmExecutor;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use supervise::{ChildProcess, Launch};
-use wire::{ChildOutcome, Job, JobInput, JobInstance, Report};
+use wire::{ChildOutcome, Job, JobInput, JobInstance};
 use workdirs::RunnerDir;
 
 /// Set in the environment of a processing child, to the type name of the pipeline whose
@@ -33,6 +38,15 @@ use workdirs::RunnerDir;
 pub const CHILD_ENV: &str = "DICOMNODE_CHILD";
 /// Set in a child's environment to its memory limit (RLIMIT_AS, bytes).
 pub const MEMORY_LIMIT_ENV: &str = "DICOMNODE_MEMORY_LIMIT";
+/// Set in a cluster job's environment to the job's directory: the child reads its job
+/// from [`JOB_FILE`] there and appends its messages to [`EVENTS_FILE`], instead of
+/// talking over a socket to a parent on the same machine.
+pub const JOB_DIR_ENV: &str = "DICOMNODE_CHILD_JOB_DIR";
+/// The job, one frame (see [`wire`]), in a cluster job's directory.
+pub(crate) const JOB_FILE: &str = "job.bin";
+/// The child's messages (log records, then the report), frames appended one after
+/// another, in a cluster job's directory.
+pub(crate) const EVENTS_FILE: &str = "events.bin";
 
 /// Why the runner could not be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +67,9 @@ pub enum RunnerError {
         #[source]
         source: std::io::Error,
     },
+    /// The Slurm executor could not be prepared.
+    #[error("cannot prepare the Slurm executor")]
+    Slurm(#[source] slurm::SlurmError),
 }
 
 /// How a patient's processing ended, as the node tells it.
@@ -72,6 +89,11 @@ pub enum Outcome {
     Exited(i32),
     /// The child could not be started or talked to.
     NotRun(String),
+    /// The job was cancelled from outside (a cluster's `scancel`, an administrator).
+    Cancelled(String),
+    /// The job ended for a reason outside it (its cluster node failed, it was
+    /// preempted): run again without counting as an attempt, a few times in a row.
+    Transient(String),
 }
 
 impl Outcome {
@@ -89,6 +111,8 @@ impl Outcome {
             Outcome::Signalled(_) => "signalled",
             Outcome::Exited(_) => "exited",
             Outcome::NotRun(_) => "not_run",
+            Outcome::Cancelled(_) => "cancelled",
+            Outcome::Transient(_) => "transient",
         }
     }
 }
@@ -122,6 +146,8 @@ impl std::fmt::Display for Outcome {
             ),
             Outcome::Exited(code) => write!(f, "child exited with code {code} without a report"),
             Outcome::NotRun(m) => write!(f, "child could not run: {m}"),
+            Outcome::Cancelled(m) => write!(f, "cancelled: {m}"),
+            Outcome::Transient(m) => write!(f, "ended for a reason outside the job: {m}"),
         }
     }
 }
@@ -141,26 +167,25 @@ pub(crate) fn unix_micros(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// Starts children for patients, at most `max_children` at once, and supervises them.
+/// Hands patients' batches to the executor, at most `max_children` at once, and applies
+/// the failure policy to how each attempt ended.
 pub struct ChildRunner {
-    exe: PathBuf,
-    pipeline_name: &'static str,
-    pipeline: Vec<u8>,
-    /// Holds the children's job directories; owned (locked) while the runner lives.
-    dir: RunnerDir,
+    executor: Box<dyn Executor>,
     storage: Arc<Storage>,
     failure: RetryPolicy,
     policy: ChildPolicy,
     queue: Mutex<VecDeque<PatientBatch>>,
     wake: Condvar,
-    /// Process groups of the children alive now.
-    alive: Mutex<HashSet<u32>>,
     /// Jobs being processed now.
     busy: AtomicUsize,
     stopping: AtomicBool,
     /// The patients being processed now, by worker thread, and since when.
     running: Mutex<HashMap<std::thread::ThreadId, (String, SystemTime)>>,
 }
+
+/// How often in a row an attempt may end for a reason outside the job (a cluster node
+/// failed, the job was preempted) without counting as a failed attempt.
+const TRANSIENT_IN_A_ROW: u32 = 3;
 
 impl ChildRunner {
     /// Prepares the runner and starts its worker threads.
@@ -173,29 +198,57 @@ impl ChildRunner {
             Some(exe) => exe.clone(),
             None => std::env::current_exe().map_err(RunnerError::CurrentExe)?,
         };
-        let work_root = config.work_root.clone().unwrap_or_else(std::env::temp_dir);
-        let dir = RunnerDir::claim(&work_root).map_err(|source| RunnerError::WorkDir {
-            root: work_root.clone(),
-            source,
-        })?;
+        let pipeline_name = std::any::type_name::<P>();
+        let encoded =
+            Arc::new(postcard::to_allocvec(pipeline).map_err(RunnerError::EncodePipeline)?);
+        let policy = ChildPolicy {
+            max_children: config.children.max_children.max(1),
+            ..config.children
+        };
+        let executor: Box<dyn Executor> = match &config.executor {
+            ExecutorChoice::Local => {
+                let work_root = config.work_root.clone().unwrap_or_else(std::env::temp_dir);
+                let dir = RunnerDir::claim(&work_root).map_err(|source| RunnerError::WorkDir {
+                    root: work_root.clone(),
+                    source,
+                })?;
+                Box::new(LocalChildren::new(
+                    exe,
+                    pipeline_name,
+                    encoded,
+                    dir,
+                    Arc::clone(&storage),
+                    policy,
+                ))
+            }
+            ExecutorChoice::Slurm(slurm) => Box::new(
+                SlurmExecutor::start(
+                    exe,
+                    pipeline_name,
+                    encoded,
+                    slurm.clone(),
+                    Arc::clone(&storage),
+                    policy,
+                )
+                .map_err(RunnerError::Slurm)?,
+            ),
+        };
         let runner = Arc::new(ChildRunner {
-            exe,
-            pipeline_name: std::any::type_name::<P>(),
-            pipeline: postcard::to_allocvec(pipeline).map_err(RunnerError::EncodePipeline)?,
-            dir,
+            executor,
             storage,
             failure: config.failure,
-            policy: ChildPolicy {
-                max_children: config.children.max_children.max(1),
-                ..config.children
-            },
+            policy,
             queue: Mutex::new(VecDeque::new()),
             wake: Condvar::new(),
-            alive: Mutex::new(HashSet::new()),
             busy: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             running: Mutex::new(HashMap::new()),
         });
+        tracing::info!(
+            executor = runner.executor.name(),
+            at_once = policy.max_children,
+            "runner started"
+        );
         for index in 0..runner.policy.max_children {
             let worker = Arc::clone(&runner);
             let spawned = std::thread::Builder::new()
@@ -273,7 +326,6 @@ impl ChildRunner {
 
     /// A worker thread: takes batches in arrival order, one at a time.
     fn work(self: Arc<Self>) {
-        let mut warm: Option<ChildProcess> = None;
         while let Some(batch) = self.next() {
             self.busy.fetch_add(1, Ordering::SeqCst);
             crate::metrics::global().children(1);
@@ -287,22 +339,19 @@ impl ChildRunner {
                     ),
                 );
             }
-            self.process(batch, &mut warm);
+            self.process(batch);
             if let Ok(mut running) = self.running.lock() {
                 running.remove(&me);
             }
             crate::metrics::global().children(-1);
             self.busy.fetch_sub(1, Ordering::SeqCst);
         }
-        if let Some(child) = warm.take() {
-            self.retire(child, false);
-        }
     }
 
     /// Runs one attempt at a batch and applies the failure policy. Success deletes the
     /// batch's data; a failure is recorded beside the data and retried after the backoff;
     /// after the last attempt the batch goes to the quarantine.
-    fn process(self: &Arc<Self>, mut batch: PatientBatch, warm: &mut Option<ChildProcess>) {
+    fn process(self: &Arc<Self>, mut batch: PatientBatch) {
         let span = tracing::info_span!("patient", key = %dicomnode_core::completion::display_group_key(&batch.patient_key));
         let _entered = span.enter();
         let started = std::time::Instant::now();
@@ -311,13 +360,18 @@ impl ChildRunner {
         if !self.storage.checkpoint() {
             tracing::warn!("processing before the write-ahead log's checkpoint: a crash before the next one may process this batch again");
         }
-        let (outcome, tail, output) = self.attempt(&batch, warm);
+        let Attempt {
+            outcome,
+            tail,
+            output,
+        } = self.executor.run(&batch);
         if let Outcome::Success(_) = outcome {
             crate::metrics::global().processed(started.elapsed());
             let attempt = batch.attempt;
             // Recorded first: a crash before the data are deleted does not process the
             // batch again at the next start.
             self.storage.mark_succeeded(&batch);
+            self.executor.release(&batch);
             self.storage.batch_succeeded(batch);
             tracing::info!(%outcome, attempt, "processing finished");
             return;
@@ -327,6 +381,16 @@ impl ChildRunner {
             tracing::warn!(%outcome, "processing interrupted by the shutdown; not counted as an attempt{}", if batch.dir.is_some() { ", kept for the next start" } else { "" });
             return;
         }
+        if let Outcome::Transient(_) = outcome {
+            if batch.transient < TRANSIENT_IN_A_ROW {
+                batch.transient += 1;
+                self.executor.release(&batch);
+                tracing::warn!(%outcome, in_a_row = batch.transient, "the attempt ended for a reason outside the job: run again, not counted as an attempt");
+                self.resubmit_after(batch, Duration::from_secs(1));
+                return;
+            }
+        }
+        batch.transient = 0;
         crate::metrics::global().failed(outcome.cause());
         let attempts = self.failure.attempts();
         tracing::error!(
@@ -347,6 +411,7 @@ impl ChildRunner {
             tail.join("\n")
         );
         self.storage.record_failure(&batch, &record);
+        self.executor.release(&batch);
         if batch.attempt >= attempts {
             let place = self.storage.quarantine(batch);
             tracing::error!(%place, "every attempt failed: the patient is quarantined (put it back with `dicomnode requeue`)");
@@ -355,156 +420,34 @@ impl ChildRunner {
         let backoff = self.failure.wait_after(batch.attempt);
         tracing::warn!(retry_in = ?backoff, "processing will be retried");
         batch.attempt += 1;
-        // The wait does not hold a child slot.
+        self.resubmit_after(batch, backoff);
+    }
+
+    /// Queues the batch again after `wait`, which does not hold a child slot.
+    fn resubmit_after(self: &Arc<Self>, batch: PatientBatch, wait: Duration) {
         let runner = Arc::clone(self);
         std::thread::spawn(move || {
-            std::thread::sleep(backoff);
+            std::thread::sleep(wait);
             let mut batch = batch;
             batch.triggered_at = SystemTime::now();
             runner.submit(batch);
         });
     }
 
-    /// One attempt: a child (fresh, or the warm one) runs the job. Returns how it ended,
-    /// the last lines the child printed and, for a failure, where all of its output is kept.
-    fn attempt(
-        &self,
-        batch: &PatientBatch,
-        warm: &mut Option<ChildProcess>,
-    ) -> (Outcome, Vec<String>, Option<String>) {
-        let mut child = match warm.take() {
-            Some(child) => child,
-            None => match ChildProcess::spawn(&Launch {
-                exe: &self.exe,
-                pipeline_name: self.pipeline_name,
-                memory_limit: self.policy.memory_limit,
-                work_root: self.dir.path(),
-            }) {
-                Ok(child) => {
-                    self.alive
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(child.pid());
-                    child
-                }
-                Err(message) => return (Outcome::NotRun(message), Vec::new(), None),
-            },
-        };
-        let job_root = child.job_root();
-        let job = job_for(batch, &self.pipeline, &job_root);
-        let end = child.run(&batch.patient_key, &job, self.policy.time_limit);
-        let pid = child.pid();
-        // A report that arrived counts, even if the time limit passed just after it.
-        let outcome = end
-            .report
-            .as_ref()
-            .map(|report| self.outcome_of_report(batch, report, pid));
-        match outcome {
-            Some(outcome @ Outcome::Success(_))
-                if self
-                    .policy
-                    .warm_patients
-                    .is_some_and(|limit| child.jobs < limit)
-                    && !end.timed_out
-                    && !self.stopping.load(Ordering::SeqCst) =>
-            {
-                let tail = child.tail();
-                *warm = Some(child);
-                (outcome, tail, None)
-            }
-            Some(outcome) => {
-                // A fresh child's work is done; a warm one is replaced after a failure or
-                // after its last patient.
-                let tail = child.tail();
-                let output = match outcome {
-                    Outcome::Success(_) => None,
-                    _ => self.keep_output(batch, &child),
-                };
-                self.retire(child, end.timed_out);
-                (outcome, tail, output)
-            }
-            None => {
-                // No report: the child died or was killed. Its status says how.
-                let tail = child.tail();
-                let output = self.keep_output(batch, &child);
-                let status = self.retire(child, true);
-                let outcome = if end.timed_out {
-                    Outcome::TimedOut(self.policy.time_limit.unwrap_or_default())
-                } else {
-                    match status {
-                        Some(status) => match (status.signal(), status.code()) {
-                            (Some(6), _)
-                                if self.policy.memory_limit.is_some()
-                                    && tail.iter().any(|l| l.contains("memory allocation of")) =>
-                            {
-                                Outcome::OutOfMemory(self.policy.memory_limit.unwrap_or_default())
-                            }
-                            (Some(signal), _) => Outcome::Signalled(signal),
-                            (None, Some(code)) => Outcome::Exited(code),
-                            (None, None) => Outcome::NotRun(format!("child ended: {status}")),
-                        },
-                        None => Outcome::NotRun("the child's status is unknown".into()),
-                    }
-                };
-                (outcome, tail, output)
-            }
-        }
-    }
-
-    fn outcome_of_report(&self, batch: &PatientBatch, report: &Report, pid: u32) -> Outcome {
-        if let Some(entered) = report.entered_process_us {
-            let ms = |us: u64| us as f64 / 1000.0;
-            tracing::info!(
-                pid,
-                trigger_to_process_ms = ms(entered.saturating_sub(unix_micros(batch.triggered_at))),
-                process_ms = report.process_us.map(ms),
-                export_ms = report.export_us.map(ms),
-                "child timings"
-            );
-        }
-        tracing::info!(
-            pid,
-            workdir = %report.workdir,
-            removed = report.workdir_removed && !Path::new(&report.workdir).exists(),
-            "child working directory"
-        );
-        match &report.outcome {
-            ChildOutcome::Success(summary) => Outcome::Success(summary.clone()),
-            other => Outcome::Failed(other.clone()),
-        }
-    }
-
-    /// Keeps all of a failed attempt's output beside its failure record (on disk); returns
-    /// the name it is kept under.
-    fn keep_output(&self, batch: &PatientBatch, child: &ChildProcess) -> Option<String> {
-        self.storage.keep_output(batch, &child.output_file()?)
-    }
-
-    fn retire(&self, child: ChildProcess, kill_now: bool) -> Option<std::process::ExitStatus> {
-        let pid = child.pid();
-        let status = child.finish(kill_now);
-        self.alive
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&pid);
-        status
-    }
-
-    /// Stops starting children, lets the running ones finish within `grace`, then kills
-    /// the process groups of those still alive. Waiting batches stay stored (on disk they
-    /// are processed at the next start).
+    /// Stops starting attempts, lets the running ones finish within `grace` (a cluster's
+    /// jobs are left running or cancelled, as configured), then ends those still
+    /// running. Waiting batches stay stored (on disk they are processed at the next
+    /// start).
     pub fn shutdown(&self, grace: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
         self.wake.notify_all();
+        self.executor.stop(grace);
         let waiting = self.queue.lock().map(|q| q.len()).unwrap_or(0);
         let deadline = Instant::now() + grace;
         while self.busy.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.kill_all();
-        if self.busy.load(Ordering::SeqCst) == 0 {
-            self.dir.remove();
-        }
+        self.executor.finish(self.busy.load(Ordering::SeqCst) == 0);
         tracing::info!(
             waiting,
             "runner stopped{}",
@@ -516,17 +459,9 @@ impl ChildRunner {
         );
     }
 
-    /// Kills the process group of every child alive.
+    /// Ends every running attempt now.
     pub fn kill_all(&self) {
-        let alive: Vec<u32> = self
-            .alive
-            .lock()
-            .map(|a| a.iter().copied().collect())
-            .unwrap_or_default();
-        for pid in alive {
-            tracing::warn!(pid, "killing the child's process group");
-            supervise::kill_group(pid);
-        }
+        self.executor.kill_all();
     }
 }
 

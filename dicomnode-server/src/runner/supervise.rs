@@ -342,26 +342,29 @@ impl Watchdog {
     }
 }
 
-/// Re-emits a child's log record in the current (patient's) span.
+/// Re-emits a child's log record at its level, with the given identifying fields.
+macro_rules! relay_at_level {
+    ($record:expr, $($id:tt)*) => {{
+        let record: &LogRecord = $record;
+        let (target, message, fields) = (&record.target, &record.message, &record.fields);
+        match record.level {
+            0 => tracing::error!(target: "dicomnode::child", $($id)*, child_target = %target, fields = %fields, "{message}"),
+            1 => tracing::warn!(target: "dicomnode::child", $($id)*, child_target = %target, fields = %fields, "{message}"),
+            2 => tracing::info!(target: "dicomnode::child", $($id)*, child_target = %target, fields = %fields, "{message}"),
+            3 => tracing::debug!(target: "dicomnode::child", $($id)*, child_target = %target, fields = %fields, "{message}"),
+            _ => tracing::trace!(target: "dicomnode::child", $($id)*, child_target = %target, fields = %fields, "{message}"),
+        }
+    }};
+}
+
+/// Re-emits a local child's log record in the current (patient's) span.
 fn relay(record: &LogRecord, pid: u32) {
-    let (target, message, fields) = (&record.target, &record.message, &record.fields);
-    match record.level {
-        0 => {
-            tracing::error!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}")
-        }
-        1 => {
-            tracing::warn!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}")
-        }
-        2 => {
-            tracing::info!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}")
-        }
-        3 => {
-            tracing::debug!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}")
-        }
-        _ => {
-            tracing::trace!(target: "dicomnode::child", pid, child_target = %target, fields = %fields, "{message}")
-        }
-    }
+    relay_at_level!(record, pid);
+}
+
+/// Re-emits a cluster job's log record in the current (patient's) span.
+pub(super) fn relay_job(record: &LogRecord, slurm_job: u32) {
+    relay_at_level!(record, slurm_job);
 }
 
 /// Logs a child's output line by line as it comes, within its budget; never blocks the

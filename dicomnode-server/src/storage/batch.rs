@@ -29,6 +29,8 @@ pub(crate) struct PatientBatch {
     pub(crate) priors: Vec<(String, dicomnode_core::PriorStatus)>,
     /// Why priors the pipeline requires are unavailable (it is then not processed).
     pub(crate) missing_required_priors: Option<String>,
+    /// Attempts in a row that ended for a reason outside the job (not counted).
+    pub(crate) transient: u32,
 }
 
 impl PatientBatch {
@@ -95,6 +97,36 @@ impl Storage {
         if let (Some(layout), Some(dir)) = (&self.disk, &batch.dir) {
             if let Err(error) = layout.mark_succeeded(dir) {
                 tracing::warn!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), %error, "cannot record the success beside the batch");
+            }
+        }
+    }
+
+    /// Records, durably, what an executor submitted for the batch (on disk; in memory
+    /// there is nothing to adopt after a restart). Returns whether it was recorded.
+    pub(crate) fn set_executor_record(
+        &self,
+        batch: &PatientBatch,
+        record: &str,
+    ) -> std::io::Result<bool> {
+        match (&self.disk, &batch.dir) {
+            (Some(layout), Some(dir)) => layout.set_executor_record(dir, record).map(|()| true),
+            _ => Ok(false),
+        }
+    }
+
+    /// What an executor submitted for the batch before (a previous run of the node).
+    pub(crate) fn executor_record(&self, batch: &PatientBatch) -> std::io::Result<Option<String>> {
+        match &batch.dir {
+            Some(dir) => super::disk::DiskLayout::executor_record(dir),
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets what an executor submitted for the batch.
+    pub(crate) fn clear_executor_record(&self, batch: &PatientBatch) {
+        if let (Some(layout), Some(dir)) = (&self.disk, &batch.dir) {
+            if let Err(error) = layout.clear_executor_record(dir) {
+                tracing::warn!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), %error, "cannot remove the record of the batch's job");
             }
         }
     }

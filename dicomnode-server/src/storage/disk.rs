@@ -168,6 +168,29 @@ impl DiskLayout {
         write_synced(batch_dir, SUCCEEDED_FILE, b"")
     }
 
+    /// Records, durably, what an executor submitted for the batch in `batch_dir`.
+    pub(crate) fn set_executor_record(&self, batch_dir: &Path, record: &str) -> io::Result<()> {
+        write_synced(batch_dir, EXECUTOR_FILE, record.as_bytes())
+    }
+
+    /// What an executor submitted for the batch in `batch_dir`, if anything.
+    pub(crate) fn executor_record(batch_dir: &Path) -> io::Result<Option<String>> {
+        match fs::read(batch_dir.join(EXECUTOR_FILE)) {
+            Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Forgets, durably, what an executor submitted for the batch in `batch_dir`.
+    pub(crate) fn clear_executor_record(&self, batch_dir: &Path) -> io::Result<()> {
+        match fs::remove_file(batch_dir.join(EXECUTOR_FILE)) {
+            Ok(()) => fsync_dir(batch_dir),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
     /// Whether the batch in `batch_dir` was processed (and only its deletion is left).
     pub(crate) fn succeeded(batch_dir: &Path) -> bool {
         batch_dir.join(SUCCEEDED_FILE).exists()
@@ -299,6 +322,10 @@ impl DiskLayout {
         // The failure records travel with the data: the attempts count on.
         for record in [FAILURES_FILE, HISTORY_FILE] {
             move_records(&batch_dir.join(record), &patient.join(record))?;
+        }
+        // A cluster's job submitted for the batch goes with it, to be adopted.
+        if batch_dir.join(EXECUTOR_FILE).exists() {
+            fs::rename(batch_dir.join(EXECUTOR_FILE), patient.join(EXECUTOR_FILE))?;
         }
         for input in fs::read_dir(batch_dir)? {
             let input = input?;
@@ -443,6 +470,9 @@ impl DiskLayout {
 
 /// Beside a batch processed but not yet deleted.
 const SUCCEEDED_FILE: &str = "succeeded";
+/// What an executor submitted for a batch (a cluster's job), kept beside its data so that
+/// a restarted node adopts the job instead of submitting it again.
+const EXECUTOR_FILE: &str = "executor-job";
 
 /// Fsyncs a directory, so that renames and creations in it survive a crash.
 pub(super) fn fsync_dir(dir: &Path) -> io::Result<()> {

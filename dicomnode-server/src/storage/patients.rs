@@ -342,6 +342,7 @@ impl Storage {
             dir,
             priors,
             missing_required_priors,
+            transient: 0,
         })
     }
 

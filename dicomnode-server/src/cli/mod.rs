@@ -17,6 +17,10 @@
 //! assert_eq!(config.bind.port(), 104);
 //! ```
 
+mod executor;
+
+pub use executor::{ExecutorArgs, ExecutorKind};
+
 use crate::config::{ExpiryAction, NodeConfig, ServerTls};
 use crate::config_file::{ConfigError, ConfigFile};
 use dicomnode_core::RetryPolicy;
@@ -87,7 +91,8 @@ pub struct NodeArgs {
     #[arg(long, env = "DICOMNODE_MEMORY_LIMIT_MB")]
     pub memory_limit_mb: Option<u64>,
     /// Warm workers: a child processes up to this many patients, one after another,
-    /// before it is replaced (default: a fresh child per patient).
+    /// before it is replaced (default: a fresh child per patient). Local children only:
+    /// with `--executor slurm` each attempt is a job of its own.
     #[arg(long, env = "DICOMNODE_WARM_PATIENTS")]
     pub warm_patients: Option<u32>,
     /// Seconds running associations and children get to finish on SIGINT/SIGTERM.
@@ -147,6 +152,10 @@ pub struct NodeArgs {
     #[arg(long, env = "DICOMNODE_HTTP", value_parser = http_address)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<SocketAddr>,
+    /// Where patients' processing runs.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub executor: ExecutorArgs,
 }
 
 /// `--expiry-action`.
@@ -159,7 +168,7 @@ pub enum ExpiryChoice {
     Quarantine,
 }
 
-fn seconds(value: f64) -> Duration {
+pub(crate) fn seconds(value: f64) -> Duration {
     Duration::try_from_secs_f64(value.max(0.0)).unwrap_or(Duration::MAX)
 }
 
@@ -293,6 +302,21 @@ impl NodeArgs {
             tls_port,
             http,
         );
+        let (mut chosen, file_chosen) = (merged.executor.clone(), &from_file.executor);
+        take_from_file!(
+            explicit,
+            chosen,
+            file_chosen,
+            executor,
+            job_dir,
+            slurm_partition,
+            slurm_account,
+            slurm_gres,
+            slurm_arg,
+            slurm_poll_secs,
+            cancel_jobs_on_exit,
+        );
+        merged.executor = chosen;
         Ok(merged)
     }
 
@@ -393,6 +417,7 @@ impl NodeArgs {
         config.association_timeout = seconds(self.idle_timeout);
         config.work_root = self.work_root.clone();
         config.http = self.http;
+        config.executor = self.executor.choice();
         config.tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(ServerTls {
                 cert: cert.clone(),

@@ -1,0 +1,518 @@
+//! The Slurm executor: each attempt at a patient is a Slurm job.
+//!
+//! A job is a directory in the shared job directory (see [`jobdir`]); `sbatch --parsable`
+//! submits its script, which runs the node's own binary in child mode on it. The job's ID
+//! is recorded beside the batch (durably, on disk) before the job counts as submitted, so
+//! a node that restarts adopts the jobs still pending or running, and collects those that
+//! ended meanwhile, instead of submitting them again. The node follows a job by reading
+//! what it writes (its messages and output, relayed into the node's log in the patient's
+//! span, as with local children) and asks the controller about all of its jobs at most
+//! once per poll interval, with one `squeue`.
+//!
+//! How a job ended, when it sent no report, comes from `scontrol show job` (or `sacct`):
+//! FAILED with its exit code or signal, TIMEOUT, OUT_OF_MEMORY, CANCELLED, and NODE_FAIL,
+//! PREEMPTED and BOOT_FAIL as transient endings (run again, not counted as attempts).
+
+pub(crate) mod control;
+pub(crate) mod jobdir;
+
+use super::executor::{Attempt, Executor};
+use super::local::log_report;
+use super::output::ChildOutput;
+use super::supervise::relay_job;
+use super::wire::{ChildMessage, ChildOutcome, Report};
+use super::Outcome;
+use crate::config::{ChildPolicy, SlurmSettings};
+use crate::storage::{PatientBatch, Storage};
+pub use control::ControlError;
+use control::{JobState, Queue};
+use jobdir::{Events, JobSource, Lines};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often a job's directory is looked at for new messages and output.
+const LOOK_EVERY: Duration = Duration::from_millis(200);
+
+/// Why the Slurm executor could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SlurmError {
+    /// The job directory could not be made.
+    #[error("cannot make the job directory {dir}")]
+    JobDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Slurm's tools cannot be run here.
+    #[error("Slurm's tools (sbatch, squeue, scontrol, scancel) cannot be used")]
+    Tools(#[source] ControlError),
+}
+
+/// Patients' jobs on a Slurm cluster.
+pub(crate) struct SlurmExecutor {
+    exe: PathBuf,
+    pipeline_name: &'static str,
+    pipeline: Arc<Vec<u8>>,
+    settings: SlurmSettings,
+    storage: Arc<Storage>,
+    policy: ChildPolicy,
+    queue: Queue,
+    stopping: AtomicBool,
+    /// The jobs followed now, by batch: ID and directory.
+    in_flight: Mutex<HashMap<String, (u32, PathBuf)>>,
+}
+
+/// What is recorded beside a batch about its job: `name=`, `dir=` and, once `sbatch`
+/// answered, `id=` lines.
+struct JobRecord {
+    name: String,
+    dir: PathBuf,
+    id: Option<u32>,
+}
+
+impl JobRecord {
+    fn text(&self) -> String {
+        let mut text = format!("name={}\ndir={}\n", self.name, self.dir.display());
+        if let Some(id) = self.id {
+            text.push_str(&format!("id={id}\n"));
+        }
+        text
+    }
+
+    fn parse(text: &str) -> Option<JobRecord> {
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key).map(str::to_string))
+        };
+        Some(JobRecord {
+            name: value("name=")?,
+            dir: PathBuf::from(value("dir=")?),
+            id: value("id=").and_then(|id| id.parse().ok()),
+        })
+    }
+}
+
+/// A batch's identity while it is followed.
+fn batch_id(batch: &PatientBatch) -> String {
+    format!(
+        "{}\u{1}{}",
+        batch.patient_key,
+        super::unix_micros(batch.triggered_at)
+    )
+}
+
+impl SlurmExecutor {
+    pub(crate) fn start(
+        exe: PathBuf,
+        pipeline_name: &'static str,
+        pipeline: Arc<Vec<u8>>,
+        settings: SlurmSettings,
+        storage: Arc<Storage>,
+        policy: ChildPolicy,
+    ) -> Result<Self, SlurmError> {
+        std::fs::create_dir_all(&settings.job_dir).map_err(|source| SlurmError::JobDir {
+            dir: settings.job_dir.clone(),
+            source,
+        })?;
+        let version = control::version().map_err(SlurmError::Tools)?;
+        tracing::info!(
+            job_dir = %settings.job_dir.display(),
+            slurm = %version.trim(),
+            poll = ?settings.poll,
+            jobs_at_once = policy.max_children,
+            "patients' processing runs as Slurm jobs"
+        );
+        Ok(SlurmExecutor {
+            exe,
+            pipeline_name,
+            pipeline,
+            queue: Queue::new(settings.poll),
+            settings,
+            storage,
+            policy,
+            stopping: AtomicBool::new(false),
+            in_flight: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// `sbatch`'s arguments for a job in `dir` named `name`.
+    fn sbatch_args(&self, name: &str, dir: &Path) -> Vec<String> {
+        let mut args = vec![
+            format!("--job-name={name}"),
+            format!("--chdir={}", dir.display()),
+            format!("--output={}", dir.join(jobdir::STDOUT_FILE).display()),
+            format!("--error={}", dir.join(jobdir::STDERR_FILE).display()),
+        ];
+        if let Some(limit) = self.policy.time_limit {
+            // Slurm counts in whole seconds ("minutes:seconds"), at least one.
+            let seconds = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);
+            let seconds = seconds.max(1);
+            args.push(format!("--time={}:{:02}", seconds / 60, seconds % 60));
+        }
+        if let Some(bytes) = self.policy.memory_limit {
+            args.push(format!("--mem={}M", (bytes >> 20).max(1)));
+        }
+        if let Some(partition) = &self.settings.partition {
+            args.push(format!("--partition={partition}"));
+        }
+        if let Some(account) = &self.settings.account {
+            args.push(format!("--account={account}"));
+        }
+        if let Some(gres) = &self.settings.gres {
+            args.push(format!("--gres={gres}"));
+        }
+        args.extend(self.settings.extra_args.iter().cloned());
+        args
+    }
+
+    /// The job a previous run of the node submitted for this batch, if it can be
+    /// adopted: `Ok(None)` means submit one.
+    fn adopt(&self, batch: &PatientBatch) -> Result<Option<JobRecord>, Attempt> {
+        let text = match self.storage.executor_record(batch) {
+            Ok(Some(text)) => text,
+            Ok(None) => return Ok(None),
+            Err(error) => {
+                return Err(Attempt::not_run(format!(
+                    "cannot read the record of the batch's job: {error}"
+                )))
+            }
+        };
+        let Some(mut record) = JobRecord::parse(&text) else {
+            tracing::warn!(record = %text, "an unreadable record of the batch's job: a new job is submitted");
+            return Ok(None);
+        };
+        if record.id.is_none() {
+            // The node stopped between sbatch and recording its answer.
+            match control::find_by_name(&record.name) {
+                Ok(Some(id)) => {
+                    record.id = Some(id);
+                    if let Err(error) = self.storage.set_executor_record(batch, &record.text()) {
+                        tracing::warn!(%error, slurm_job = id, "cannot record the job's ID");
+                    }
+                }
+                Ok(None) => return Ok(None),
+                Err(error) => {
+                    return Err(Attempt::not_run(format!(
+                        "cannot ask Slurm whether job {} was submitted: {error}",
+                        record.name
+                    )))
+                }
+            }
+        }
+        let Some(id) = record.id else { return Ok(None) };
+        // A job covers the instances it was given: if the batch holds others now (they
+        // arrived after a restart), it is run anew on all of them.
+        let given =
+            std::fs::read_to_string(record.dir.join(jobdir::INSTANCES_FILE)).unwrap_or_default();
+        if given != jobdir::instance_list(batch) {
+            tracing::warn!(slurm_job = id, "the batch changed since its job was submitted: the job is cancelled and a new one submitted for all of it");
+            if let Err(error) = control::cancel(id) {
+                tracing::debug!(%error, slurm_job = id, "cancelling the old job");
+            }
+            return Ok(None);
+        }
+        tracing::info!(slurm_job = id, dir = %record.dir.display(), "adopting the job submitted before the node restarted");
+        Ok(Some(record))
+    }
+
+    /// Makes the job's directory, records it beside the batch, and submits it.
+    fn submit(&self, batch: &PatientBatch) -> Result<JobRecord, Attempt> {
+        let name = format!("dicomnode-{}", uuid::Uuid::new_v4().simple());
+        let dir = self.settings.job_dir.join(&name);
+        let source = JobSource {
+            batch,
+            pipeline: &self.pipeline,
+            pipeline_name: self.pipeline_name,
+            exe: &self.exe,
+        };
+        if let Err(error) = jobdir::prepare(&dir, &source) {
+            remove_job_dir(&dir);
+            return Err(Attempt::not_run(format!(
+                "cannot prepare the job's directory {}: {error}",
+                dir.display()
+            )));
+        }
+        let mut record = JobRecord {
+            name,
+            dir,
+            id: None,
+        };
+        // Recorded before sbatch: a node that dies in between finds the job by its name.
+        if let Err(error) = self.storage.set_executor_record(batch, &record.text()) {
+            remove_job_dir(&record.dir);
+            return Err(Attempt::not_run(format!(
+                "cannot record the job beside the batch: {error}"
+            )));
+        }
+        let args = self.sbatch_args(&record.name, &record.dir);
+        match control::submit(&args, &record.dir.join(jobdir::SCRIPT_FILE)) {
+            Ok(id) => {
+                record.id = Some(id);
+                if let Err(error) = self.storage.set_executor_record(batch, &record.text()) {
+                    tracing::warn!(%error, slurm_job = id, "cannot record the job's ID (a restarted node finds it by its name)");
+                }
+                tracing::info!(slurm_job = id, dir = %record.dir.display(), "job submitted");
+                Ok(record)
+            }
+            Err(error) => {
+                self.storage.clear_executor_record(batch);
+                remove_job_dir(&record.dir);
+                Err(Attempt::not_run(format!("sbatch refused the job: {error}")))
+            }
+        }
+    }
+
+    /// Follows a job until its report arrives or it ends, relaying what it writes.
+    fn follow(&self, batch: &PatientBatch, id: u32, dir: &Path) -> Attempt {
+        let output = ChildOutput::new(dir.join("output.log"));
+        output.start_job(&batch.patient_key);
+        let mut events = Events::new(dir);
+        let mut streams = [
+            ("stdout", Lines::new(dir.join(jobdir::STDOUT_FILE))),
+            ("stderr", Lines::new(dir.join(jobdir::STDERR_FILE))),
+        ];
+        let mut next_ask = Instant::now() + self.settings.poll.min(Duration::from_secs(1));
+        let mut said_unreachable = false;
+        let (report, ending) = loop {
+            if let Some(report) = relay(&mut events, &mut streams, &output, id, false) {
+                break (Some(report), None);
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                return self.left_at_stop(batch, id, dir, &output);
+            }
+            if Instant::now() >= next_ask {
+                next_ask = Instant::now() + self.settings.poll;
+                match self.queue.state(id) {
+                    Ok(Some(state)) if !is_over(&state) => {}
+                    Ok(_) => match control::ending(id) {
+                        Some(state) if state.is_over() => break (None, Some(state)),
+                        Some(_) => {}
+                        None => break (None, None),
+                    },
+                    Err(error) => {
+                        if !said_unreachable {
+                            tracing::warn!(slurm_job = id, %error, "cannot ask Slurm about the job; still following it");
+                            said_unreachable = true;
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(LOOK_EVERY);
+        };
+        // What the job wrote last (a report that raced its end, its output's last lines).
+        let report = report.or_else(|| relay(&mut events, &mut streams, &output, id, true));
+        output.end_job(id);
+        let outcome = match (&report, &ending) {
+            (Some(report), _) => {
+                log_report(batch, report, "slurm_job", id);
+                match &report.outcome {
+                    ChildOutcome::Success(summary) => Outcome::Success(summary.clone()),
+                    other => Outcome::Failed(other.clone()),
+                }
+            }
+            (None, Some(state)) => self.outcome_of(id, state),
+            (None, None) => Outcome::NotRun(format!(
+                "Slurm no longer knows job {id} and it left no report"
+            )),
+        };
+        let tail = output.tail();
+        let kept = match outcome {
+            Outcome::Success(_) => None,
+            _ => output
+                .file()
+                .and_then(|file| self.storage.keep_output(batch, &file)),
+        };
+        Attempt {
+            outcome,
+            tail,
+            output: kept,
+        }
+    }
+
+    /// How a job that sent no report ended.
+    fn outcome_of(&self, id: u32, state: &JobState) -> Outcome {
+        let reason = state
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        match state.state.as_str() {
+            "TIMEOUT" | "DEADLINE" => Outcome::TimedOut(self.policy.time_limit.unwrap_or_default()),
+            "OUT_OF_MEMORY" => Outcome::OutOfMemory(self.policy.memory_limit.unwrap_or_default()),
+            "CANCELLED" => Outcome::Cancelled(format!("Slurm job {id} was cancelled{reason}")),
+            "NODE_FAIL" | "PREEMPTED" | "BOOT_FAIL" => {
+                Outcome::Transient(format!("Slurm job {id} ended as {}{reason}", state.state))
+            }
+            "FAILED" | "COMPLETED" => match (state.signal, state.exit_code) {
+                (Some(signal), _) if signal > 0 => Outcome::Signalled(signal),
+                (_, Some(code)) => Outcome::Exited(code),
+                _ => Outcome::NotRun(format!("Slurm job {id} ended as {}{reason}", state.state)),
+            },
+            other => Outcome::NotRun(format!("Slurm job {id} ended as {other}{reason}")),
+        }
+    }
+
+    /// The node stops while job `id` runs: it is left running, to be adopted at the next
+    /// start, or cancelled (and its batch submitted anew then), as configured.
+    fn left_at_stop(
+        &self,
+        batch: &PatientBatch,
+        id: u32,
+        dir: &Path,
+        output: &ChildOutput,
+    ) -> Attempt {
+        output.end_job(id);
+        let outcome = if self.settings.cancel_jobs_on_exit {
+            match control::cancel(id) {
+                Ok(()) => {
+                    self.storage.clear_executor_record(batch);
+                    remove_job_dir(dir);
+                    Outcome::Cancelled(format!("Slurm job {id} cancelled as the node stops"))
+                }
+                Err(error) => Outcome::NotRun(format!(
+                    "Slurm job {id} could not be cancelled as the node stops ({error}): adopted at the next start"
+                )),
+            }
+        } else {
+            Outcome::NotRun(format!(
+                "Slurm job {id} left running as the node stops: adopted at the next start"
+            ))
+        };
+        Attempt {
+            outcome,
+            tail: output.tail(),
+            output: None,
+        }
+    }
+}
+
+/// Whether a state `squeue` lists is an ending.
+fn is_over(state: &str) -> bool {
+    JobState {
+        state: state.to_string(),
+        exit_code: None,
+        signal: None,
+        reason: None,
+    }
+    .is_over()
+}
+
+/// Relays what the job wrote since the last look; returns its report, if it came.
+fn relay(
+    events: &mut Events,
+    streams: &mut [(&'static str, Lines); 2],
+    output: &ChildOutput,
+    id: u32,
+    all: bool,
+) -> Option<Report> {
+    for (name, lines) in streams.iter_mut() {
+        for line in lines.read_new(all) {
+            if let Some(patient) = output.line(name, &line) {
+                tracing::info!(target: "dicomnode::child", slurm_job = id, %patient, stream = *name, "{line}");
+            }
+        }
+    }
+    let mut report = None;
+    for message in events.read_new() {
+        match message {
+            ChildMessage::Log(record) => {
+                if output.admit(record.message.len() + record.fields.len()) {
+                    relay_job(&record, id);
+                }
+            }
+            ChildMessage::Report(r) => report = Some(r),
+        }
+    }
+    report
+}
+
+fn remove_job_dir(dir: &Path) {
+    if let Err(error) = std::fs::remove_dir_all(dir) {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %dir.display(), %error, "cannot remove the job's directory");
+        }
+    }
+}
+
+impl Executor for SlurmExecutor {
+    fn run(&self, batch: &PatientBatch) -> Attempt {
+        let record = match self.adopt(batch) {
+            Ok(Some(record)) => record,
+            Ok(None) => match self.submit(batch) {
+                Ok(record) => record,
+                Err(attempt) => return attempt,
+            },
+            Err(attempt) => return attempt,
+        };
+        let Some(id) = record.id else {
+            return Attempt::not_run("the job has no ID");
+        };
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(batch_id(batch), (id, record.dir.clone()));
+        let attempt = self.follow(batch, id, &record.dir);
+        if let Outcome::Cancelled(_) | Outcome::NotRun(_) = attempt.outcome {
+            if self.stopping.load(Ordering::SeqCst) {
+                // Left for the next start (or cancelled): the record says which.
+                self.in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&batch_id(batch));
+            }
+        }
+        attempt
+    }
+
+    fn release(&self, batch: &PatientBatch) {
+        let followed = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&batch_id(batch));
+        self.storage.clear_executor_record(batch);
+        if let Some((_, dir)) = followed {
+            remove_job_dir(&dir);
+        }
+    }
+
+    fn stop(&self, _grace: Duration) {
+        // The followers notice within a look and return; their jobs are left running or
+        // cancelled as configured.
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    fn kill_all(&self) {
+        let jobs: Vec<u32> = self
+            .in_flight
+            .lock()
+            .map(|f| f.values().map(|(id, _)| *id).collect())
+            .unwrap_or_default();
+        if !self.settings.cancel_jobs_on_exit {
+            if !jobs.is_empty() {
+                tracing::warn!(?jobs, "Slurm jobs left running: the next start adopts them");
+            }
+            return;
+        }
+        for id in jobs {
+            match control::cancel(id) {
+                Ok(()) => tracing::warn!(slurm_job = id, "job cancelled"),
+                Err(error) => tracing::error!(slurm_job = id, %error, "cannot cancel the job"),
+            }
+        }
+    }
+
+    fn finish(&self, _all_ended: bool) {
+        self.kill_all();
+    }
+
+    fn name(&self) -> &'static str {
+        "slurm"
+    }
+}
