@@ -7,6 +7,7 @@ pub mod codecs;
 
 pub mod pacs;
 pub mod pki;
+pub mod slurm;
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

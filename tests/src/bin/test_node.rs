@@ -4,7 +4,7 @@
 //! For each patient it writes `<out>/runs/<patient>-<pid>-<n>.txt` with the child's PID,
 //! its working directory, where the batch came from and the SOP Instance UIDs it saw. A patient whose ID starts with
 //! `SEGV` segfaults; `EXIT3` exits with code 3; `MEM` allocates 4 GiB; `HANG` starts a
-//! grandchild (its PID in `<out>/<patient>.grandchild`) and hangs; `SLOW` makes it take 0.7 s; `PANIC` makes the processor panic; `FAIL` makes it return an error (until `<out>/heal`
+//! grandchild (its PID in `<out>/<patient>.grandchild`) and hangs; `SLOW` makes it take 0.7 s; `NAP` 6 s; `PANIC` makes the processor panic; `FAIL` makes it return an error (until `<out>/heal`
 //! exists); `FLAKY` fails on its first two runs; `ABORT` makes the
 //! child abort; `LOUD` makes it print megabytes on stdout and stderr; `CHATTY` prints
 //! 20 MiB on each and fails; `STDIN` runs a subprocess that reads its standard input to
@@ -142,6 +142,10 @@ impl Processor for Recorder {
         if key.starts_with("SEGV") {
             // A real invalid memory access, as a buggy native library would make.
             unsafe { std::ptr::null_mut::<u64>().write_volatile(1) };
+        }
+        if key.starts_with("NAP") {
+            // Long enough for a test to act while it runs (kill the node, stop it).
+            std::thread::sleep(std::time::Duration::from_secs(6));
         }
         if key.starts_with("EXIT3") {
             std::process::exit(3);

@@ -121,6 +121,15 @@ impl SlurmExecutor {
             source,
         })?;
         let version = control::version().map_err(SlurmError::Tools)?;
+        if let Some(limit) = policy.time_limit {
+            if limit.as_secs() % 60 != 0 || limit.subsec_nanos() > 0 {
+                tracing::warn!(
+                    ?limit,
+                    minutes = minutes(limit),
+                    "Slurm counts time limits in whole minutes: the jobs' limit is rounded up"
+                );
+            }
+        }
         tracing::info!(
             job_dir = %settings.job_dir.display(),
             slurm = %version.trim(),
@@ -150,10 +159,9 @@ impl SlurmExecutor {
             format!("--error={}", dir.join(jobdir::STDERR_FILE).display()),
         ];
         if let Some(limit) = self.policy.time_limit {
-            // Slurm counts in whole seconds ("minutes:seconds"), at least one.
-            let seconds = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);
-            let seconds = seconds.max(1);
-            args.push(format!("--time={}:{:02}", seconds / 60, seconds % 60));
+            // Slurm counts time limits in whole minutes (and checks them about every
+            // 30 s): the limit is rounded up.
+            args.push(format!("--time={}", minutes(limit)));
         }
         if let Some(bytes) = self.policy.memory_limit {
             args.push(format!("--mem={}M", (bytes >> 20).max(1)));
@@ -316,7 +324,13 @@ impl SlurmExecutor {
                     other => Outcome::Failed(other.clone()),
                 }
             }
-            (None, Some(state)) => self.outcome_of(id, state),
+            (None, Some(state)) => {
+                let over_memory = output
+                    .tail()
+                    .iter()
+                    .any(|line| line.contains("exceeded memory limit"));
+                self.outcome_of(id, state, over_memory)
+            }
             (None, None) => Outcome::NotRun(format!(
                 "Slurm no longer knows job {id} and it left no report"
             )),
@@ -335,8 +349,10 @@ impl SlurmExecutor {
         }
     }
 
-    /// How a job that sent no report ended.
-    fn outcome_of(&self, id: u32, state: &JobState) -> Outcome {
+    /// How a job that sent no report ended. `over_memory`: Slurm said in the job's output
+    /// that it killed it for exceeding its memory (without cgroups, such a job ends as
+    /// FAILED by SIGKILL, not OUT_OF_MEMORY).
+    fn outcome_of(&self, id: u32, state: &JobState, over_memory: bool) -> Outcome {
         let reason = state
             .reason
             .as_deref()
@@ -348,6 +364,9 @@ impl SlurmExecutor {
             "CANCELLED" => Outcome::Cancelled(format!("Slurm job {id} was cancelled{reason}")),
             "NODE_FAIL" | "PREEMPTED" | "BOOT_FAIL" => {
                 Outcome::Transient(format!("Slurm job {id} ended as {}{reason}", state.state))
+            }
+            "FAILED" if over_memory && state.signal == Some(9) => {
+                Outcome::OutOfMemory(self.policy.memory_limit.unwrap_or_default())
             }
             "FAILED" | "COMPLETED" => match (state.signal, state.exit_code) {
                 (Some(signal), _) if signal > 0 => Outcome::Signalled(signal),
@@ -390,6 +409,11 @@ impl SlurmExecutor {
             output: None,
         }
     }
+}
+
+/// A time limit in whole minutes, rounded up, at least one.
+fn minutes(limit: Duration) -> u64 {
+    (limit.as_secs_f64() / 60.0).ceil().max(1.0) as u64
 }
 
 /// Whether a state `squeue` lists is an ending.
