@@ -93,12 +93,10 @@ fn send_patient(node: &NodeProcess, patient: &str, count: u32) {
 
 /// The Slurm job ID the node submitted for `patient` (from its "job submitted" line).
 fn job_of(node: &mut NodeProcess, patient: &str) -> u64 {
-    let line = node
-        .wait_for_count("job submitted", 1, WAIT)
-        .into_iter()
-        .chain(node.log().lines().map(str::to_string))
-        .find(|l| l.contains("job submitted") && l.contains(&format!("key={patient}")))
-        .unwrap_or_else(|| panic!("no job for {patient}: {}", node.log()));
+    let line = node.wait_for_log(
+        &format!("patient{{key={patient}}}: dicomnode_server::runner::slurm: job submitted"),
+        WAIT,
+    );
     field(&line, "slurm_job").unwrap().parse().unwrap()
 }
 
@@ -134,7 +132,10 @@ fn a_patient_runs_as_a_slurm_job_and_its_log_reaches_the_node() {
         .lines()
         .find_map(|l| l.strip_prefix("cwd="))
         .unwrap();
-    assert!(cwd.starts_with(setup.jobs.path().to_str().unwrap()), "{cwd}");
+    assert!(
+        cwd.starts_with(setup.jobs.path().to_str().unwrap()),
+        "{cwd}"
+    );
     assert!(!Path::new(cwd).exists());
     // The processor's log record came back into the node's log, in the patient's span,
     // tagged with the job.
@@ -241,6 +242,10 @@ fn a_node_killed_while_jobs_run_adopts_them_and_collects_finished_ones() {
     let mut node = setup.node(&[]);
     send_patient(&node, "NAP-RUNNING", 1);
     let running = job_of(&mut node, "NAP-RUNNING");
+    setup
+        .cluster
+        .wait_for_job(running, WAIT, |s| s == "RUNNING")
+        .unwrap();
     sigkill(&node);
     node.wait_for_exit(WAIT);
     assert_eq!(
@@ -249,10 +254,17 @@ fn a_node_killed_while_jobs_run_adopts_them_and_collects_finished_ones() {
     );
     let mut node = setup.node(&[]);
     let adopted = node.wait_for_log("adopting the job", WAIT);
-    assert!(adopted.contains(&format!("slurm_job={running}")), "{adopted}");
+    assert!(
+        adopted.contains(&format!("slurm_job={running}")),
+        "{adopted}"
+    );
     let done = node.wait_for_log("processing finished", WAIT);
     assert!(done.contains("key=NAP-RUNNING"), "{done}");
-    assert!(!node.log().contains("job submitted"), "submitted again");
+    assert!(
+        !node.log().contains(": job submitted"),
+        "submitted again: {}",
+        node.log()
+    );
 
     // A job that finished while the node was down is collected, not run again.
     send_patient(&node, "NAP-DONE", 1);
@@ -265,7 +277,11 @@ fn a_node_killed_while_jobs_run_adopts_them_and_collects_finished_ones() {
     node.wait_for_log("adopting the job", WAIT);
     let done = node.wait_for_log("processing finished", WAIT);
     assert!(done.contains("key=NAP-DONE"), "{done}");
-    assert!(!node.log().contains("job submitted"), "submitted again");
+    assert!(
+        !node.log().contains(": job submitted"),
+        "submitted again: {}",
+        node.log()
+    );
 
     // Each patient ran exactly once, and nothing is left over.
     assert_eq!(setup.runs_of("NAP-RUNNING").len(), 1);

@@ -9,8 +9,10 @@
 //! submitting it again; [`Executor::release`] removes that record once the runner has
 //! recorded the attempt's ending.
 
-use super::Outcome;
+use super::wire::Report;
+use super::{unix_micros, Outcome};
 use crate::storage::PatientBatch;
+use std::path::Path;
 use std::time::Duration;
 
 /// How one attempt ended, as the executor saw it.
@@ -53,4 +55,27 @@ pub(crate) trait Executor: Send + Sync {
     fn finish(&self, all_ended: bool);
     /// A word for the log and `--help`: "local", "slurm".
     fn name(&self) -> &'static str;
+}
+
+/// Logs what a report tells besides its outcome: the child's timings and working
+/// directory. `who` names the process or job (`pid`, `slurm_job`).
+pub(crate) fn log_report(batch: &PatientBatch, report: &Report, who: &str, id: u32) {
+    if let Some(entered) = report.entered_process_us {
+        let ms = |us: u64| us as f64 / 1000.0;
+        tracing::info!(
+            who,
+            id,
+            trigger_to_process_ms = ms(entered.saturating_sub(unix_micros(batch.triggered_at))),
+            process_ms = report.process_us.map(ms),
+            export_ms = report.export_us.map(ms),
+            "child timings"
+        );
+    }
+    tracing::info!(
+        who,
+        id,
+        workdir = %report.workdir,
+        removed = report.workdir_removed && !Path::new(&report.workdir).exists(),
+        "child working directory"
+    );
 }

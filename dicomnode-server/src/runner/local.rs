@@ -1,16 +1,16 @@
 //! The local executor: each attempt runs in a child process on this machine (see
 //! [`super::supervise`]), fresh per patient or a warm worker taking several.
 
-use super::executor::{Attempt, Executor};
+use super::executor::{log_report, Attempt, Executor};
 use super::supervise::{self, ChildProcess, Launch};
 use super::wire::{ChildOutcome, Report};
 use super::workdirs::RunnerDir;
-use super::{job_for, unix_micros, Outcome};
+use super::{job_for, Outcome};
 use crate::config::ChildPolicy;
 use crate::storage::{PatientBatch, Storage};
 use std::collections::HashSet;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,29 +76,6 @@ impl LocalChildren {
             .remove(&pid);
         status
     }
-}
-
-/// Logs what a report tells besides its outcome: the child's timings and working
-/// directory. `who` names the process or job (`pid`, `slurm_job`).
-pub(crate) fn log_report(batch: &PatientBatch, report: &Report, who: &str, id: u32) {
-    if let Some(entered) = report.entered_process_us {
-        let ms = |us: u64| us as f64 / 1000.0;
-        tracing::info!(
-            who,
-            id,
-            trigger_to_process_ms = ms(entered.saturating_sub(unix_micros(batch.triggered_at))),
-            process_ms = report.process_us.map(ms),
-            export_ms = report.export_us.map(ms),
-            "child timings"
-        );
-    }
-    tracing::info!(
-        who,
-        id,
-        workdir = %report.workdir,
-        removed = report.workdir_removed && !Path::new(&report.workdir).exists(),
-        "child working directory"
-    );
 }
 
 impl Executor for LocalChildren {

@@ -16,8 +16,7 @@
 pub(crate) mod control;
 pub(crate) mod jobdir;
 
-use super::executor::{Attempt, Executor};
-use super::local::log_report;
+use super::executor::{log_report, Attempt, Executor};
 use super::output::ChildOutput;
 use super::supervise::relay_job;
 use super::wire::{ChildMessage, ChildOutcome, Report};
@@ -225,7 +224,7 @@ impl SlurmExecutor {
             }
             return Ok(None);
         }
-        tracing::info!(slurm_job = id, dir = %record.dir.display(), "adopting the job submitted before the node restarted");
+        tracing::info!(slurm_job = id, dir = %record.dir.display(), "adopting the job the node's previous run submitted");
         Ok(Some(record))
     }
 
