@@ -339,3 +339,62 @@ fn sigterm_leaves_jobs_running_or_cancels_them() {
     assert_eq!(setup.runs_of("NAP-LEFT").len(), 1);
     assert!(setup.job_dirs().is_empty(), "{:?}", setup.job_dirs());
 }
+
+#[test]
+fn a_failed_cluster_node_is_transient_and_the_job_runs_again() {
+    let setup = Setup::new();
+    // Without --no-requeue Slurm itself requeues the job; with it the job ends NODE_FAIL
+    // and the node submits it again, not counting an attempt (one attempt allowed here).
+    let mut node = setup.node(&["--attempts", "1", "--slurm-arg=--no-requeue"]);
+    send_patient(&node, "NAP-NODE", 1);
+    let first = job_of(&mut node, "NAP-NODE");
+    setup
+        .cluster
+        .wait_for_job(first, WAIT, |s| s == "RUNNING")
+        .unwrap();
+    let scontrol = |state: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            let output = setup
+                .cluster
+                .command("scontrol")
+                .args([
+                    "update",
+                    &format!("nodename={}", setup.cluster.node_name()),
+                    &format!("state={state}"),
+                    "reason=test",
+                ])
+                .output()
+                .unwrap();
+            if output.status.success() {
+                return;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "scontrol state={state}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    scontrol("down");
+    let job = setup.cluster.wait_for_end(first, WAIT).unwrap();
+    assert_eq!(job["JobState"], "NODE_FAIL");
+    let line = node.wait_for_log("ended for a reason outside the job", WAIT);
+    assert!(
+        line.contains(&format!("Slurm job {first} ended as NODE_FAIL")),
+        "{line}"
+    );
+    // The cluster's node comes back by itself when its slurmd registers again
+    // (ReturnToService=2); the new job runs then.
+    let done = node.wait_for_log("processing finished", WAIT);
+    assert!(done.contains("key=NAP-NODE"), "{done}");
+    let log = node.log();
+    assert!(!log.contains("processing failed"), "{log}");
+    assert_eq!(
+        log.matches("runner::slurm: job submitted").count(),
+        2,
+        "submitted once more: {log}"
+    );
+    assert!(setup.job_dirs().is_empty(), "{:?}", setup.job_dirs());
+}
