@@ -19,6 +19,10 @@
                              # (scripts/volume_pydicom.py, in a venv made at target/bench-venv), with farm-bench
   scripts/bench.py volume-child  # the volume_stats node's child on 300 CT 512x512: its peak memory vs the volume
   scripts/bench.py http      # store_node with and without --http (scraped): CPU and memory idle and under ingest
+  scripts/bench.py slurm     # a one-machine Slurm cluster (2 CPUs; target/release/slurm_cluster): release ->
+                             # process over 20 tiny patients one at a time, Slurm jobs vs local children, in
+                             # interleaved rounds; and 60 tiny patients from 4 senders at once, jobs in flight 2:
+                             # patients per minute, Slurm vs local
   scripts/bench.py priors    # with_priors (--data-dir) and Orthanc: release of a 100-CT current study -> process
                              # with 3 priors of 100 CT 512x512 fetched by C-MOVE, its shares (C-FIND, C-MOVE,
                              # storage), DCMTK movescu -> storescp moving the same 3 studies (reference), and a
@@ -788,6 +792,70 @@ def priors(rounds=3, slices=100):
             shutil.rmtree(work, ignore_errors=True)
 
 
+def one_at_a_time(work, data, patients, extra, label):
+    """test_node; each patient sent, then its processing awaited, before the next; returns
+    the release->process latencies (ms)."""
+    port = free_port()
+    log_path = os.path.join(work, f"{label}.log")
+    with open(log_path, "w") as log:
+        node = start([os.path.join(REL, "test_node"), "--port", str(port), "--out",
+                      os.path.join(work, f"out-{label}")] + extra, log)
+        try:
+            wait_port(port)
+            for p in range(1, patients + 1):
+                subprocess.run([os.path.join(REL, "dicomnode"), "store", "--quiet", f"TEST_NODE@127.0.0.1:{port}",
+                                os.path.join(data, f"TINY-{p}")], env=ENV, check=True, stdout=subprocess.DEVNULL)
+                end = time.time() + 120
+                while open(log_path).read().count("processing finished") < p and time.time() < end:
+                    time.sleep(0.01)
+        finally:
+            stop(node)
+    text = open(log_path).read()
+    submit = [float(m) for m in re.findall(r"submit_ms=([0-9.]+)", text)]
+    if submit:
+        print(f"  ({label}: job directory + sbatch median {statistics.median(submit):.1f} ms)")
+    return [float(m) for m in re.findall(r"trigger_to_process_ms=([0-9.]+)", text)]
+
+
+def slurm(patients=20, burst=60, rounds=2):
+    work = tempfile.mkdtemp(prefix="bench-slurm-")
+    cluster = subprocess.Popen([os.path.join(REL, "slurm_cluster")], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        line = cluster.stdout.readline().strip()
+        if not line.startswith("SLURM_CONF="):
+            raise RuntimeError(f"no cluster: {line!r}")
+        ENV["SLURM_CONF"] = line.split("=", 1)[1]
+        data = os.path.join(work, "in")
+        subprocess.run([os.path.join(REL, "gen_series"), "--out", data, "--patients", str(max(patients, burst)),
+                        "--slices", "1", "--size", "16", "--prefix", "TINY-"], check=True, stdout=subprocess.DEVNULL)
+        # Both with a data directory: the same storage, only the executor differs.
+        executors = {"local": ["--data-dir", os.path.join(work, "data-local")],
+                     "slurm": ["--executor", "slurm", "--job-dir", os.path.join(work, "jobs"),
+                               "--data-dir", os.path.join(work, "data-slurm")]}
+        lat = {k: [] for k in executors}
+        per = patients // rounds
+        for r in range(rounds):
+            for which in (["local", "slurm"] if r % 2 == 0 else ["slurm", "local"]):
+                lat[which] += one_at_a_time(work, data, per, ["--max-children", "2"] + executors[which],
+                                            f"{which}-seq-{r}")
+        print(f"release->process, {patients} tiny patients one at a time ({rounds} interleaved rounds):")
+        for k, v in lat.items():
+            print(f"  {k:5s} median {statistics.median(v):.1f} ms, min {min(v):.1f} ms, max {max(v):.1f} ms "
+                  f"({len(v)} patients)")
+        print(f"  ratio slurm/local = {statistics.median(lat['slurm']) / statistics.median(lat['local']):.1f}")
+        for which in ["local", "slurm"]:
+            _, wall = run_patients(work, data, burst, ["--max-children", "2"] + executors[which],
+                                   f"{which}-burst", 4)
+            print(f"{which:5s} {burst} tiny patients from 4 senders at once, 2 at a time: {wall:.1f} s, "
+                  f"{burst / wall * 60:.0f} patients per minute")
+    finally:
+        ENV.pop("SLURM_CONF", None)
+        cluster.stdin.close()
+        cluster.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     if what in ("latency", "all"):
@@ -816,3 +884,5 @@ if __name__ == "__main__":
         http()
     if what in ("priors", "all"):
         priors()
+    if what in ("slurm", "all"):
+        slurm()

@@ -230,6 +230,7 @@ impl SlurmExecutor {
 
     /// Makes the job's directory, records it beside the batch, and submits it.
     fn submit(&self, batch: &PatientBatch) -> Result<JobRecord, Attempt> {
+        let started = Instant::now();
         let name = format!("dicomnode-{}", uuid::Uuid::new_v4().simple());
         let dir = self.settings.job_dir.join(&name);
         let source = JobSource {
@@ -264,7 +265,12 @@ impl SlurmExecutor {
                 if let Err(error) = self.storage.set_executor_record(batch, &record.text()) {
                     tracing::warn!(%error, slurm_job = id, "cannot record the job's ID (a restarted node finds it by its name)");
                 }
-                tracing::info!(slurm_job = id, dir = %record.dir.display(), "job submitted");
+                tracing::info!(
+                    slurm_job = id,
+                    dir = %record.dir.display(),
+                    submit_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "job submitted"
+                );
                 Ok(record)
             }
             Err(error) => {
