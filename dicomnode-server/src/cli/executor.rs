@@ -78,3 +78,54 @@ impl ExecutorArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        node: crate::cli::NodeArgs,
+    }
+
+    #[test]
+    fn slurm_flags_make_the_slurm_settings() {
+        let args = Args::try_parse_from([
+            "node",
+            "--executor",
+            "slurm",
+            "--job-dir",
+            "/shared/jobs",
+            "--slurm-partition",
+            "gpu",
+            "--slurm-gres",
+            "gpu:1",
+            "--slurm-arg=--qos=high",
+            "--slurm-arg",
+            "--nice=10",
+            "--cancel-jobs-on-exit",
+            "--slurm-poll-secs",
+            "2",
+        ])
+        .unwrap();
+        let ExecutorChoice::Slurm(settings) = args.node.config("NODE").executor else {
+            panic!("not the Slurm executor");
+        };
+        assert_eq!(settings.job_dir, PathBuf::from("/shared/jobs"));
+        assert_eq!(settings.partition.as_deref(), Some("gpu"));
+        assert_eq!(settings.account, None);
+        assert_eq!(settings.gres.as_deref(), Some("gpu:1"));
+        assert_eq!(settings.extra_args, ["--qos=high", "--nice=10"]);
+        assert!(settings.cancel_jobs_on_exit);
+        assert_eq!(settings.poll, std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn slurm_needs_a_job_directory_and_local_is_the_default() {
+        assert!(Args::try_parse_from(["node", "--executor", "slurm"]).is_err());
+        let args = Args::try_parse_from(["node"]).unwrap();
+        assert_eq!(args.node.config("NODE").executor, ExecutorChoice::Local);
+    }
+}

@@ -248,3 +248,61 @@ impl Lines {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::wire::{write_frame, LogRecord};
+    use super::*;
+    use std::io::Write;
+
+    fn frame(message: &ChildMessage) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_frame(&mut out, &postcard::to_allocvec(message).unwrap()).unwrap();
+        out
+    }
+
+    #[test]
+    fn frames_are_read_once_and_only_when_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |text: &str| {
+            ChildMessage::Log(LogRecord {
+                level: 2,
+                target: "t".into(),
+                message: text.into(),
+                fields: String::new(),
+            })
+        };
+        let (one, two) = (frame(&record("one")), frame(&record("two")));
+        let mut file = std::fs::File::create(dir.path().join(EVENTS_FILE)).unwrap();
+        let mut events = Events::new(dir.path());
+        assert!(events.read_new().is_empty(), "no file yet is nothing");
+        file.write_all(&one).unwrap();
+        file.write_all(&two[..5]).unwrap();
+        let read = events.read_new();
+        assert_eq!(read.len(), 1);
+        assert!(matches!(&read[0], ChildMessage::Log(r) if r.message == "one"));
+        assert!(events.read_new().is_empty(), "half a frame waits");
+        file.write_all(&two[5..]).unwrap();
+        let read = events.read_new();
+        assert!(matches!(&read[..], [ChildMessage::Log(r)] if r.message == "two"));
+    }
+
+    #[test]
+    fn lines_wait_for_their_end_unless_the_job_is_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STDOUT_FILE);
+        let mut file = std::fs::File::create(&path).unwrap();
+        let mut lines = Lines::new(path);
+        file.write_all(b"first\nsec").unwrap();
+        assert_eq!(lines.read_new(false), ["first"]);
+        assert!(lines.read_new(false).is_empty());
+        file.write_all(b"ond").unwrap();
+        assert_eq!(lines.read_new(true), ["second"]);
+    }
+
+    #[test]
+    fn values_are_quoted_for_the_shell() {
+        assert_eq!(shell_quoted("a b"), "'a b'");
+        assert_eq!(shell_quoted("it's"), r"'it'\''s'");
+    }
+}
