@@ -205,6 +205,7 @@ fn every_ending_of_a_job_is_told_apart_and_the_data_are_kept() {
         "{line}"
     );
     // Every failed patient was kept (quarantined after its one attempt), with its record.
+    node.wait_for_count("every attempt failed", cases.len() + 1, WAIT);
     let quarantined: Vec<String> = files_under(&setup.data.path().join("quarantine"))
         .into_iter()
         .filter(|p| p.file_name().is_some_and(|n| n == "failures.log"))
@@ -343,9 +344,9 @@ fn sigterm_leaves_jobs_running_or_cancels_them() {
 #[test]
 fn a_failed_cluster_node_is_transient_and_the_job_runs_again() {
     let setup = Setup::new();
-    // Without --no-requeue Slurm itself requeues the job; with it the job ends NODE_FAIL
-    // and the node submits it again, not counting an attempt (one attempt allowed here).
-    let mut node = setup.node(&["--attempts", "1", "--slurm-arg=--no-requeue"]);
+    // The node submits with --no-requeue (it owns retries): the job ends NODE_FAIL and
+    // the node submits it again, not counting an attempt (one attempt allowed here).
+    let mut node = setup.node(&["--attempts", "1"]);
     send_patient(&node, "NAP-NODE", 1);
     let first = job_of(&mut node, "NAP-NODE");
     setup

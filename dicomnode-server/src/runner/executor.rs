@@ -57,25 +57,52 @@ pub(crate) trait Executor: Send + Sync {
     fn name(&self) -> &'static str;
 }
 
+/// Where a report came from, for the log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ran {
+    /// A local child process.
+    Pid(u32),
+    /// A Slurm job.
+    SlurmJob(u32),
+}
+
 /// Logs what a report tells besides its outcome: the child's timings and working
-/// directory. `who` names the process or job (`pid`, `slurm_job`).
-pub(crate) fn log_report(batch: &PatientBatch, report: &Report, who: &str, id: u32) {
-    if let Some(entered) = report.entered_process_us {
-        let ms = |us: u64| us as f64 / 1000.0;
-        tracing::info!(
-            who,
-            id,
-            trigger_to_process_ms = ms(entered.saturating_sub(unix_micros(batch.triggered_at))),
-            process_ms = report.process_us.map(ms),
-            export_ms = report.export_us.map(ms),
-            "child timings"
-        );
+/// directory.
+pub(crate) fn log_report(batch: &PatientBatch, report: &Report, ran: Ran) {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let timings = report.entered_process_us.map(|entered| {
+        (
+            ms(entered.saturating_sub(unix_micros(batch.triggered_at))),
+            report.process_us.map(ms),
+            report.export_us.map(ms),
+        )
+    });
+    let removed = report.workdir_removed && !Path::new(&report.workdir).exists();
+    let workdir = &report.workdir;
+    match ran {
+        Ran::Pid(pid) => {
+            if let Some((trigger_to_process_ms, process_ms, export_ms)) = timings {
+                tracing::info!(
+                    pid,
+                    trigger_to_process_ms,
+                    process_ms,
+                    export_ms,
+                    "child timings"
+                );
+            }
+            tracing::info!(pid, %workdir, removed, "child working directory");
+        }
+        Ran::SlurmJob(slurm_job) => {
+            if let Some((trigger_to_process_ms, process_ms, export_ms)) = timings {
+                tracing::info!(
+                    slurm_job,
+                    trigger_to_process_ms,
+                    process_ms,
+                    export_ms,
+                    "child timings"
+                );
+            }
+            tracing::info!(slurm_job, %workdir, removed, "child working directory");
+        }
     }
-    tracing::info!(
-        who,
-        id,
-        workdir = %report.workdir,
-        removed = report.workdir_removed && !Path::new(&report.workdir).exists(),
-        "child working directory"
-    );
 }

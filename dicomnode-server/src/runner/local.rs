@@ -1,7 +1,7 @@
 //! The local executor: each attempt runs in a child process on this machine (see
 //! [`super::supervise`]), fresh per patient or a warm worker taking several.
 
-use super::executor::{log_report, Attempt, Executor};
+use super::executor::{log_report, Attempt, Executor, Ran};
 use super::supervise::{self, ChildProcess, Launch};
 use super::wire::{ChildOutcome, Report};
 use super::workdirs::RunnerDir;
@@ -54,7 +54,7 @@ impl LocalChildren {
     }
 
     fn outcome_of_report(&self, batch: &PatientBatch, report: &Report, pid: u32) -> Outcome {
-        log_report(batch, report, "pid", pid);
+        log_report(batch, report, Ran::Pid(pid));
         match &report.outcome {
             ChildOutcome::Success(summary) => Outcome::Success(summary.clone()),
             other => Outcome::Failed(other.clone()),
@@ -115,14 +115,18 @@ impl Executor for LocalChildren {
                     .policy
                     .warm_patients
                     .is_some_and(|limit| child.jobs < limit)
-                    && !end.timed_out
-                    && !self.stopping.load(Ordering::SeqCst) =>
+                    && !end.timed_out =>
             {
                 let tail = child.tail();
-                self.warm
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(child);
+                // Kept warm unless the node is stopping (checked under the pool's lock,
+                // which `stop` takes to set it: no child is kept after the pool emptied).
+                let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+                if self.stopping.load(Ordering::SeqCst) {
+                    drop(warm);
+                    self.retire(child, false);
+                } else {
+                    warm.push(child);
+                }
                 Attempt {
                     outcome,
                     tail,
@@ -180,16 +184,19 @@ impl Executor for LocalChildren {
         // A child's job directory goes with the child.
     }
 
+    /// Warm workers waiting for a patient are told there is none; they end side by side
+    /// (each within its own bounded wait).
     fn stop(&self, _grace: Duration) {
-        self.stopping.store(true, Ordering::SeqCst);
-        let warm: Vec<ChildProcess> = self
-            .warm
-            .lock()
-            .map(|mut w| w.drain(..).collect())
-            .unwrap_or_default();
-        for child in warm {
-            self.retire(child, false);
-        }
+        let warm: Vec<ChildProcess> = {
+            let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+            self.stopping.store(true, Ordering::SeqCst);
+            warm.drain(..).collect()
+        };
+        std::thread::scope(|scope| {
+            for child in warm {
+                scope.spawn(|| self.retire(child, false));
+            }
+        });
     }
 
     /// Kills the process group of every child alive.

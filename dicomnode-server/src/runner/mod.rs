@@ -439,11 +439,11 @@ impl ChildRunner {
     /// running. Waiting batches stay stored (on disk they are processed at the next
     /// start).
     pub fn shutdown(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
         self.stopping.store(true, Ordering::SeqCst);
         self.wake.notify_all();
         self.executor.stop(grace);
         let waiting = self.queue.lock().map(|q| q.len()).unwrap_or(0);
-        let deadline = Instant::now() + grace;
         while self.busy.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -323,9 +323,22 @@ impl DiskLayout {
         for record in [FAILURES_FILE, HISTORY_FILE] {
             move_records(&batch_dir.join(record), &patient.join(record))?;
         }
-        // A cluster's job submitted for the batch goes with it, to be adopted.
-        if batch_dir.join(EXECUTOR_FILE).exists() {
-            fs::rename(batch_dir.join(EXECUTOR_FILE), patient.join(EXECUTOR_FILE))?;
+        // A cluster's job submitted for the batch goes with it, to be adopted; beside
+        // another batch's record (two batches of one patient), both are kept, a blank
+        // line apart, for the executor to settle.
+        let record = batch_dir.join(EXECUTOR_FILE);
+        if record.exists() {
+            let target = patient.join(EXECUTOR_FILE);
+            if target.exists() {
+                let mut both = fs::read(&target)?;
+                both.push(b'\n');
+                both.extend(fs::read(&record)?);
+                write_synced(&patient, EXECUTOR_FILE, &both)?;
+                fs::remove_file(&record)?;
+            } else {
+                fs::rename(&record, &target)?;
+                fsync_dir(&patient)?;
+            }
         }
         for input in fs::read_dir(batch_dir)? {
             let input = input?;

@@ -41,12 +41,35 @@ pub enum ControlError {
     },
 }
 
-/// Runs a Slurm tool; returns its standard output.
+/// How long a Slurm tool may take (a controller that does not answer makes `sbatch` wait
+/// 9 s and `scontrol` 18 s before they give up on their own).
+const TOOL_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// Runs a Slurm tool; returns its standard output. It is killed after [`TOOL_TIMEOUT`].
 fn run(tool: &'static str, args: &[&str]) -> Result<String, ControlError> {
-    let output = Command::new(tool)
+    let child = Command::new(tool)
         .args(args)
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .map_err(|source| ControlError::Start { tool, source })?;
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(TOOL_TIMEOUT).is_err() {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    });
+    let output = child.wait_with_output();
+    let _ = done.send(());
+    let _ = watchdog.join();
+    let output = output.map_err(|source| ControlError::Start { tool, source })?;
     if !output.status.success() {
         return Err(ControlError::Failed {
             tool,
@@ -173,22 +196,35 @@ pub(crate) fn parse_sacct(output: &str) -> Option<JobState> {
     })
 }
 
-/// How a job that left the queue ended: from `scontrol` while the controller still
-/// remembers it, else from `sacct`. `None`: nobody remembers it.
-pub(crate) fn ending(id: u32) -> Option<JobState> {
+/// A job's state and name from `scontrol show job` while the controller remembers it, else
+/// its ending from `sacct` (where accounting exists). `Ok(None)`: the controller says it
+/// does not know the job and accounting has nothing either. `Err`: the controller could
+/// not be asked (the job's fate is unknown: keep following it).
+pub(crate) fn ending(id: u32) -> Result<Option<(JobState, Option<String>)>, ControlError> {
     let id = id.to_string();
-    if let Ok(output) = run("scontrol", &["show", "job", "-o", &id]) {
-        if let Some(state) = output.lines().find_map(parse_scontrol) {
-            return Some(state);
+    match run("scontrol", &["show", "job", "-o", &id]) {
+        Ok(output) => {
+            if let Some(found) = output.lines().find_map(|line| {
+                let name = line
+                    .split_whitespace()
+                    .find_map(|pair| pair.strip_prefix("JobName="))
+                    .map(str::to_string);
+                parse_scontrol(line).map(|state| (state, name))
+            }) {
+                return Ok(Some(found));
+            }
         }
+        Err(ControlError::Failed { stderr, .. }) if stderr.contains("Invalid job id") => {}
+        Err(error) => return Err(error),
     }
-    run(
+    Ok(run(
         "sacct",
         &["-n", "-P", "-X", "-o", "State,ExitCode", "-j", &id],
     )
     .ok()
     .as_deref()
     .and_then(parse_sacct)
+    .map(|state| (state, None)))
 }
 
 /// The states of the jobs in flight, asked of the controller in one `squeue` call at most
@@ -201,8 +237,8 @@ pub(crate) struct Queue {
 struct Snapshot {
     /// When it was taken; `None`: never.
     at: Option<Instant>,
-    /// Job ID to state, for the jobs `squeue` listed.
-    states: HashMap<u32, String>,
+    /// Job ID to state and name, for the jobs `squeue` listed.
+    states: HashMap<u32, (String, String)>,
     /// Whether the call failed (the states are then those of the last good call).
     failed: bool,
 }
@@ -219,35 +255,46 @@ impl Queue {
         }
     }
 
-    /// The state `squeue` gives job `id` (at most `interval` old): `Some` while the
-    /// controller lists it, `None` once it does not. `Err` when the controller cannot be
-    /// asked (the job's fate is then unknown: keep following).
-    pub(crate) fn state(&self, id: u32) -> Result<Option<String>, String> {
+    /// The state and name `squeue` gives job `id`, from a listing taken after `since` and
+    /// at most `interval` old: `Some` while the controller lists it, `None` once it does
+    /// not. `Err` when the controller cannot be asked (the job's fate is then unknown: keep
+    /// following).
+    pub(crate) fn state(
+        &self,
+        id: u32,
+        since: Instant,
+    ) -> Result<Option<(String, String)>, String> {
         let mut snapshot = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = snapshot.at.is_some_and(|at| at.elapsed() < self.interval);
+        let fresh = snapshot
+            .at
+            .is_some_and(|at| at >= since && at.elapsed() < self.interval);
         if !fresh {
             // One call for all jobs of this user: the node's jobs are among them. Jobs
             // the controller still remembers after their end are listed with their final
             // state (`-t all`).
-            match run("squeue", &["-h", "-t", "all", "-o", "%i %T", "--me"]) {
+            let asked = Instant::now();
+            match run("squeue", &["-h", "-t", "all", "-o", "%i %T %j", "--me"]) {
                 Ok(output) => {
                     snapshot.states = output
                         .lines()
                         .filter_map(|line| {
                             let mut parts = line.split_whitespace();
                             let id = parts.next()?.parse().ok()?;
-                            Some((id, parts.next()?.to_string()))
+                            let state = parts.next()?.to_string();
+                            Some((id, (state, parts.next().unwrap_or("").to_string())))
                         })
                         .collect();
                     snapshot.failed = false;
                 }
                 Err(error) => {
                     snapshot.failed = true;
-                    snapshot.at = Some(Instant::now());
+                    snapshot.at = Some(asked);
                     return Err(error.to_string());
                 }
             }
-            snapshot.at = Some(Instant::now());
+            // The time it was asked, not answered: a job submitted meanwhile may be
+            // missing from it.
+            snapshot.at = Some(asked);
         }
         if snapshot.failed {
             return Err("the controller could not be asked".into());

@@ -16,7 +16,7 @@
 pub(crate) mod control;
 pub(crate) mod jobdir;
 
-use super::executor::{log_report, Attempt, Executor};
+use super::executor::{log_report, Attempt, Executor, Ran};
 use super::output::ChildOutput;
 use super::supervise::relay_job;
 use super::wire::{ChildMessage, ChildOutcome, Report};
@@ -63,8 +63,8 @@ pub(crate) struct SlurmExecutor {
     policy: ChildPolicy,
     queue: Queue,
     stopping: AtomicBool,
-    /// The jobs followed now, by batch: ID and directory.
-    in_flight: Mutex<HashMap<String, (u32, PathBuf)>>,
+    /// The jobs followed now, by batch: ID, directory, and whether its end was seen.
+    in_flight: Mutex<HashMap<String, (u32, PathBuf, bool)>>,
 }
 
 /// What is recorded beside a batch about its job: `name=`, `dir=` and, once `sbatch`
@@ -94,6 +94,34 @@ impl JobRecord {
             dir: PathBuf::from(value("dir=")?),
             id: value("id=").and_then(|id| id.parse().ok()),
         })
+    }
+}
+
+/// An attempt that ended for a reason outside the job (not counted).
+fn transient(message: String) -> Attempt {
+    Attempt {
+        outcome: Outcome::Transient(message),
+        tail: Vec::new(),
+        output: None,
+    }
+}
+
+/// Whether a tool failed because the controller could not be reached (or did not answer).
+fn controller_unreachable(error: &ControlError) -> bool {
+    match error {
+        ControlError::Failed { status, stderr, .. } => {
+            use std::os::unix::process::ExitStatusExt;
+            status.signal().is_some()
+                || [
+                    "Unable to contact slurm controller",
+                    "Socket timed out",
+                    "Zero Bytes were transmitted",
+                    "Connection refused",
+                ]
+                .iter()
+                .any(|s| stderr.contains(s))
+        }
+        ControlError::Start { .. } | ControlError::Unexpected { .. } => false,
     }
 }
 
@@ -151,11 +179,17 @@ impl SlurmExecutor {
 
     /// `sbatch`'s arguments for a job in `dir` named `name`.
     fn sbatch_args(&self, name: &str, dir: &Path) -> Vec<String> {
+        // Slurm expands %-patterns in output paths.
+        let path = |file: &str| dir.join(file).display().to_string().replace('%', "%%");
         let mut args = vec![
             format!("--job-name={name}"),
             format!("--chdir={}", dir.display()),
-            format!("--output={}", dir.join(jobdir::STDOUT_FILE).display()),
-            format!("--error={}", dir.join(jobdir::STDERR_FILE).display()),
+            format!("--output={}", path(jobdir::STDOUT_FILE)),
+            format!("--error={}", path(jobdir::STDERR_FILE)),
+            // The node owns retries: a job Slurm ran again would append to the same
+            // files under the same ID. A failed cluster node ends the job (NODE_FAIL),
+            // and the node submits it again.
+            "--no-requeue".to_string(),
         ];
         if let Some(limit) = self.policy.time_limit {
             // Slurm counts time limits in whole minutes (and checks them about every
@@ -185,12 +219,29 @@ impl SlurmExecutor {
             Ok(Some(text)) => text,
             Ok(None) => return Ok(None),
             Err(error) => {
-                return Err(Attempt::not_run(format!(
+                return Err(transient(format!(
                     "cannot read the record of the batch's job: {error}"
                 )))
             }
         };
-        let Some(mut record) = JobRecord::parse(&text) else {
+        let mut records: Vec<JobRecord> = text.split("\n\n").filter_map(JobRecord::parse).collect();
+        if records.len() > 1 {
+            // Two batches of the patient, each with its job, were put back together (a
+            // restart): their jobs are cancelled and one is submitted for all of it.
+            for id in records.iter().filter_map(|r| r.id) {
+                if let Err(error) = control::cancel(id) {
+                    return Err(transient(format!(
+                        "cannot cancel the earlier job {id}: {error}"
+                    )));
+                }
+            }
+            tracing::warn!(jobs = ?records.iter().filter_map(|r| r.id).collect::<Vec<_>>(), "the batch held several earlier jobs: they are cancelled and one job is submitted for all of it");
+            for record in &records {
+                self.remove_job_dir(&record.dir);
+            }
+            return Ok(None);
+        }
+        let Some(mut record) = records.pop() else {
             tracing::warn!(record = %text, "an unreadable record of the batch's job: a new job is submitted");
             return Ok(None);
         };
@@ -205,7 +256,7 @@ impl SlurmExecutor {
                 }
                 Ok(None) => return Ok(None),
                 Err(error) => {
-                    return Err(Attempt::not_run(format!(
+                    return Err(transient(format!(
                         "cannot ask Slurm whether job {} was submitted: {error}",
                         record.name
                     )))
@@ -220,7 +271,10 @@ impl SlurmExecutor {
         if given != jobdir::instance_list(batch) {
             tracing::warn!(slurm_job = id, "the batch changed since its job was submitted: the job is cancelled and a new one submitted for all of it");
             if let Err(error) = control::cancel(id) {
-                tracing::debug!(%error, slurm_job = id, "cancelling the old job");
+                // Kept: the next attempt tries again rather than run two jobs.
+                return Err(transient(format!(
+                    "cannot cancel the old job {id}: {error}"
+                )));
             }
             return Ok(None);
         }
@@ -276,13 +330,19 @@ impl SlurmExecutor {
             Err(error) => {
                 self.storage.clear_executor_record(batch);
                 remove_job_dir(&record.dir);
-                Err(Attempt::not_run(format!("sbatch refused the job: {error}")))
+                let message = format!("sbatch did not take the job: {error}");
+                Err(if controller_unreachable(&error) {
+                    transient(message)
+                } else {
+                    Attempt::not_run(message)
+                })
             }
         }
     }
 
     /// Follows a job until its report arrives or it ends, relaying what it writes.
-    fn follow(&self, batch: &PatientBatch, id: u32, dir: &Path) -> Attempt {
+    fn follow(&self, batch: &PatientBatch, record: &JobRecord, id: u32, since: Instant) -> Attempt {
+        let dir = record.dir.as_path();
         let output = ChildOutput::new(dir.join("output.log"));
         output.start_job(&batch.patient_key);
         let mut events = Events::new(dir);
@@ -297,17 +357,30 @@ impl SlurmExecutor {
                 break (Some(report), None);
             }
             if self.stopping.load(Ordering::SeqCst) {
+                // A report that came with the stop counts as the ending.
+                if let Some(report) = relay(&mut events, &mut streams, &output, id, false) {
+                    break (Some(report), None);
+                }
                 return self.left_at_stop(batch, id, dir, &output);
             }
             if Instant::now() >= next_ask {
                 next_ask = Instant::now() + self.settings.poll;
-                match self.queue.state(id) {
-                    Ok(Some(state)) if !is_over(&state) => {}
-                    Ok(_) => match control::ending(id) {
-                        Some(state) if state.is_over() => break (None, Some(state)),
-                        Some(_) => {}
-                        None => break (None, None),
-                    },
+                let asked = match self.queue.state(id, since) {
+                    Ok(Some((state, name))) if name == record.name && !is_over(&state) => Ok(None),
+                    Ok(_) => control::ending(id).map_err(|e| e.to_string()).map(|found| {
+                        match found {
+                            // Another job's: the controller forgot ours (its state was reset).
+                            Some((_, Some(name))) if name != record.name => Some(None),
+                            Some((state, _)) if state.is_over() => Some(Some(state)),
+                            Some(_) => None,
+                            None => Some(None),
+                        }
+                    }),
+                    Err(error) => Err(error),
+                };
+                match asked {
+                    Ok(None) => {}
+                    Ok(Some(ending)) => break (None, ending),
                     Err(error) => {
                         if !said_unreachable {
                             tracing::warn!(slurm_job = id, %error, "cannot ask Slurm about the job; still following it");
@@ -321,9 +394,10 @@ impl SlurmExecutor {
         // What the job wrote last (a report that raced its end, its output's last lines).
         let report = report.or_else(|| relay(&mut events, &mut streams, &output, id, true));
         output.end_job(id);
+        self.saw_end(batch);
         let outcome = match (&report, &ending) {
             (Some(report), _) => {
-                log_report(batch, report, "slurm_job", id);
+                log_report(batch, report, Ran::SlurmJob(id));
                 match &report.outcome {
                     ChildOutcome::Success(summary) => Outcome::Success(summary.clone()),
                     other => Outcome::Failed(other.clone()),
@@ -351,6 +425,27 @@ impl SlurmExecutor {
             outcome,
             tail,
             output: kept,
+        }
+    }
+
+    /// Notes that the batch's job was seen to end (its record may go at release).
+    fn saw_end(&self, batch: &PatientBatch) {
+        if let Some(entry) = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&batch_id(batch))
+        {
+            entry.2 = true;
+        }
+    }
+
+    /// Removes a job's directory, only ever one inside the job directory.
+    fn remove_job_dir(&self, dir: &Path) {
+        if dir.parent() == Some(self.settings.job_dir.as_path()) {
+            remove_job_dir(dir);
+        } else {
+            tracing::warn!(dir = %dir.display(), job_dir = %self.settings.job_dir.display(), "a job directory outside the job directory is left alone");
         }
     }
 
@@ -392,17 +487,22 @@ impl SlurmExecutor {
         output: &ChildOutput,
     ) -> Attempt {
         output.end_job(id);
+        let in_memory = batch.dir.is_none();
         let outcome = if self.settings.cancel_jobs_on_exit {
             match control::cancel(id) {
                 Ok(()) => {
                     self.storage.clear_executor_record(batch);
-                    remove_job_dir(dir);
+                    self.remove_job_dir(dir);
                     Outcome::Cancelled(format!("Slurm job {id} cancelled as the node stops"))
                 }
                 Err(error) => Outcome::NotRun(format!(
                     "Slurm job {id} could not be cancelled as the node stops ({error}): adopted at the next start"
                 )),
             }
+        } else if in_memory {
+            Outcome::NotRun(format!(
+                "Slurm job {id} left running as the node stops (in memory: its result is not collected)"
+            ))
         } else {
             Outcome::NotRun(format!(
                 "Slurm job {id} left running as the node stops: adopted at the next start"
@@ -432,7 +532,8 @@ fn is_over(state: &str) -> bool {
     .is_over()
 }
 
-/// Relays what the job wrote since the last look; returns its report, if it came.
+/// Relays what the job wrote since the last look; returns its report, if it came. With
+/// `all` (the job is over), reads to the end of everything it wrote.
 fn relay(
     events: &mut Events,
     streams: &mut [(&'static str, Lines); 2],
@@ -441,21 +542,39 @@ fn relay(
     all: bool,
 ) -> Option<Report> {
     for (name, lines) in streams.iter_mut() {
-        for line in lines.read_new(all) {
-            if let Some(patient) = output.line(name, &line) {
-                tracing::info!(target: "dicomnode::child", slurm_job = id, %patient, stream = *name, "{line}");
+        loop {
+            let new = lines.read_new(all);
+            if new.is_empty() {
+                break;
+            }
+            for line in new {
+                if let Some(patient) = output.line(name, &line) {
+                    tracing::info!(target: "dicomnode::child", slurm_job = id, %patient, stream = *name, "{line}");
+                }
+            }
+            if !all {
+                break;
             }
         }
     }
     let mut report = None;
-    for message in events.read_new() {
-        match message {
-            ChildMessage::Log(record) => {
-                if output.admit(record.message.len() + record.fields.len()) {
-                    relay_job(&record, id);
+    loop {
+        let messages = events.read_new();
+        if messages.is_empty() {
+            break;
+        }
+        for message in messages {
+            match message {
+                ChildMessage::Log(record) => {
+                    if output.admit(record.message.len() + record.fields.len()) {
+                        relay_job(&record, id);
+                    }
                 }
+                ChildMessage::Report(r) => report = Some(r),
             }
-            ChildMessage::Report(r) => report = Some(r),
+        }
+        if !all && report.is_some() {
+            break;
         }
     }
     report
@@ -485,8 +604,8 @@ impl Executor for SlurmExecutor {
         self.in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(batch_id(batch), (id, record.dir.clone()));
-        let attempt = self.follow(batch, id, &record.dir);
+            .insert(batch_id(batch), (id, record.dir.clone(), false));
+        let attempt = self.follow(batch, &record, id, Instant::now());
         if let Outcome::Cancelled(_) | Outcome::NotRun(_) = attempt.outcome {
             if self.stopping.load(Ordering::SeqCst) {
                 // Left for the next start (or cancelled): the record says which.
@@ -499,15 +618,18 @@ impl Executor for SlurmExecutor {
         attempt
     }
 
+    /// Forgets the job only when its end was seen: a job whose fate is unknown (Slurm
+    /// could not be asked) keeps its record, so the next attempt adopts it instead of
+    /// submitting a second one.
     fn release(&self, batch: &PatientBatch) {
         let followed = self
             .in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&batch_id(batch));
-        self.storage.clear_executor_record(batch);
-        if let Some((_, dir)) = followed {
-            remove_job_dir(&dir);
+        if let Some((_, dir, true)) = followed {
+            self.storage.clear_executor_record(batch);
+            self.remove_job_dir(&dir);
         }
     }
 
@@ -521,7 +643,7 @@ impl Executor for SlurmExecutor {
         let jobs: Vec<u32> = self
             .in_flight
             .lock()
-            .map(|f| f.values().map(|(id, _)| *id).collect())
+            .map(|f| f.values().map(|(id, _, _)| *id).collect())
             .unwrap_or_default();
         if !self.settings.cancel_jobs_on_exit {
             if !jobs.is_empty() {
