@@ -373,6 +373,22 @@ pub fn store_all(node: &NodeProcess, instances: &[dicomnode_server::DicomInstanc
     statuses
 }
 
+/// Sends a synthetic CT series of `count` 8x8 slices for `patient` to a test node and
+/// checks that each instance got success.
+pub fn send_patient(node: &NodeProcess, patient: &str, count: u32) {
+    let instances = dicomnode_server::synthetic::SyntheticSeries::ct(patient, count)
+        .size(8, 8)
+        .build()
+        .expect("a synthetic series");
+    let statuses = store_all(node, &instances);
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == dicomnode_server::dimse::status::SUCCESS),
+        "{patient}: {statuses:04X?}"
+    );
+}
+
 /// Every file below `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();

@@ -4,11 +4,8 @@
 //! the restart, finished ones collected, none submitted twice), and shutdown with jobs
 //! running (left running and adopted, or cancelled).
 
-use dicomnode_server::dimse::status;
-use dicomnode_server::dispatch::StoreAssociation;
-use dicomnode_server::synthetic::SyntheticSeries;
 use dicomnode_tests::slurm::SlurmCluster;
-use dicomnode_tests::{ct_contexts, field, files_under, NodeProcess};
+use dicomnode_tests::{field, files_under, send_patient, NodeProcess};
 use std::path::Path;
 use std::time::Duration;
 
@@ -76,19 +73,6 @@ impl Setup {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect()
     }
-}
-
-fn send_patient(node: &NodeProcess, patient: &str, count: u32) {
-    let instances = SyntheticSeries::ct(patient, count)
-        .size(8, 8)
-        .build()
-        .unwrap();
-    let mut association =
-        StoreAssociation::open(&node.address("TEST_NODE"), "SCU", &ct_contexts()).unwrap();
-    for instance in &instances {
-        assert_eq!(association.store(instance).unwrap(), status::SUCCESS);
-    }
-    association.release().unwrap();
 }
 
 /// The Slurm job ID the node submitted for `patient` (from its "job submitted" line).

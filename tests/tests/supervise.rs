@@ -4,7 +4,7 @@
 use dicomnode_server::dimse::status;
 use dicomnode_server::dispatch::StoreAssociation;
 use dicomnode_server::synthetic::SyntheticSeries;
-use dicomnode_tests::{ct_contexts, field, NodeProcess};
+use dicomnode_tests::{ct_contexts, field, send_patient, NodeProcess};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -14,19 +14,6 @@ fn test_node(out: &Path, extra: &[&str]) -> NodeProcess {
     let mut args = vec!["--port", "0", "--out", out.to_str().unwrap()];
     args.extend_from_slice(extra);
     NodeProcess::start(Path::new(env!("CARGO_BIN_EXE_test_node")), &args)
-}
-
-fn send_patient(node: &NodeProcess, patient: &str, count: u32) {
-    let instances = SyntheticSeries::ct(patient, count)
-        .size(8, 8)
-        .build()
-        .unwrap();
-    let mut association =
-        StoreAssociation::open(&node.address("TEST_NODE"), "SCU", &ct_contexts()).unwrap();
-    for instance in &instances {
-        assert_eq!(association.store(instance).unwrap(), status::SUCCESS);
-    }
-    association.release().unwrap();
 }
 
 fn process_exists(pid: u32) -> bool {

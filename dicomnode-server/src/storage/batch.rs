@@ -36,6 +36,11 @@ pub(crate) struct PatientBatch {
 impl PatientBatch {
     /// Number of distinct instances over all inputs.
     pub(crate) fn instance_count(&self) -> usize {
+        self.instance_uids().len()
+    }
+
+    /// The SOP Instance UIDs of the batch, over all inputs, sorted, each once.
+    pub(crate) fn instance_uids(&self) -> Vec<&str> {
         let mut uids: Vec<&str> = self
             .inputs
             .iter()
@@ -43,7 +48,7 @@ impl PatientBatch {
             .collect();
         uids.sort_unstable();
         uids.dedup();
-        uids.len()
+        uids
     }
 
     /// The file of an instance of input `input`, for a batch on disk.

@@ -32,14 +32,11 @@ pub(crate) struct JobSource<'a> {
 
 /// The SOP Instance UIDs of a batch, sorted, one per line.
 pub(crate) fn instance_list(batch: &PatientBatch) -> String {
-    let mut uids: Vec<&str> = batch
-        .inputs
+    batch
+        .instance_uids()
         .iter()
-        .flat_map(|(_, v)| v.iter().map(|i| i.sop_instance_uid.as_str()))
-        .collect();
-    uids.sort_unstable();
-    uids.dedup();
-    uids.iter().map(|u| format!("{u}\n")).collect()
+        .map(|u| format!("{u}\n"))
+        .collect()
 }
 
 /// Quotes a value for a POSIX shell.
