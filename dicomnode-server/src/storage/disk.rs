@@ -616,4 +616,30 @@ mod tests {
         assert!(layout.quarantined().unwrap().is_empty());
         assert_eq!(read_key(&target).unwrap(), "P");
     }
+
+    #[test]
+    fn job_records_travel_with_their_batches_and_two_are_both_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = DiskLayout::open(dir.path()).unwrap();
+        // Two interrupted batches of one patient, each with the record of its job.
+        for (n, record) in [(1, "name=a\nid=1\n"), (2, "name=b\nid=2\n")] {
+            let batch = layout.processing().join(format!("p.{n}"));
+            fs::create_dir_all(batch.join("in-ct")).unwrap();
+            write_key(&batch, "P").unwrap();
+            fs::write(batch.join("in-ct").join(format!("{n}.dcm")), b"").unwrap();
+            layout.set_executor_record(&batch, record).unwrap();
+            assert_eq!(
+                DiskLayout::executor_record(&batch).unwrap().as_deref(),
+                Some(record)
+            );
+            layout.merge_back(&batch).unwrap();
+            assert!(!batch.exists());
+        }
+        let patient = layout.patient_dir("P");
+        let both = DiskLayout::executor_record(&patient).unwrap().unwrap();
+        assert_eq!(both, "name=a\nid=1\n\nname=b\nid=2\n");
+        assert_eq!(DiskLayout::files_of(&patient).unwrap().len(), 2);
+        layout.clear_executor_record(&patient).unwrap();
+        assert_eq!(DiskLayout::executor_record(&patient).unwrap(), None);
+    }
 }
