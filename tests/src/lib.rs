@@ -389,6 +389,44 @@ pub fn send_patient(node: &NodeProcess, patient: &str, count: u32) {
     );
 }
 
+/// Sends each patient (one instance) in turn and checks that its processing failed with
+/// the given words, in that order, on the node's "processing failed" lines.
+pub fn expect_failures(node: &mut NodeProcess, cases: &[(&str, &str)], timeout: Duration) {
+    for (i, (patient, said)) in cases.iter().enumerate() {
+        send_patient(node, patient, 1);
+        let lines = node.wait_for_count("processing failed", i + 1, timeout);
+        let line = &lines[i];
+        assert!(
+            line.contains(patient) && line.contains(said),
+            "{patient}: {line}"
+        );
+    }
+}
+
+/// Waits until every UID of `acknowledged` is among those `processed` returns; panics
+/// with how many are missing and the node's log after `timeout`.
+pub fn wait_until_processed(
+    node: &NodeProcess,
+    acknowledged: &std::collections::HashSet<String>,
+    processed: impl Fn() -> std::collections::HashSet<String>,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let done = processed();
+        if acknowledged.is_subset(&done) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} acknowledged instances were not processed; log:\n{}",
+            acknowledged.difference(&done).count(),
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Every file below `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();

@@ -8,7 +8,7 @@ use dicomnode_tests::{dcmtk, files_under, NodeProcess};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -137,23 +137,17 @@ fn ten_rounds_of_sigkill_lose_no_acknowledged_instance_and_process_none_twice() 
         "enough was acknowledged: {}",
         acked.len()
     );
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let processed: HashSet<String> = finished_runs(out.path())
-            .into_iter()
-            .flat_map(|(_, _, uids)| uids)
-            .collect();
-        if acked.is_subset(&processed) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} acknowledged instances were not processed; log:\n{}",
-            acked.difference(&processed).count(),
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    dicomnode_tests::wait_until_processed(
+        &node,
+        &acked,
+        || {
+            finished_runs(out.path())
+                .into_iter()
+                .flat_map(|(_, _, uids)| uids)
+                .collect()
+        },
+        WAIT,
+    );
     // Nothing is processed twice by runs that finished, except a batch whose child had
     // finished when the node was killed, before the node recorded the success: the node's
     // log then has one "processing finished" for it, not two.

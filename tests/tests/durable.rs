@@ -131,20 +131,12 @@ fn sigkill_during_transfers_loses_no_acknowledged_instance() {
         dicomnode_tests::field(&restored, "temp_files_removed").is_some(),
         "{restored}"
     );
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let processed = processed_uids(out.path());
-        if acknowledged.is_subset(&processed) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} acknowledged instances were not processed; log:\n{}",
-            acknowledged.difference(&processed).count(),
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    dicomnode_tests::wait_until_processed(
+        &node,
+        &acknowledged,
+        || processed_uids(out.path()),
+        WAIT,
+    );
     assert!(
         files_under(&data.path().join("tmp")).is_empty(),
         "no temporary file is left"

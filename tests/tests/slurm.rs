@@ -5,7 +5,7 @@
 //! running (left running and adopted, or cancelled).
 
 use dicomnode_tests::slurm::SlurmCluster;
-use dicomnode_tests::{field, files_under, send_patient, NodeProcess};
+use dicomnode_tests::{expect_failures, field, files_under, send_patient, NodeProcess};
 use std::path::Path;
 use std::time::Duration;
 
@@ -159,15 +159,7 @@ fn every_ending_of_a_job_is_told_apart_and_the_data_are_kept() {
             "process returned an error: deliberate failure for patient FAIL-2",
         ),
     ];
-    for (i, (patient, said)) in cases.iter().enumerate() {
-        send_patient(&node, patient, 1);
-        let lines = node.wait_for_count("processing failed", i + 1, WAIT);
-        let line = &lines[i];
-        assert!(
-            line.contains(patient) && line.contains(said),
-            "{patient}: {line}"
-        );
-    }
+    expect_failures(&mut node, &cases, WAIT);
     // Cancelled from outside while it runs.
     send_patient(&node, "NAP-CANCEL", 1);
     let id = job_of(&mut node, "NAP-CANCEL");
@@ -382,4 +374,38 @@ fn a_failed_cluster_node_is_transient_and_the_job_runs_again() {
         "submitted once more: {log}"
     );
     assert!(setup.job_dirs().is_empty(), "{:?}", setup.job_dirs());
+}
+
+#[test]
+fn a_job_slurm_refuses_is_a_clear_failure_and_the_data_are_kept() {
+    let setup = Setup::new();
+    let mut node = setup.node(&["--attempts", "1", "--slurm-partition", "no-such-partition"]);
+    expect_failures(
+        &mut node,
+        &[(
+            "REFUSED-1",
+            "child could not run: sbatch did not take the job",
+        )],
+        WAIT,
+    );
+    let line = node.wait_for_log("every attempt failed", WAIT);
+    assert!(line.contains("REFUSED-1"), "{line}");
+    // The instance is kept, with the reason, and no job directory is left.
+    let kept = files_under(&setup.data.path().join("quarantine"));
+    assert!(
+        kept.iter()
+            .any(|p| p.extension().is_some_and(|e| e == "dcm")),
+        "{kept:?}"
+    );
+    let record = kept
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "failures.log"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .unwrap();
+    assert!(
+        record.contains("no-such-partition") || record.contains("partition"),
+        "{record}"
+    );
+    assert!(setup.job_dirs().is_empty(), "{:?}", setup.job_dirs());
+    assert!(!node.log().contains(": job submitted"));
 }

@@ -4,7 +4,7 @@
 use dicomnode_server::dimse::status;
 use dicomnode_server::dispatch::StoreAssociation;
 use dicomnode_server::synthetic::SyntheticSeries;
-use dicomnode_tests::{ct_contexts, field, send_patient, NodeProcess};
+use dicomnode_tests::{ct_contexts, expect_failures, field, send_patient, NodeProcess};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -98,15 +98,7 @@ fn every_ending_is_told_apart_and_the_node_serves_on() {
         ),
         ("ABORT-2", "child killed by signal 6 (SIGABRT)"),
     ];
-    for (i, (patient, said)) in cases.iter().enumerate() {
-        send_patient(&node, patient, 1);
-        let lines = node.wait_for_count("processing failed", i + 1, WAIT);
-        let line = &lines[i];
-        assert!(
-            line.contains(patient) && line.contains(said),
-            "{patient}: {line}"
-        );
-    }
+    expect_failures(&mut node, &cases, WAIT);
     // The hung child's grandchild went with its process group.
     let grandchild: u32 = std::fs::read_to_string(out.path().join("HANG-1.grandchild"))
         .unwrap()
