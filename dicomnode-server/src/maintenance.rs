@@ -52,8 +52,11 @@ pub(crate) fn start(storage: Arc<Storage>, runner: Arc<ChildRunner>, config: &No
                 let mut last = std::time::Instant::now();
                 loop {
                     std::thread::sleep(std::time::Duration::from_millis(50));
-                    storage_for_log
-                        .checkpoint_when_due(&mut last, std::time::Duration::from_secs(5));
+                    storage_for_log.checkpoint_when_due(
+                        &mut last,
+                        std::time::Duration::from_secs(2),
+                        std::time::Duration::from_secs(60),
+                    );
                 }
             });
         if let Err(error) = spawned {

@@ -269,14 +269,11 @@ impl retrieve::InstanceSink for PriorSink<'_> {
             return Err("no instance begun".into());
         };
         let (storage, request) = (self.storage, self.request);
-        let (instance, temp) = storage
+        let (instance, staged) = storage
             .receive(incoming, &class, &uid, &ts)
             .map_err(|e| error_chain(&e))?;
         let found = value_of(&instance.header, tags::PATIENT_ID).unwrap_or_default();
         if found != request.patient_id {
-            if let Some(temp) = &temp {
-                crate::storage::disk::remove_temp(temp);
-            }
             return Err(format!(
                 "an instance with PatientID {found:?}, not the patient's"
             ));
@@ -286,7 +283,7 @@ impl retrieve::InstanceSink for PriorSink<'_> {
             request.input,
             request.generation,
             instance,
-            temp.as_deref(),
+            staged,
             since,
         )
     }

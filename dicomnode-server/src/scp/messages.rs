@@ -269,7 +269,7 @@ impl Messages<'_> {
             &command.sop_instance_uid,
             transfer_syntax,
         );
-        let (instance, temp) = match received {
+        let (instance, staged) = match received {
             Ok(received) => received,
             Err(error @ ReceiveError::Resources(_)) => {
                 return refuse(status::OUT_OF_RESOURCES, error.to_string())
@@ -289,7 +289,7 @@ impl Messages<'_> {
                         input,
                         generation,
                         instance,
-                        temp.as_deref(),
+                        staged,
                         receiving,
                     )
                 },
@@ -299,19 +299,11 @@ impl Messages<'_> {
                     tracing::debug!(sop_instance = %uid, "prior instance stored");
                     (status::SUCCESS, None)
                 }
-                Err(why) => {
-                    if let Some(temp) = &temp {
-                        crate::storage::disk::remove_temp(temp);
-                    }
-                    refuse(status::DATA_SET_DOES_NOT_MATCH, why)
-                }
+                Err(why) => refuse(status::DATA_SET_DOES_NOT_MATCH, why),
             };
         }
         let patient_key = self.patient_key;
         let Some(patient) = value_of(&instance.header, patient_key) else {
-            if let Some(temp) = temp {
-                crate::storage::disk::remove_temp(&temp);
-            }
             return refuse(
                 status::DATA_SET_DOES_NOT_MATCH,
                 format!(
@@ -323,16 +315,13 @@ impl Messages<'_> {
         let key = match self.storage.group_key(&patient, &instance.header) {
             Ok(key) => key,
             Err(why) => {
-                if let Some(temp) = temp {
-                    crate::storage::disk::remove_temp(&temp);
-                }
                 return refuse(status::DATA_SET_DOES_NOT_MATCH, format!("no group: {why}"));
             }
         };
         touched.touch(self.storage, &key);
         let patient =
             escape_control(&dicomnode_core::completion::display_group_key(&key)).into_owned();
-        match self.storage.offer(&key, instance, temp.as_deref()) {
+        match self.storage.offer(&key, instance, staged) {
             Offer::Stored(inputs) => {
                 tracing::debug!(%patient, sop_instance = %uid, ?inputs, "stored");
                 (status::SUCCESS, None)

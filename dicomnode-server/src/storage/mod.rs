@@ -123,7 +123,7 @@ pub(crate) struct Storage {
     /// Studies being moved from a PACS into a prior input.
     routes: Mutex<priors::MoveRoutes>,
     /// With a data directory: the write-ahead log that makes instances durable.
-    wal: Option<wal::Wal>,
+    wal: Option<std::sync::Arc<wal::Wal>>,
 }
 
 impl Storage {
@@ -190,12 +190,18 @@ impl Storage {
         true
     }
 
-    /// A checkpoint when the log's ring is over half used, or `every` after the last.
-    pub(crate) fn checkpoint_when_due(&self, last: &mut std::time::Instant, every: Duration) {
+    /// A checkpoint when the log's ring is three quarters used, when nothing arrived for
+    /// `quiet`, or `every` after the last.
+    pub(crate) fn checkpoint_when_due(
+        &self,
+        last: &mut std::time::Instant,
+        quiet: Duration,
+        every: Duration,
+    ) {
         let due = self
             .wal
             .as_ref()
-            .is_some_and(|w| w.half_full() || (w.pending() && last.elapsed() >= every));
+            .is_some_and(|w| w.due(quiet) || (w.pending() && last.elapsed() >= every));
         if due && self.checkpoint() {
             *last = std::time::Instant::now();
         }
@@ -309,7 +315,7 @@ mod tests {
     fn receive(
         storage: &Storage,
         obj: &dicomnode_core::DicomInstance,
-    ) -> (ReceivedInstance, Option<PathBuf>) {
+    ) -> (ReceivedInstance, receive::Staged) {
         let mut bytes = Vec::new();
         obj.write_dataset(&mut bytes).unwrap();
         let (class, uid, ts) = meta_uids(obj.meta());
@@ -322,8 +328,8 @@ mod tests {
 
     /// Receives a synthetic instance and offers it to the inputs of patient `P`.
     fn offer(storage: &Storage, obj: &dicomnode_core::DicomInstance) -> Offer {
-        let (instance, temp) = receive(storage, obj);
-        storage.offer("P", instance, temp.as_deref())
+        let (instance, staged) = receive(storage, obj);
+        storage.offer("P", instance, staged)
     }
 
     fn exercise(storage: &Storage) -> PatientBatch {

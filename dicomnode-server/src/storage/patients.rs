@@ -1,10 +1,12 @@
 //! The patients map: instances offered to the inputs, associations adding to a patient,
 //! and taking a patient out (once it has enough, or once it expired).
 
-use super::disk::{self, DiskLayout};
+use super::disk::DiskLayout;
 use super::entry::{PatientEntry, PriorState};
 use super::names::input_dir_name;
 use super::priors::FetchRequest;
+use super::receive::Staged;
+use super::wal::CommitInfo;
 use super::{InstanceData, PatientBatch, ReceivedInstance, Storage};
 use crate::config::ExpiryAction;
 use dicom_dictionary_std::tags;
@@ -13,7 +15,6 @@ use dicomnode_core::input::value_of;
 use dicomnode_core::{MaxWait, PriorStatus};
 use dicomnode_core::{Origin, Rejection};
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -73,7 +74,7 @@ impl Storage {
         &self,
         patient_key: &str,
         mut instance: ReceivedInstance,
-        temp: Option<&Path>,
+        staged: Staged,
     ) -> Offer {
         let mut admitted = Vec::new();
         let mut rejected = Vec::new();
@@ -84,18 +85,13 @@ impl Storage {
             }
         }
         if admitted.is_empty() {
-            if let Some(temp) = temp {
-                disk::remove_temp(temp);
-            }
+            // Dropped: what was staged of it goes.
             return Offer::Rejected(rejected);
         }
         let names: Vec<&str> = admitted.iter().map(|&i| self.inputs[i].name()).collect();
-        if let (Some(layout), Some(temp)) = (&self.disk, temp) {
-            // The patient cannot be taken out meanwhile: this association is adding to it.
-            if let Err(error) = self.place_durably(layout, patient_key, temp, &names, &instance) {
-                return Offer::Failed(error);
-            }
-            instance.data = InstanceData::Disk;
+        // The patient cannot be taken out meanwhile: this association is adding to it.
+        if let Err(error) = self.store_durably(patient_key, &names, &mut instance, staged) {
+            return Offer::Failed(error);
         }
         let names = names.into_iter().map(str::to_string).collect();
         let instance = Arc::new(instance);
@@ -119,47 +115,43 @@ impl Storage {
         Offer::Stored(names)
     }
 
-    /// Places a received file into the patient's input directories, durably: through the
-    /// write-ahead log when it takes the instance (no fsync of the file or directories,
-    /// one shared flush of the log), else file and directories fsynced. On failure
-    /// nothing of it is left.
-    pub(super) fn place_durably(
+    /// Makes a received instance durable in the group's input directories `names`
+    /// (with a data directory): its commit written to the write-ahead log (its files are
+    /// written from there later), or its temporary file placed, file and directories
+    /// fsynced. On failure nothing of it is left.
+    pub(super) fn store_durably(
         &self,
-        layout: &DiskLayout,
         key: &str,
-        temp: &Path,
         names: &[&str],
-        instance: &ReceivedInstance,
+        instance: &mut ReceivedInstance,
+        staged: Staged,
     ) -> std::io::Result<()> {
         let file_name = instance.file_name();
-        let size = std::fs::metadata(temp).map(|m| m.len()).unwrap_or(u64::MAX);
-        let Some(wal) = self.wal.as_ref().filter(|_| size <= super::wal::MAX_LOGGED) else {
-            return layout.place(key, temp, names, &file_name).inspect_err(|_| {
-                disk::remove_temp(temp);
-            });
-        };
-        let bytes = std::fs::read(temp)?;
-        let placed = layout.place_with(key, temp, names, &file_name, false);
-        let logged = placed.and_then(|()| {
-            wal.log(&super::wal::WalRecord {
-                key: key.to_string(),
-                input_dirs: names.iter().map(|n| input_dir_name(n)).collect(),
-                file_name: file_name.clone(),
-                bytes,
-            })
-        });
-        if let Err(error) = logged {
-            disk::remove_temp(temp);
-            for name in names {
-                let _ = std::fs::remove_file(
-                    layout
-                        .patient_dir(key)
-                        .join(input_dir_name(name))
-                        .join(&file_name),
-                );
+        match (staged, &self.disk) {
+            (Staged::Temp(temp), Some(layout)) => {
+                layout.place(key, temp.path(), names, &file_name)?;
+                temp.placed();
             }
-            return Err(error);
+            (Staged::Logged(set), _) => {
+                let InstanceData::Memory(bytes) = &instance.data else {
+                    return Err(std::io::Error::other("a logged instance without its bytes"));
+                };
+                set.commit(
+                    bytes,
+                    CommitInfo {
+                        parts: Vec::new(),
+                        key: key.to_string(),
+                        input_dirs: names.iter().map(|n| input_dir_name(n)).collect(),
+                        file_name,
+                        sop_class: instance.sop_class_uid.clone(),
+                        sop_instance: instance.sop_instance_uid.clone(),
+                        transfer_syntax: instance.transfer_syntax.clone(),
+                    },
+                )?;
+            }
+            (Staged::InMemory | Staged::Temp(_), _) => return Ok(()),
         }
+        instance.data = InstanceData::Disk;
         Ok(())
     }
 
@@ -287,6 +279,11 @@ impl Storage {
     ) -> Option<PatientBatch> {
         let dir = match &self.disk {
             Some(layout) => {
+                // Its logged instances' files are written before the directory moves.
+                if let Some(Err(error)) = self.wal.as_ref().map(|w| w.place_group(patient_key)) {
+                    tracing::error!(patient = %patient_key, %error, "cannot write the patient's logged instances into files; it stays stored (in the log)");
+                    return None;
+                }
                 let sequence = self.sequence.fetch_add(1, Ordering::SeqCst);
                 match layout.take_out(patient_key, sequence) {
                     Ok(dir) => Some(dir),

@@ -4,7 +4,8 @@
 //! restart resumes it.
 
 use super::entry::{PatientEntry, PriorState};
-use super::{disk, InstanceData, ReceivedInstance, Storage};
+use super::receive::Staged;
+use super::{ReceivedInstance, Storage};
 use crate::storage::names::input_dir_name;
 use dicom_dictionary_std::tags;
 use dicomnode_core::completion::display_group_key;
@@ -142,7 +143,7 @@ impl Storage {
         input: usize,
         generation: u64,
         mut instance: ReceivedInstance,
-        temp: Option<&Path>,
+        staged: Staged,
         since: std::time::Instant,
     ) -> Result<(), String> {
         let name = self.inputs[input].name();
@@ -152,17 +153,11 @@ impl Storage {
                 .is_some_and(|e| e.generation == generation)
         };
         if !waiting(&self.patients()) {
-            if let Some(temp) = temp {
-                disk::remove_temp(temp);
-            }
             return Err("the group it was fetched for is no longer waiting".into());
         }
-        if let (Some(layout), Some(temp)) = (&self.disk, temp) {
-            // Durable as a sender's instance is: logged, or fsynced file by file.
-            if let Err(error) = self.place_durably(layout, group_key, temp, &[name], &instance) {
-                return Err(format!("cannot store: {error}"));
-            }
-            instance.data = InstanceData::Disk;
+        // Durable as a sender's instance is: logged, or fsynced file by file.
+        if let Err(error) = self.store_durably(group_key, &[name], &mut instance, staged) {
+            return Err(format!("cannot store: {error}"));
         }
         let mut patients = self.patients();
         let entry = match patients.get_mut(group_key) {

@@ -1,17 +1,20 @@
 //! Receiving: a data set is written where it will be stored as its fragments arrive (in
-//! memory, or a temporary Part-10 file that the [`Incoming`] owns until it is complete),
-//! then completed (fsynced) and its header read for the inputs' rules.
+//! memory; with a data directory also into the write-ahead log, or, too large for it, a
+//! temporary Part-10 file), then completed and its header read for the inputs' rules.
+//! What it was written to waits in a [`Staged`] for the inputs' verdict: stored, or
+//! dropped and gone.
 
-use super::disk;
+use super::disk::{self, DiskLayout};
+use super::placing;
+use super::wal::{CommitInfo, Stream, Wal, MAX_LOGGED, PART_BYTES};
 use super::{InstanceData, ReceivedInstance, Storage};
-use crate::implementation::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME};
 use dicom_dictionary_std::tags;
-use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::InMemDicomObject;
 use dicomnode_core::uid::meta_uids;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Why a received data set could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -26,12 +29,14 @@ pub(crate) enum ReceiveError {
 }
 
 /// A data set being received, written where it will be stored as its bytes arrive. It
-/// owns its temporary file: dropped before it is completed, it leaves no file behind.
+/// owns what it wrote: dropped before it is completed, it leaves no file behind.
 pub(crate) struct Incoming {
     sink: Sink,
     failed: Option<io::Error>,
     /// In memory: the most a data set may take.
     limit: usize,
+    /// With the write-ahead log: the data set goes there as it arrives.
+    log: Option<Logging>,
 }
 
 enum Sink {
@@ -40,6 +45,15 @@ enum Sink {
         writer: BufWriter<File>,
         path: PathBuf,
     },
+}
+
+/// A data set going to the write-ahead log as it arrives; one that grows past what the
+/// log takes moves to a temporary file of its own.
+struct Logging {
+    wal: Arc<Wal>,
+    stream: Stream,
+    layout: DiskLayout,
+    ids: (String, String, String),
 }
 
 impl Incoming {
@@ -68,21 +82,118 @@ impl Incoming {
                 }
             }
         }
+        if self.failed.is_some() {
+            return;
+        }
+        let written = match (&mut self.log, &self.sink) {
+            (Some(_), Sink::Memory(bytes)) if bytes.len() > MAX_LOGGED => self.spill(),
+            (Some(log), Sink::Memory(bytes)) if bytes.len() - log.stream.logged() >= PART_BYTES => {
+                let logged = log.stream.logged();
+                log.wal.append_part(&mut log.stream, &bytes[logged..])
+            }
+            _ => Ok(()),
+        };
+        if let Err(error) = written {
+            self.failed = Some(error);
+        }
+    }
+
+    /// Moves a data set too large for the log to a temporary file of its own.
+    fn spill(&mut self) -> io::Result<()> {
+        let Some(log) = self.log.take() else {
+            return Ok(());
+        };
+        log.wal.abort(&log.stream);
+        let Sink::Memory(bytes) = std::mem::replace(&mut self.sink, Sink::Memory(Vec::new())) else {
+            return Ok(());
+        };
+        let (class, uid, ts) = &log.ids;
+        let meta = placing::file_meta(class, uid, ts)?;
+        let (mut writer, path) = log.layout.new_temp_file(&meta)?;
+        // Owned from here: dropped, the file goes too.
+        let written = writer.write_all(&bytes);
+        self.sink = Sink::File { writer, path };
+        written
     }
 }
 
 impl Drop for Incoming {
     /// A data set that was never completed (aborted association, a new command in the
-    /// middle, a refusal) leaves no file behind.
+    /// middle, a refusal) leaves no file behind, and its parts in the log are not needed.
     fn drop(&mut self) {
         if let Sink::File { path, .. } = &self.sink {
+            disk::remove_temp(path);
+        }
+        if let Some(log) = &self.log {
+            log.wal.abort(&log.stream);
+        }
+    }
+}
+
+/// Where a received data set waits until it is stored: nowhere else (in memory), in a
+/// temporary file, or in the write-ahead log. Dropped without being stored, it leaves
+/// nothing behind.
+pub(crate) enum Staged {
+    /// Only in memory.
+    InMemory,
+    /// In a temporary Part-10 file, fsynced.
+    Temp(TempFile),
+    /// Its parts in the write-ahead log, its commit not yet written.
+    Logged(LoggedSet),
+}
+
+/// A temporary file, removed when dropped unless it was moved into place.
+pub(crate) struct TempFile(Option<PathBuf>);
+
+impl TempFile {
+    /// Where it is.
+    pub(crate) fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// It was moved into place: nothing to remove.
+    pub(crate) fn placed(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
             disk::remove_temp(path);
         }
     }
 }
 
+/// A data set in the log, waiting for its commit.
+pub(crate) struct LoggedSet {
+    wal: Arc<Wal>,
+    stream: Option<Stream>,
+}
+
+impl LoggedSet {
+    /// Commits the data set `bytes` (its start may be in the log already) with where it
+    /// goes; returns once it is durable.
+    pub(crate) fn commit(mut self, bytes: &[u8], info: CommitInfo) -> io::Result<()> {
+        let Some(stream) = self.stream.take() else {
+            return Err(io::Error::other("a logged data set committed twice"));
+        };
+        let tail = bytes.get(stream.logged()..).unwrap_or_default();
+        self.wal.commit(stream, tail, info)
+    }
+}
+
+impl Drop for LoggedSet {
+    fn drop(&mut self) {
+        if let Some(stream) = &self.stream {
+            self.wal.abort(stream);
+        }
+    }
+}
+
 impl Storage {
-    /// Prepares to receive a data set: in memory, or a temporary Part-10 file.
+    /// Prepares to receive a data set: in memory, into the write-ahead log (and memory),
+    /// or a temporary Part-10 file.
     pub(crate) fn incoming(
         &self,
         sop_class: &str,
@@ -94,78 +205,86 @@ impl Storage {
                 sink: Sink::Memory(Vec::new()),
                 failed: None,
                 limit: self.memory_limit,
+                log: None,
             };
         };
-        let meta = FileMetaTableBuilder::new()
-            .transfer_syntax(transfer_syntax)
-            .media_storage_sop_class_uid(sop_class)
-            .media_storage_sop_instance_uid(sop_instance)
-            .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
-            .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
-            .build();
-        let opened = meta
-            .map_err(io::Error::other)
+        if let Some(wal) = &self.wal {
+            return Incoming {
+                sink: Sink::Memory(Vec::new()),
+                failed: None,
+                limit: usize::MAX,
+                log: Some(Logging {
+                    wal: Arc::clone(wal),
+                    stream: wal.stream(),
+                    layout: layout.clone(),
+                    ids: (
+                        sop_class.to_string(),
+                        sop_instance.to_string(),
+                        transfer_syntax.to_string(),
+                    ),
+                }),
+            };
+        }
+        let opened = placing::file_meta(sop_class, sop_instance, transfer_syntax)
             .and_then(|meta| layout.new_temp_file(&meta));
         match opened {
             Ok((writer, path)) => Incoming {
                 sink: Sink::File { writer, path },
                 failed: None,
                 limit: usize::MAX,
+                log: None,
             },
             Err(error) => Incoming {
                 sink: Sink::Memory(Vec::new()),
                 failed: Some(error),
                 limit: 0,
+                log: None,
             },
         }
     }
 
-    /// Completes a received data set: flushed and fsynced (on disk), and its header read.
-    /// On disk it returns the temporary file too, for [`Storage::offer`] to place.
+    /// Completes a received data set: its header read, and (in a temporary file) flushed
+    /// and fsynced. Returns where it waits to be stored, for [`Storage::offer`].
     pub(crate) fn receive(
         &self,
         incoming: Incoming,
         sop_class: &str,
         sop_instance: &str,
         transfer_syntax: &str,
-    ) -> Result<(ReceivedInstance, Option<PathBuf>), ReceiveError> {
+    ) -> Result<(ReceivedInstance, Staged), ReceiveError> {
         let mut incoming = incoming;
         if let Some(error) = incoming.failed.take() {
             // Dropping it removes what was written.
             drop(incoming);
             return Err(ReceiveError::Resources(error));
         }
-        // Taken out: from here on, this function decides what happens to the file.
+        // Taken out: from here on, this function decides what happens to them.
         let sink = std::mem::replace(&mut incoming.sink, Sink::Memory(Vec::new()));
-        let (data, header, temp) = match sink {
+        let log = incoming.log.take();
+        let (data, header, staged) = match sink {
             Sink::Memory(bytes) => {
+                let staged = match log {
+                    Some(log) => Staged::Logged(LoggedSet {
+                        wal: log.wal,
+                        stream: Some(log.stream),
+                    }),
+                    None => Staged::InMemory,
+                };
                 let header = read_header(std::io::Cursor::new(&bytes), transfer_syntax)
                     .map_err(|e| ReceiveError::Unreadable(e.into()))?;
-                (InstanceData::Memory(bytes), header, None)
+                (InstanceData::Memory(bytes), header, staged)
             }
             Sink::File { writer, path } => {
-                let logged = self.wal.is_some();
-                let finished = writer
+                let temp = TempFile(Some(path));
+                // The data and the size it needs; the rename into place and its
+                // directory's fsync make the name durable.
+                writer
                     .into_inner()
                     .map_err(|e| e.into_error())
-                    // The data and the size it needs; the rename into place and its
-                    // directory's fsync make the name durable. With the write-ahead log,
-                    // an instance it takes is made durable there instead.
-                    .and_then(|file| match file.metadata() {
-                        Ok(meta) if logged && meta.len() <= super::wal::MAX_LOGGED => Ok(()),
-                        _ => file.sync_data(),
-                    });
-                if let Err(error) = finished {
-                    disk::remove_temp(&path);
-                    return Err(ReceiveError::Resources(error));
-                }
-                match read_stored(&path) {
-                    Ok(instance) => (InstanceData::Disk, instance.header, Some(path)),
-                    Err(error) => {
-                        disk::remove_temp(&path);
-                        return Err(ReceiveError::Unreadable(error));
-                    }
-                }
+                    .and_then(|file| file.sync_data())
+                    .map_err(ReceiveError::Resources)?;
+                let instance = read_stored(temp.path()).map_err(ReceiveError::Unreadable)?;
+                (InstanceData::Disk, instance.header, Staged::Temp(temp))
             }
         };
         let instance = ReceivedInstance {
@@ -176,7 +295,7 @@ impl Storage {
             header,
             arrived: std::time::SystemTime::now(),
         };
-        Ok((instance, temp))
+        Ok((instance, staged))
     }
 }
 

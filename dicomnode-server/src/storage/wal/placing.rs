@@ -1,0 +1,59 @@
+//! Writing logged instances into their files: a group's before it is taken out for
+//! processing, and every flushed one before a checkpoint.
+
+use super::format::read_piece;
+use super::{Unplaced, Wal};
+use std::io;
+
+impl Wal {
+    /// Writes the files of the group's logged instances (before the group's directory is
+    /// taken out for processing). On failure the rest stay in the log, to be written by a
+    /// later attempt or at the next start.
+    pub(crate) fn place_group(&self, key: &str) -> io::Result<()> {
+        self.place(|u| u.info.key == key, false)
+    }
+
+    /// Writes the files of every flushed logged instance (before a checkpoint).
+    pub(super) fn place_flushed(&self) -> io::Result<()> {
+        self.place(|_| true, true)
+    }
+
+    fn place(&self, which: impl Fn(&Unplaced) -> bool, flushed_only: bool) -> io::Result<()> {
+        let _one = self.placing.lock().unwrap_or_else(|p| p.into_inner());
+        let todo: Vec<(u64, Unplaced)> = {
+            let state = self.state();
+            state
+                .unplaced
+                .iter()
+                .filter(|(_, u)| which(u) && (!flushed_only || u.end <= state.synced))
+                .map(|(first, u)| (*first, u.clone()))
+                .collect()
+        };
+        for (first, unplaced) in todo {
+            self.write_files(&unplaced)?;
+            self.state().unplaced.remove(&first);
+        }
+        Ok(())
+    }
+
+    /// Writes one logged instance's file into its input directories, from the log.
+    fn write_files(&self, unplaced: &Unplaced) -> io::Result<()> {
+        let info = &unplaced.info;
+        let head =
+            crate::storage::placing::part10_head(&info.sop_class, &info.sop_instance, &info.transfer_syntax)?;
+        let mut pieces = vec![head];
+        for piece in &unplaced.pieces {
+            pieces.push(read_piece(
+                &self.geometry,
+                &self.segments,
+                piece.lsn,
+                piece.offset,
+                piece.len,
+            )?);
+        }
+        let parts: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+        let dirs: Vec<&str> = info.input_dirs.iter().map(String::as_str).collect();
+        self.layout
+            .materialize(&info.key, &dirs, &info.file_name, &parts)
+    }
+}
