@@ -377,7 +377,10 @@ impl Wal {
                     "the write-ahead log is full and a checkpoint did not free it",
                 ));
             }
+            // Flushed first, so that every commit in the ring can be written out.
+            let head = state.head;
             drop(state);
+            self.flush_through(head)?;
             self.checkpoint()?;
             state = self.state();
         }
