@@ -355,11 +355,6 @@ impl ChildRunner {
         let span = tracing::info_span!("patient", key = %dicomnode_core::completion::display_group_key(&batch.patient_key));
         let _entered = span.enter();
         let started = std::time::Instant::now();
-        // The batch's logged instances are made durable in their files before a child
-        // acts on them: after a crash, the log cannot bring back what was processed.
-        if !self.storage.checkpoint() {
-            tracing::warn!("processing before the write-ahead log's checkpoint: a crash before the next one may process this batch again");
-        }
         let Attempt {
             outcome,
             tail,

@@ -65,11 +65,11 @@ impl Storage {
         let (Some(layout), Some(dir)) = (&self.disk, &batch.dir) else {
             return;
         };
-        // The log must not bring back, after a crash, what is deleted now: without a
-        // checkpoint the data stay (a later start processes them again rather than
-        // bringing back half of them).
-        if !self.checkpoint() {
-            tracing::error!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), dir = %dir.display(), "the processed batch is kept: the write-ahead log could not be checkpointed");
+        // The log must not bring back, after a crash, what is deleted now (a success
+        // recorded it already): without that record the data stay (a later start
+        // processes them again rather than bringing back half of them).
+        if !super::disk::DiskLayout::succeeded(dir) && !self.consume(&batch) {
+            tracing::error!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), dir = %dir.display(), "the batch is kept: the write-ahead log could not record its removal");
             return;
         }
         // Only what the batch held is deleted: a file that reached the directory without
@@ -96,10 +96,38 @@ impl Storage {
         }
     }
 
-    /// A batch was processed: that is recorded beside its data (on disk, durably) before
-    /// they are deleted, so that a crash in between does not process it again.
+    /// Records in the write-ahead log (if any) that the batch's instances are not to be
+    /// brought back after a crash; `false` (logged) when it could not.
+    fn consume(&self, batch: &PatientBatch) -> bool {
+        let Some(wal) = &self.wal else {
+            return true;
+        };
+        let mut names: Vec<String> = batch
+            .inputs
+            .iter()
+            .flat_map(|(_, instances)| instances.iter().map(|i| i.file_name()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        match wal.consume(&batch.patient_key, names) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), %error, "cannot record in the write-ahead log that the batch was processed");
+                false
+            }
+        }
+    }
+
+    /// A batch was processed: that is recorded in the write-ahead log and beside its data
+    /// (on disk, durably) before they are deleted, so that a crash in between does not
+    /// process it again.
     pub(crate) fn mark_succeeded(&self, batch: &PatientBatch) {
         if let (Some(layout), Some(dir)) = (&self.disk, &batch.dir) {
+            if !self.consume(batch) {
+                // Without the record, the data stay until a checkpoint has made the log
+                // forget them (a crash before may process them again: never a loss).
+                return;
+            }
             if let Err(error) = layout.mark_succeeded(dir) {
                 tracing::warn!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), %error, "cannot record the success beside the batch");
             }

@@ -159,6 +159,14 @@ impl Storage {
     /// live one adds to it and every input has enough, takes the patient's batch out
     /// (exactly once).
     pub(crate) fn finish_adding(&self, patient_key: &str, origin: &Origin) -> Option<PatientBatch> {
+        // A group about to be taken out gets its logged instances' files written first,
+        // outside the lock, so other associations keep storing meanwhile (taking it out
+        // writes any that came after).
+        if let Some(wal) = self.wal.as_ref().filter(|_| self.last_adder_of_ready(patient_key)) {
+            if let Err(error) = wal.place_group(patient_key) {
+                tracing::warn!(patient = %display_group_key(patient_key), %error, "cannot write the patient's logged instances into files yet");
+            }
+        }
         let mut patients = self.patients();
         let entry = patients.get_mut(patient_key)?;
         entry.live_adders = entry.live_adders.saturating_sub(1);
@@ -177,6 +185,15 @@ impl Storage {
             return None;
         }
         self.take_out(&mut patients, patient_key, origin.clone())
+    }
+
+    /// Whether the association ending now is the last adding to a group that has enough
+    /// (so that the group will be taken out, without a quiet period).
+    fn last_adder_of_ready(&self, patient_key: &str) -> bool {
+        self.quiet_period.is_none()
+            && self.patients().get(patient_key).is_some_and(|e| {
+                e.live_adders == 1 && self.has_enough(e, SystemTime::now())
+            })
     }
 
     /// Takes out every patient that has enough, no live association adding to it, and

@@ -21,6 +21,8 @@ pub(super) enum Kind {
     Part = 3,
     /// A data set complete: where it goes, its stream's parts, and its last bytes.
     Commit = 4,
+    /// Instances processed (or removed) and deleted: not to be written again.
+    Consumed = 5,
 }
 
 impl Kind {
@@ -30,6 +32,7 @@ impl Kind {
             2 => Some(Kind::Skip),
             3 => Some(Kind::Part),
             4 => Some(Kind::Commit),
+            5 => Some(Kind::Consumed),
             _ => None,
         }
     }
@@ -221,4 +224,12 @@ pub(super) struct WholeRecord {
     pub(super) file_name: String,
     #[serde(with = "serde_bytes")]
     pub(super) bytes: Vec<u8>,
+}
+
+/// Instances of a group that were processed (or removed) and deleted: a replay does not
+/// write back any of them committed before this record.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct Consumed {
+    pub(super) key: String,
+    pub(super) file_names: Vec<String>,
 }

@@ -14,8 +14,9 @@
 //! logged instance, makes them durable (`syncfs` of the data directory), and records its
 //! position durably; only then may the log's space before it be reused. At start-up every
 //! commit after the checkpoint is written into place again ([`replay`]; the file names
-//! are the SOP Instance UIDs, so writing twice leaves one file): an acknowledged instance
-//! is there exactly once. A record is checked by its position and a CRC-32: a half-written
+//! are the SOP Instance UIDs, so writing twice leaves one file), except those a later
+//! record says were processed and deleted ([`Wal::consume`]): an acknowledged instance
+//! is there exactly once, and a processed one not again. A record is checked by its position and a CRC-32: a half-written
 //! (torn) one ends the replay, and parts without their commit are ignored.
 //!
 //! The log is a ring of segments, zero-filled once when created, so that overwriting them
@@ -341,6 +342,19 @@ impl Wal {
         self.flush_through(end)
     }
 
+    /// Records, durably, that the group's instances `file_names` were processed (or
+    /// removed): after a crash, the replay does not bring them back.
+    pub(crate) fn consume(&self, key: &str, file_names: Vec<String>) -> io::Result<()> {
+        let payload = postcard::to_allocvec(&format::Consumed {
+            key: key.to_string(),
+            file_names,
+        })
+        .map_err(io::Error::other)?;
+        self.append(Kind::Consumed, &[&payload], |_, _| {})?;
+        let end = self.state().head;
+        self.flush_through(end)
+    }
+
     /// Appends a record of `pieces` (making room with a checkpoint when the ring is full);
     /// `register` runs under the state's lock once it is written. Returns its LSN.
     fn append(
@@ -638,6 +652,28 @@ mod tests {
         assert_eq!(replayed, 1, "the torn record and what follows are dropped");
         assert!(file_of(&layout, 7).exists());
         assert!(!file_of(&layout, 8).exists());
+    }
+
+    #[test]
+    fn a_consumed_instance_is_not_written_back_but_one_sent_again_after_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = DiskLayout::open(dir.path()).unwrap();
+        {
+            let (wal, _) = open(dir.path(), &layout);
+            log(&wal, 1, 100);
+            log(&wal, 2, 2 * PART_BYTES);
+            wal.place_group("P1").unwrap();
+            wal.place_group("P2").unwrap();
+            wal.consume("P1", vec!["1.2.1.dcm".into()]).unwrap();
+            wal.consume("P2", vec!["1.2.2.dcm".into()]).unwrap();
+            fs::remove_dir_all(layout.patients()).unwrap();
+            // Sent again after it was processed: a new instance.
+            log(&wal, 2, 2 * PART_BYTES);
+        }
+        let (_wal, replayed) = open(dir.path(), &layout);
+        assert_eq!(replayed, 1);
+        assert!(!layout.patient_dir("P1").exists());
+        assert_eq!(data_set_in(&layout, 2), data(2, 2 * PART_BYTES));
     }
 
     #[test]
