@@ -257,7 +257,8 @@ impl retrieve::InstanceSink for PriorSink<'_> {
     fn data(&mut self, bytes: Vec<u8>) -> Result<(), String> {
         match &mut self.current {
             Some((_, _, _, incoming, _)) => {
-                incoming.push(bytes);
+                // Whether it is the last is not known here.
+                incoming.push(bytes, false);
                 Ok(())
             }
             None => Err("data before its instance".into()),

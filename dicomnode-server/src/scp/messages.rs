@@ -136,7 +136,7 @@ impl Messages<'_> {
                             transfer_syntax,
                         )
                     });
-                    incoming.push(pdv.data);
+                    incoming.push(pdv.data, pdv.is_last);
                 }
                 if !pdv.is_last {
                     return Ok(None);

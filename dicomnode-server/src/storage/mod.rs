@@ -321,8 +321,8 @@ mod tests {
         let (class, uid, ts) = meta_uids(obj.meta());
         let mut incoming = storage.incoming(class, uid, ts);
         let half = bytes.len() / 2;
-        incoming.push(bytes[..half].to_vec());
-        incoming.push(bytes[half..].to_vec());
+        incoming.push(bytes[..half].to_vec(), false);
+        incoming.push(bytes[half..].to_vec(), true);
         storage.receive(incoming, class, uid, ts).unwrap()
     }
 

@@ -57,9 +57,10 @@ struct Logging {
 }
 
 impl Incoming {
-    /// Appends a fragment of the data set. After a write error the rest is discarded and
-    /// the error is reported when the data set is complete.
-    pub(crate) fn push(&mut self, data: Vec<u8>) {
+    /// Appends a fragment of the data set (`last`: the data set ends with it). After a
+    /// write error the rest is discarded and the error is reported when the data set is
+    /// complete.
+    pub(crate) fn push(&mut self, data: Vec<u8>, last: bool) {
         if self.failed.is_some() {
             return;
         }
@@ -87,7 +88,10 @@ impl Incoming {
         }
         let written = match (&mut self.log, &self.sink) {
             (Some(_), Sink::Memory(bytes)) if bytes.len() > MAX_LOGGED => self.spill(),
-            (Some(log), Sink::Memory(bytes)) if bytes.len() - log.stream.logged() >= PART_BYTES => {
+            // The last bytes go with the commit: one flush for both.
+            (Some(log), Sink::Memory(bytes))
+                if !last && bytes.len() - log.stream.logged() >= PART_BYTES =>
+            {
                 let logged = log.stream.logged();
                 log.wal.append_part(&mut log.stream, &bytes[logged..])
             }

@@ -101,20 +101,27 @@ impl Geometry {
     }
 }
 
-/// A record ready to write: header and payload in one buffer.
-pub(super) fn encode(kind: Kind, lsn: u64, pieces: &[&[u8]]) -> Vec<u8> {
+/// A record's header for a payload given in pieces.
+pub(super) fn header(kind: Kind, lsn: u64, pieces: &[&[u8]]) -> [u8; HEADER as usize] {
     let len: usize = pieces.iter().map(|p| p.len()).sum();
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&lsn.to_le_bytes());
     for piece in pieces {
         hasher.update(piece);
     }
-    let mut bytes = Vec::with_capacity(HEADER as usize + len);
-    bytes.extend_from_slice(&MAGIC.to_le_bytes());
-    bytes.extend_from_slice(&[kind as u8, 0, 0, 0]);
-    bytes.extend_from_slice(&lsn.to_le_bytes());
-    bytes.extend_from_slice(&(len as u32).to_le_bytes());
-    bytes.extend_from_slice(&hasher.finalize().to_le_bytes());
+    let mut h = [0u8; HEADER as usize];
+    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[4] = kind as u8;
+    h[8..16].copy_from_slice(&lsn.to_le_bytes());
+    h[16..20].copy_from_slice(&(len as u32).to_le_bytes());
+    h[20..24].copy_from_slice(&hasher.finalize().to_le_bytes());
+    h
+}
+
+/// A record in one buffer: header and payload.
+#[cfg(test)]
+pub(super) fn encode(kind: Kind, lsn: u64, pieces: &[&[u8]]) -> Vec<u8> {
+    let mut bytes = header(kind, lsn, pieces).to_vec();
     for piece in pieces {
         bytes.extend_from_slice(piece);
     }
