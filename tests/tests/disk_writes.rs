@@ -211,11 +211,19 @@ fn concurrent_first_instances_of_a_new_patient_are_all_stored() {
         assert_eq!(thread.join().unwrap(), vec![status::SUCCESS; 2]);
     }
     node.wait_for_count("association ended", 4, WAIT);
-    let stored = files_under(&data.path().join("patients"))
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
-        .count();
-    assert_eq!(stored, 8);
+    // Logged, their files are written once the node is quiet (a checkpoint).
+    let start = Instant::now();
+    loop {
+        let stored = files_under(&data.path().join("patients"))
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+            .count();
+        if stored == 8 {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "{stored} of 8 files written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -223,31 +231,43 @@ fn a_data_set_cut_off_by_a_dropped_connection_leaves_no_file() {
     let out = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     let mut node = test_node(out.path(), data.path(), &[]);
+    // Large enough that its first half goes to the write-ahead log as parts.
     let instance = &SyntheticSeries::ct("CUT-1", 1)
-        .size(64, 64)
+        .size(512, 512)
         .build()
         .unwrap()[0];
     let mut dataset = Vec::new();
     instance.write_dataset(&mut dataset).unwrap();
     let mut raw = raw_ct_association(&node, "CUTTER");
     let uid = trim_uid(instance.meta().media_storage_sop_instance_uid()).to_string();
-    dataset.truncate(dataset.len() / 2);
+    // Two fragments, 300 KB of about 512 KB: the data set never ends.
+    let second = dataset[200_000..300_000].to_vec();
+    dataset.truncate(200_000);
     raw.send(&store_pdu(1, &uid, dataset, false)).unwrap();
-    // Wait until the node has the partial file, then drop the connection.
-    let start = Instant::now();
-    while files_under(&data.path().join("tmp")).is_empty() {
-        assert!(
-            start.elapsed() < WAIT,
-            "the partial data set never reached the disk"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    raw.send(&dicomnode_server::dicom_ul::Pdu::PData {
+        data: vec![dicomnode_server::dicom_ul::pdu::PDataValue {
+            presentation_context_id: 1,
+            value_type: dicomnode_server::dicom_ul::pdu::PDataValueType::Data,
+            is_last: false,
+            data: second,
+        }],
+    })
+    .unwrap();
+    // Let the node take them in, then drop the connection.
+    std::thread::sleep(Duration::from_millis(300));
     drop(raw);
     node.wait_for_log("association ended: connection lost", WAIT);
     std::thread::sleep(Duration::from_millis(100));
     assert!(
         files_under(&data.path().join("tmp")).is_empty(),
-        "the partial file is removed"
+        "no partial file"
     );
+    assert!(files_under(&data.path().join("patients")).is_empty());
+    // Nor does a restart bring it back from the log.
+    drop(node);
+    let mut node = test_node(out.path(), data.path(), &[]);
+    let restored = node.wait_for_log("data directory restored", WAIT);
+    assert!(restored.contains("replayed_from_log=0"), "{restored}");
+    assert!(restored.contains("instances=0"), "{restored}");
     assert!(files_under(&data.path().join("patients")).is_empty());
 }

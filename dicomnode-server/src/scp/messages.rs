@@ -284,14 +284,8 @@ impl Messages<'_> {
         if command.move_originator.as_deref() == Some(self.ae_title) {
             let stored = self.storage.prior_route(&instance.header).and_then(
                 |(group, input, generation)| {
-                    self.storage.store_fetched(
-                        &group,
-                        input,
-                        generation,
-                        instance,
-                        staged,
-                        receiving,
-                    )
+                    self.storage
+                        .store_fetched(&group, input, generation, instance, staged, receiving)
                 },
             );
             return match stored {

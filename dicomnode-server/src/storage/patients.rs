@@ -162,7 +162,11 @@ impl Storage {
         // A group about to be taken out gets its logged instances' files written first,
         // outside the lock, so other associations keep storing meanwhile (taking it out
         // writes any that came after).
-        if let Some(wal) = self.wal.as_ref().filter(|_| self.last_adder_of_ready(patient_key)) {
+        if let Some(wal) = self
+            .wal
+            .as_ref()
+            .filter(|_| self.last_adder_of_ready(patient_key))
+        {
             if let Err(error) = wal.place_group(patient_key) {
                 tracing::warn!(patient = %display_group_key(patient_key), %error, "cannot write the patient's logged instances into files yet");
             }
@@ -191,9 +195,10 @@ impl Storage {
     /// (so that the group will be taken out, without a quiet period).
     fn last_adder_of_ready(&self, patient_key: &str) -> bool {
         self.quiet_period.is_none()
-            && self.patients().get(patient_key).is_some_and(|e| {
-                e.live_adders == 1 && self.has_enough(e, SystemTime::now())
-            })
+            && self
+                .patients()
+                .get(patient_key)
+                .is_some_and(|e| e.live_adders == 1 && self.has_enough(e, SystemTime::now()))
     }
 
     /// Takes out every patient that has enough, no live association adding to it, and

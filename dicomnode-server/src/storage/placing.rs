@@ -61,9 +61,8 @@ impl DiskLayout {
     ) -> io::Result<()> {
         let patient = self.ensure_patient_dir(key)?;
         let temp = self.tmp().join(format!("{}.tmp", uuid_like(file_name)));
-        let written = fs::File::create(&temp).and_then(|mut file| {
-            pieces.iter().try_for_each(|piece| file.write_all(piece))
-        });
+        let written = fs::File::create(&temp)
+            .and_then(|mut file| pieces.iter().try_for_each(|piece| file.write_all(piece)));
         if let Err(error) = written {
             remove_temp(&temp);
             return Err(error);

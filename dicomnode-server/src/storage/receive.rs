@@ -108,7 +108,8 @@ impl Incoming {
             return Ok(());
         };
         log.wal.abort(&log.stream);
-        let Sink::Memory(bytes) = std::mem::replace(&mut self.sink, Sink::Memory(Vec::new())) else {
+        let Sink::Memory(bytes) = std::mem::replace(&mut self.sink, Sink::Memory(Vec::new()))
+        else {
             return Ok(());
         };
         let (class, uid, ts) = &log.ids;

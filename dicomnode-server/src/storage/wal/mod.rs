@@ -26,9 +26,9 @@ mod format;
 mod placing;
 mod replay;
 
-pub(crate) use format::CommitInfo;
 #[cfg(test)]
 use format::encode;
+pub(crate) use format::CommitInfo;
 use format::{header, Geometry, Kind, HEADER};
 
 use super::disk::DiskLayout;
@@ -484,17 +484,13 @@ impl Wal {
     pub(crate) fn due(&self, quiet: Duration) -> bool {
         let state = self.state();
         let used = state.head - state.checkpoint;
-        used > self.geometry.ring() / 4 * 3
-            || (used > 0 && state.last_append.elapsed() >= quiet)
+        used > self.geometry.ring() / 4 * 3 || (used > 0 && state.last_append.elapsed() >= quiet)
     }
 
     /// Writes the files of every flushed logged instance, makes them durable (`syncfs`),
     /// then records that the log before them is no longer needed.
     pub(crate) fn checkpoint(&self) -> io::Result<()> {
-        let _one = self
-            .checkpointing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _one = self.checkpointing.lock().unwrap_or_else(|p| p.into_inner());
         self.place_flushed()?;
         let target = {
             let state = self.state();
@@ -635,10 +631,7 @@ mod tests {
         let (wal, replayed) = open(dir.path(), &layout);
         assert_eq!(replayed, 2);
         assert_eq!(data_set_in(&layout, 0), data(0, 1000));
-        assert_eq!(
-            data_set_in(&layout, 1),
-            data(1, 3 * PART_BYTES + 123)
-        );
+        assert_eq!(data_set_in(&layout, 1), data(1, 3 * PART_BYTES + 123));
         assert!(!layout.patient_dir("P2").exists(), "no commit, no file");
         // Checkpointed at start-up: nothing again.
         drop(wal);
@@ -692,10 +685,7 @@ mod tests {
         log(&wal, 1, 2 * PART_BYTES + 5);
         log(&wal, 2, 10);
         wal.place_group("P1").unwrap();
-        assert_eq!(
-            data_set_in(&layout, 1),
-            data(1, 2 * PART_BYTES + 5)
-        );
+        assert_eq!(data_set_in(&layout, 1), data(1, 2 * PART_BYTES + 5));
         assert!(!file_of(&layout, 2).exists(), "another group's waits");
         // A stream still arriving holds the checkpoint before its first part.
         let mut open = wal.stream();
@@ -703,7 +693,10 @@ mod tests {
         let first_part = wal.state().open[&open.id];
         log(&wal, 4, 10);
         wal.checkpoint().unwrap();
-        assert!(file_of(&layout, 2).exists(), "a checkpoint writes every file");
+        assert!(
+            file_of(&layout, 2).exists(),
+            "a checkpoint writes every file"
+        );
         assert!(file_of(&layout, 4).exists());
         assert_eq!(wal.state().checkpoint, first_part);
         let rest = data(3, PART_BYTES + 7);
@@ -778,4 +771,3 @@ mod tests {
         assert_eq!(replayed, 1, "the new shape is read back");
     }
 }
-

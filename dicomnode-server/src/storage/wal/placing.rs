@@ -39,8 +39,11 @@ impl Wal {
     /// Writes one logged instance's file into its input directories, from the log.
     fn write_files(&self, unplaced: &Unplaced) -> io::Result<()> {
         let info = &unplaced.info;
-        let head =
-            crate::storage::placing::part10_head(&info.sop_class, &info.sop_instance, &info.transfer_syntax)?;
+        let head = crate::storage::placing::part10_head(
+            &info.sop_class,
+            &info.sop_instance,
+            &info.transfer_syntax,
+        )?;
         let mut pieces = vec![head];
         for piece in &unplaced.pieces {
             pieces.push(read_piece(

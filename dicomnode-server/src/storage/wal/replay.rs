@@ -42,10 +42,13 @@ impl Wal {
                         return Ok(false);
                     };
                     if !later(&whole.key, &whole.file_name, lsn) {
-                        let dirs: Vec<&str> =
-                            whole.input_dirs.iter().map(String::as_str).collect();
-                        self.layout
-                            .materialize(&whole.key, &dirs, &whole.file_name, &[&whole.bytes])?;
+                        let dirs: Vec<&str> = whole.input_dirs.iter().map(String::as_str).collect();
+                        self.layout.materialize(
+                            &whole.key,
+                            &dirs,
+                            &whole.file_name,
+                            &[&whole.bytes],
+                        )?;
                         replayed += 1;
                     }
                 }
@@ -63,10 +66,7 @@ impl Wal {
 
     /// Calls `each` with every valid record after the checkpoint, in order, until it
     /// returns `false`; returns where the log ends.
-    fn scan(
-        &self,
-        mut each: impl FnMut(u64, &ReadRecord) -> io::Result<bool>,
-    ) -> io::Result<u64> {
+    fn scan(&self, mut each: impl FnMut(u64, &ReadRecord) -> io::Result<bool>) -> io::Result<u64> {
         let geometry = self.geometry;
         let start = self.state().checkpoint;
         let mut lsn = start;
@@ -101,7 +101,10 @@ impl Wal {
         consumed_later: &impl Fn(&str, &str, u64) -> bool,
     ) -> io::Result<bool> {
         let Some((info, tail_at)) = read_commit(payload) else {
-            tracing::warn!(lsn, "an unreadable commit in the write-ahead log is skipped");
+            tracing::warn!(
+                lsn,
+                "an unreadable commit in the write-ahead log is skipped"
+            );
             return Ok(false);
         };
         if consumed_later(&info.key, &info.file_name, lsn) {
