@@ -427,6 +427,29 @@ pub fn wait_until_processed(
     }
 }
 
+/// The instance files (`.dcm`) below `dir` once there are `count` of them: a node with
+/// a write-ahead log writes them from the log when it is quiet (a checkpoint). Panics
+/// with how many there were after `timeout`.
+pub fn wait_for_instance_files(dir: &Path, count: usize, timeout: Duration) -> Vec<PathBuf> {
+    let start = Instant::now();
+    loop {
+        let files: Vec<PathBuf> = files_under(dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+            .collect();
+        if files.len() == count {
+            return files;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{} of {count} instance files in {}",
+            files.len(),
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Every file below `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();

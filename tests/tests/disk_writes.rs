@@ -8,10 +8,11 @@ use dicomnode_server::dispatch::StoreAssociation;
 use dicomnode_server::synthetic::SyntheticSeries;
 use dicomnode_server::uid::trim_uid;
 use dicomnode_tests::{
-    ct_contexts, dcmtk, files_under, raw_ct_association, run, store_all, store_pdu, NodeProcess,
+    ct_contexts, dcmtk, files_under, raw_ct_association, run, store_all, store_pdu,
+    wait_for_instance_files, NodeProcess,
 };
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -212,18 +213,7 @@ fn concurrent_first_instances_of_a_new_patient_are_all_stored() {
     }
     node.wait_for_count("association ended", 4, WAIT);
     // Logged, their files are written once the node is quiet (a checkpoint).
-    let start = Instant::now();
-    loop {
-        let stored = files_under(&data.path().join("patients"))
-            .iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
-            .count();
-        if stored == 8 {
-            break;
-        }
-        assert!(start.elapsed() < WAIT, "{stored} of 8 files written");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_instance_files(&data.path().join("patients"), 8, WAIT);
 }
 
 #[test]

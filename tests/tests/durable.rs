@@ -4,7 +4,9 @@ use dicomnode_server::dicom_core::{DataElement, VR};
 use dicomnode_server::dicom_dictionary_std::tags;
 use dicomnode_server::dimse::status;
 use dicomnode_server::synthetic::SyntheticSeries;
-use dicomnode_tests::{cli_exe, dcmtk, files_under, record_uids, run, store_all, NodeProcess};
+use dicomnode_tests::{
+    cli_exe, dcmtk, files_under, record_uids, run, store_all, wait_for_instance_files, NodeProcess,
+};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -83,6 +85,18 @@ fn sigkill_during_transfers_loses_no_acknowledged_instance() {
     }
     let node = test_node(out.path(), data.path(), &["--enough", "50"]);
     let port = node.port.to_string();
+    // What the node has written so far (its log's ring included), from the kernel.
+    let written = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/io"))
+            .ok()
+            .and_then(|io| {
+                io.lines()
+                    .find_map(|l| l.strip_prefix("wchar: ").map(str::to_string))
+            })
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = written(node.pid());
     // Four storescu at once, one association each.
     let senders: Vec<_> = batches
         .iter()
@@ -95,9 +109,10 @@ fn sigkill_during_transfers_loses_no_acknowledged_instance() {
             c.spawn().unwrap()
         })
         .collect();
-    // Kill the node while they send.
+    // Kill the node while they send: once it has written about 60 of the 200 instances
+    // (128 KiB each), to its log or to files.
     let start = Instant::now();
-    while files_under(&data.path().join("patients")).len() < 60 && start.elapsed() < WAIT {
+    while written(node.pid()) - before < 60 * 128 * 1024 && start.elapsed() < WAIT {
         std::thread::sleep(Duration::from_millis(2));
     }
     let node_pid = node.pid();
@@ -192,6 +207,7 @@ fn hostile_patient_ids_stay_inside_the_data_directory_and_distinct() {
     node.wait_for_count("association ended", keys.len() + 1, WAIT);
 
     let root = data.path().canonicalize().unwrap();
+    wait_for_instance_files(&root.join("patients"), keys.len(), WAIT);
     let patients: Vec<PathBuf> = std::fs::read_dir(root.join("patients"))
         .unwrap()
         .flatten()

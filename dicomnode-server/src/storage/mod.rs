@@ -6,8 +6,9 @@
 //! meanwhile gather for a next batch.
 //!
 //! Two kinds: in memory (the default), and durable in a data directory (see [`disk`]),
-//! where each instance is streamed to a file and fsynced before the node answers success,
-//! and the state is rebuilt from the files at start-up.
+//! where each instance is durable before the node answers success (in the write-ahead
+//! log, `wal`, its file written from there later; or, too large for the log, streamed to
+//! a file and fsynced), and the state is rebuilt from the files and the log at start-up.
 //!
 //! Where a C-STORE goes: `Storage::incoming` and `Storage::receive` (module `receive`),
 //! `Storage::offer` (`patients`); a batch taken out is a `PatientBatch` (`batch`);

@@ -85,12 +85,14 @@ struct State {
     head: u64,
     /// Everything before this is flushed.
     synced: u64,
-    /// A flush is running.
-    syncing: bool,
+    /// Flushes running.
+    syncing: usize,
+    /// The furthest a running flush will have flushed to.
+    syncing_to: u64,
     /// Everything before this is durable in the files themselves.
     checkpoint: u64,
-    /// Segments written since the last flush.
-    dirty: Vec<bool>,
+    /// Each segment's end of the last record written into it.
+    written: Vec<u64>,
     /// A flush failed: what it covered is unknown, so nothing more is acknowledged.
     failed: bool,
     /// Streams with parts in the log and no commit yet: the LSN of each one's first part.
@@ -246,9 +248,10 @@ impl Wal {
             state: Mutex::new(State {
                 head: checkpoint,
                 synced: checkpoint,
-                syncing: false,
+                syncing: 0,
+                syncing_to: checkpoint,
                 checkpoint,
-                dirty: vec![false; geometry.segments as usize],
+                written: vec![0; geometry.segments as usize],
                 failed: false,
                 open: HashMap::new(),
                 unplaced: BTreeMap::new(),
@@ -407,7 +410,7 @@ impl Wal {
             if skip >= HEADER {
                 let marker = header(Kind::Skip, state.head, &[]);
                 self.segments[segment].write_all_at(&marker, offset)?;
-                state.dirty[segment] = true;
+                state.written[segment] = state.head + HEADER;
             }
             state.head += skip;
         }
@@ -421,14 +424,17 @@ impl Wal {
             file.write_all_at(piece, at)?;
             at += piece.len() as u64;
         }
-        state.dirty[segment] = true;
         state.head = lsn + total;
+        state.written[segment] = state.head;
         state.last_append = Instant::now();
         register(&mut state, lsn);
         Ok(lsn)
     }
 
-    /// Returns once everything before `end` is flushed; one caller flushes for all.
+    /// Returns once everything before `end` is flushed. A flush running that reaches
+    /// `end` is waited for (one `fdatasync` for all who wait); else this caller starts its
+    /// own at once, beside a running one (the kernel waits for the pages that one is
+    /// writing and the device flushes both), rather than queueing behind it.
     fn flush_through(&self, end: u64) -> io::Result<()> {
         let mut state = self.state();
         loop {
@@ -438,24 +444,26 @@ impl Wal {
             if state.synced >= end {
                 return Ok(());
             }
-            if state.syncing {
+            if state.syncing > 0 && state.syncing_to >= end {
                 state = self.flushed.wait(state).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
-            state.syncing = true;
-            let target = state.head;
-            let dirty = std::mem::replace(&mut state.dirty, vec![false; self.segments.len()]);
+            // Everything up to `target` is in the segments written after `from`.
+            let (from, target) = (state.synced, state.head);
+            let segments: Vec<usize> = (0..self.segments.len())
+                .filter(|&n| state.written[n] > from)
+                .collect();
+            state.syncing += 1;
+            state.syncing_to = state.syncing_to.max(target);
             drop(state);
             let mut result = Ok(());
-            for (n, was) in dirty.iter().enumerate() {
-                if *was {
-                    if let Err(error) = self.segments[n].sync_data() {
-                        result = Err(error);
-                    }
+            for n in segments {
+                if let Err(error) = self.segments[n].sync_data() {
+                    result = Err(error);
                 }
             }
             state = self.state();
-            state.syncing = false;
+            state.syncing -= 1;
             if result.is_ok() {
                 state.synced = state.synced.max(target);
             } else {
@@ -531,7 +539,7 @@ fn flusher(wal: &Weak<Wal>) {
             if state.failed {
                 return;
             }
-            if state.syncing || state.synced >= state.parts_through {
+            if state.syncing > 0 || state.synced >= state.parts_through {
                 let _ = wal.wake.wait_timeout(state, Duration::from_millis(100));
                 continue;
             }
