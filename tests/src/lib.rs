@@ -450,6 +450,19 @@ pub fn wait_for_instance_files(dir: &Path, count: usize, timeout: Duration) -> V
     }
 }
 
+/// The bytes process `pid` has passed to `write` so far (`wchar` of /proc/PID/io): how far
+/// a node has got writing what it receives, to its log or to files.
+pub fn bytes_written(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar: ").map(str::to_string))
+        })
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 /// Every file below `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();

@@ -5,7 +5,8 @@ use dicomnode_server::dicom_dictionary_std::tags;
 use dicomnode_server::dimse::status;
 use dicomnode_server::synthetic::SyntheticSeries;
 use dicomnode_tests::{
-    cli_exe, dcmtk, files_under, record_uids, run, store_all, wait_for_instance_files, NodeProcess,
+    bytes_written, cli_exe, dcmtk, files_under, record_uids, run, store_all,
+    wait_for_instance_files, NodeProcess,
 };
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -85,18 +86,7 @@ fn sigkill_during_transfers_loses_no_acknowledged_instance() {
     }
     let node = test_node(out.path(), data.path(), &["--enough", "50"]);
     let port = node.port.to_string();
-    // What the node has written so far (its log's ring included), from the kernel.
-    let written = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/io"))
-            .ok()
-            .and_then(|io| {
-                io.lines()
-                    .find_map(|l| l.strip_prefix("wchar: ").map(str::to_string))
-            })
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let before = written(node.pid());
+    let before = bytes_written(node.pid());
     // Four storescu at once, one association each.
     let senders: Vec<_> = batches
         .iter()
@@ -112,7 +102,7 @@ fn sigkill_during_transfers_loses_no_acknowledged_instance() {
     // Kill the node while they send: once it has written about 60 of the 200 instances
     // (128 KiB each), to its log or to files.
     let start = Instant::now();
-    while written(node.pid()) - before < 60 * 128 * 1024 && start.elapsed() < WAIT {
+    while bytes_written(node.pid()) - before < 60 * 128 * 1024 && start.elapsed() < WAIT {
         std::thread::sleep(Duration::from_millis(2));
     }
     let node_pid = node.pid();

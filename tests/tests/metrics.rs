@@ -194,7 +194,13 @@ fn status_says_which_patients_wait_and_why() {
         "{metrics}"
     );
 
-    // The same from the data directory, with the tool, beside the running node.
+    // The same from the data directory, with the tool, beside the running node (once the
+    // node, quiet, has written the logged instances' files).
+    dicomnode_tests::wait_for_instance_files(
+        &dir.path().join("data").join("patients"),
+        2,
+        std::time::Duration::from_secs(30),
+    );
     let mut command = Command::new(cli_exe());
     command
         .args(["status", "--json", "--data-dir"])

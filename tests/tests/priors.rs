@@ -296,15 +296,11 @@ fn a_pacs_killed_mid_retrieve_leaves_no_half_prior_and_no_stray_patient() {
     );
     let current = study("P5", "CT", "20250101", 2);
     send(node_port, &dir.path().join("current"), &current);
-    // Kill the PACS once some prior instances arrived.
+    // Kill the PACS once some prior instances (128 KiB each) arrived: the node wrote them
+    // to its log.
     let start = Instant::now();
-    let prior_dir_files = || {
-        files_under(&data.join("patients"))
-            .into_iter()
-            .filter(|p| p.to_string_lossy().contains("/in-priors/"))
-            .count()
-    };
-    while prior_dir_files() < 5 {
+    let before = dicomnode_tests::bytes_written(node.pid());
+    while dicomnode_tests::bytes_written(node.pid()) - before < 5 * 128 * 1024 {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "no prior arrived"

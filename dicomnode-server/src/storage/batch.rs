@@ -102,17 +102,17 @@ impl Storage {
         let Some(wal) = &self.wal else {
             return true;
         };
-        let mut names: Vec<String> = batch
+        let mut commits: Vec<u64> = batch
             .inputs
             .iter()
-            .flat_map(|(_, instances)| instances.iter().map(|i| i.file_name()))
+            .flat_map(|(_, instances)| instances.iter().filter_map(|i| i.logged))
             .collect();
-        names.sort_unstable();
-        names.dedup();
-        match wal.consume(&batch.patient_key, names) {
+        commits.sort_unstable();
+        commits.dedup();
+        match wal.consume(commits) {
             Ok(()) => true,
             Err(error) => {
-                tracing::error!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), %error, "cannot record in the write-ahead log that the batch was processed");
+                tracing::error!(patient = %dicomnode_core::completion::display_group_key(&batch.patient_key), %error, "cannot record in the write-ahead log that the batch is done with");
                 false
             }
         }
@@ -193,9 +193,16 @@ impl Storage {
     pub(crate) fn quarantine(&self, batch: PatientBatch) -> String {
         match (&self.disk, &batch.dir) {
             (Some(layout), Some(dir)) => {
-                // The log must not bring it back into the patients after a crash (if the
-                // checkpoint fails, it may: a duplicate, never a loss).
-                let _ = self.checkpoint();
+                // Its files durable, then the log told not to bring it back into the
+                // patients after a crash (if either fails, it may: a duplicate, never a
+                // loss).
+                if let Some(wal) = &self.wal {
+                    if let Err(error) = wal.sync_files() {
+                        tracing::error!(%error, "cannot make the quarantined batch's files durable; the log keeps them");
+                    } else {
+                        self.consume(&batch);
+                    }
+                }
                 let suffix = format!(
                     "{}-{}",
                     unix_seconds(SystemTime::now()),

@@ -70,6 +70,9 @@ pub(crate) struct ReceivedInstance {
     pub(crate) header: InMemDicomObject,
     /// When it was stored (after a restart: its file's time).
     pub(crate) arrived: SystemTime,
+    /// With the write-ahead log: the LSN of its commit, until a checkpoint wrote its file
+    /// durably (after a restart: none).
+    pub(crate) logged: Option<u64>,
 }
 
 impl ReceivedInstance {

@@ -136,7 +136,7 @@ impl Storage {
                 let InstanceData::Memory(bytes) = &instance.data else {
                     return Err(std::io::Error::other("a logged instance without its bytes"));
                 };
-                set.commit(
+                instance.logged = Some(set.commit(
                     bytes,
                     CommitInfo {
                         parts: Vec::new(),
@@ -147,7 +147,7 @@ impl Storage {
                         sop_instance: instance.sop_instance_uid.clone(),
                         transfer_syntax: instance.transfer_syntax.clone(),
                     },
-                )?;
+                )?);
             }
             (Staged::InMemory | Staged::Temp(_), _) => return Ok(()),
         }

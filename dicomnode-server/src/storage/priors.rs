@@ -163,8 +163,15 @@ impl Storage {
         let entry = match patients.get_mut(group_key) {
             Some(entry) if entry.generation == generation => entry,
             _ => {
-                // Taken out while the file was placed: it went with the group or stays
-                // as a stray that the group's end puts back; nothing is acknowledged.
+                drop(patients);
+                // Taken out while it was stored. A file placed went with the group or
+                // stays as a stray that the group's end puts back; a logged one is given
+                // up (never written, never brought back). Nothing is acknowledged.
+                if let (Some(wal), Some(commit)) = (&self.wal, instance.logged) {
+                    if let Err(error) = wal.consume(vec![commit]) {
+                        tracing::warn!(%error, "cannot give up a logged prior instance; it may come back after a restart");
+                    }
+                }
                 return Err("the group it was fetched for is no longer waiting".into());
             }
         };

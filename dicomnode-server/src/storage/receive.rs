@@ -178,13 +178,12 @@ pub(crate) struct LoggedSet {
 
 impl LoggedSet {
     /// Commits the data set `bytes` (its start may be in the log already) with where it
-    /// goes; returns once it is durable.
-    pub(crate) fn commit(mut self, bytes: &[u8], info: CommitInfo) -> io::Result<()> {
+    /// goes; returns, once it is durable, the LSN of its commit.
+    pub(crate) fn commit(mut self, bytes: &[u8], info: CommitInfo) -> io::Result<u64> {
         let Some(stream) = self.stream.take() else {
             return Err(io::Error::other("a logged data set committed twice"));
         };
-        let tail = bytes.get(stream.logged()..).unwrap_or_default();
-        self.wal.commit(stream, tail, info)
+        self.wal.commit(stream, bytes, info)
     }
 }
 
@@ -299,6 +298,7 @@ impl Storage {
             data,
             header,
             arrived: std::time::SystemTime::now(),
+            logged: None,
         };
         Ok((instance, staged))
     }
@@ -331,5 +331,6 @@ pub(super) fn read_stored(
         data: InstanceData::Disk,
         header: obj.into_inner(),
         arrived: disk::modified(path).unwrap_or_else(std::time::SystemTime::now),
+        logged: None,
     })
 }

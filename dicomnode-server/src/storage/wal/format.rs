@@ -94,15 +94,16 @@ impl Geometry {
         let mut words = text.split_whitespace().map(str::parse::<u64>);
         let segments = words.next()?.ok()?;
         let segment_bytes = words.next()?.ok()?;
-        (segments >= 2 && segment_bytes >= 1 << 20).then_some(Geometry {
+        let whole_mib = segment_bytes % (1 << 20) == 0;
+        (segments >= 2 && segment_bytes >= 1 << 20 && whole_mib).then_some(Geometry {
             segments,
             segment_bytes,
         })
     }
 }
 
-/// A record's header for a payload given in pieces.
-pub(super) fn header(kind: Kind, lsn: u64, pieces: &[&[u8]]) -> [u8; HEADER as usize] {
+/// A record's header for a payload given in pieces, written in run `epoch` (24 bits).
+pub(super) fn header(kind: Kind, epoch: u32, lsn: u64, pieces: &[&[u8]]) -> [u8; HEADER as usize] {
     let len: usize = pieces.iter().map(|p| p.len()).sum();
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&lsn.to_le_bytes());
@@ -112,6 +113,7 @@ pub(super) fn header(kind: Kind, lsn: u64, pieces: &[&[u8]]) -> [u8; HEADER as u
     let mut h = [0u8; HEADER as usize];
     h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     h[4] = kind as u8;
+    h[5..8].copy_from_slice(&epoch.to_le_bytes()[..3]);
     h[8..16].copy_from_slice(&lsn.to_le_bytes());
     h[16..20].copy_from_slice(&(len as u32).to_le_bytes());
     h[20..24].copy_from_slice(&hasher.finalize().to_le_bytes());
@@ -120,8 +122,8 @@ pub(super) fn header(kind: Kind, lsn: u64, pieces: &[&[u8]]) -> [u8; HEADER as u
 
 /// A record in one buffer: header and payload.
 #[cfg(test)]
-pub(super) fn encode(kind: Kind, lsn: u64, pieces: &[&[u8]]) -> Vec<u8> {
-    let mut bytes = header(kind, lsn, pieces).to_vec();
+pub(super) fn encode(kind: Kind, epoch: u32, lsn: u64, pieces: &[&[u8]]) -> Vec<u8> {
+    let mut bytes = header(kind, epoch, lsn, pieces).to_vec();
     for piece in pieces {
         bytes.extend_from_slice(piece);
     }
@@ -134,11 +136,13 @@ pub(super) struct ReadRecord {
     pub(super) payload: Vec<u8>,
 }
 
-/// Reads the record at `lsn`; `None` where the log ends there: no record, a record of
-/// another LSN (an older pass of the ring), or a torn one (its checksum is wrong).
+/// Reads the record at `lsn` written in run `epoch`; `None` where the log ends there: no
+/// record, a record of another LSN (an older pass of the ring) or run, or a torn one (its
+/// checksum is wrong).
 pub(super) fn read_at(
     geometry: &Geometry,
     segments: &[File],
+    epoch: u32,
     lsn: u64,
 ) -> io::Result<Option<ReadRecord>> {
     let (segment, offset) = geometry.position(lsn);
@@ -151,7 +155,9 @@ pub(super) fn read_at(
     let mut at_bytes = [0u8; 8];
     at_bytes.copy_from_slice(&h[8..16]);
     let len = u64::from(word(16));
+    let written_in = u32::from_le_bytes([h[5], h[6], h[7], 0]);
     if word(0) != MAGIC
+        || written_in != epoch & 0xFF_FFFF
         || u64::from_le_bytes(at_bytes) != lsn
         || offset + HEADER + len > geometry.segment_bytes
     {
@@ -233,10 +239,9 @@ pub(super) struct WholeRecord {
     pub(super) bytes: Vec<u8>,
 }
 
-/// Instances of a group that were processed (or removed) and deleted: a replay does not
-/// write back any of them committed before this record.
+/// Instances processed (or removed, or refused after all) and deleted, by the LSNs of their
+/// commits: a replay writes back none of them, nor an earlier commit of the same file.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Consumed {
-    pub(super) key: String,
-    pub(super) file_names: Vec<String>,
+    pub(super) commits: Vec<u64>,
 }

@@ -26,14 +26,23 @@ impl Wal {
                 .unplaced
                 .iter()
                 .filter(|(_, u)| which(u) && (!flushed_only || u.end <= state.synced))
-                .map(|(first, u)| (*first, u.clone()))
+                .map(|(commit, u)| (*commit, u.clone()))
                 .collect()
         };
-        for (first, unplaced) in todo {
-            self.write_files(&unplaced)?;
-            self.state().unplaced.remove(&first);
+        // One that cannot be written does not keep the others from theirs.
+        let mut first_error = None;
+        for (commit, unplaced) in todo {
+            match self.write_files(&unplaced) {
+                Ok(()) => {
+                    self.state().unplaced.remove(&commit);
+                }
+                Err(error) => {
+                    tracing::error!(%error, sop_instance = %unplaced.info.sop_instance, "cannot write a logged instance's file; it stays in the log");
+                    first_error.get_or_insert(error);
+                }
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Writes one logged instance's file into its input directories, from the log.
