@@ -560,6 +560,13 @@ impl Storage {
         let entry = patients.get_mut(group_key)?;
         if matches!(status, PriorStatus::Unavailable(_)) {
             let dropped = std::mem::take(&mut entry.inputs[input]);
+            // Logged ones are given up in the log: never written, never brought back.
+            if let Some(wal) = &self.wal {
+                let commits = dropped.iter().filter_map(|i| i.logged).collect();
+                if let Err(error) = wal.consume(commits) {
+                    tracing::warn!(patient = %display_group_key(group_key), %error, "cannot give up the half-fetched priors in the log; they may come back as strays");
+                }
+            }
             if let Some(layout) = &self.disk {
                 let dir = layout.patient_dir(group_key).join(input_dir_name(&name));
                 for instance in dropped {
