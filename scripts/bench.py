@@ -330,7 +330,7 @@ def peak_rss_mib(pid):
     return float("nan")
 
 
-def durable(rounds=3):
+def durable(rounds=int(os.environ.get("BENCH_ROUNDS", "3"))):
     """storescu into: DCMTK storescp (no fsync), the node in memory, the node with --data-dir
     (write-ahead log), Orthanc (default settings, which fsync); 300 CT 512x512 and 1,000
     instances 64x64, by one association and by four at once; order rotated per round."""
