@@ -58,6 +58,17 @@ fn file_of(layout: &DiskLayout, n: usize) -> PathBuf {
         .join(format!("1.2.{n}.dcm"))
 }
 
+/// Changes a byte of the payload of the record at `lsn`, as a torn write would.
+fn tear(dir: &Path, lsn: u64) {
+    let (segment, offset) = SMALL.position(lsn);
+    OpenOptions::new()
+        .write(true)
+        .open(dir.join("wal").join(format!("segment-{segment}")))
+        .unwrap()
+        .write_all_at(&[0xEE], offset + HEADER + 10)
+        .unwrap();
+}
+
 /// The data set in instance `n`'s written file (after preamble, magic and meta).
 fn data_set_in(layout: &DiskLayout, n: usize) -> Vec<u8> {
     let bytes = fs::read(file_of(layout, n)).unwrap();
@@ -101,14 +112,8 @@ fn commits_are_written_once_at_start_up_and_a_torn_one_ends_the_log() {
     log(&wal, 7, 500);
     let second = wal.state().head;
     log(&wal, 8, 500);
-    let geometry = wal.geometry;
     drop(wal);
-    let (segment, offset) = geometry.position(second);
-    let file = OpenOptions::new()
-        .write(true)
-        .open(dir.path().join("wal").join(format!("segment-{segment}")))
-        .unwrap();
-    file.write_all_at(&[0xEE], offset + HEADER + 10).unwrap();
+    tear(dir.path(), second);
     let (_wal, replayed) = open(dir.path(), &layout);
     assert_eq!(replayed, 1, "the torn record and what follows are dropped");
     assert!(file_of(&layout, 7).exists());
@@ -154,13 +159,7 @@ fn records_an_earlier_run_left_beyond_a_torn_one_are_never_read() {
     log(&wal, 3, 300);
     drop(wal);
     // Power lost: instance 2's record torn, instance 3's intact behind it.
-    let (segment, offset) = SMALL.position(torn);
-    OpenOptions::new()
-        .write(true)
-        .open(dir.path().join("wal").join(format!("segment-{segment}")))
-        .unwrap()
-        .write_all_at(&[0xEE], offset + HEADER + 10)
-        .unwrap();
+    tear(dir.path(), torn);
     let (wal, replayed) = open(dir.path(), &layout);
     assert_eq!(replayed, 1);
     fs::remove_dir_all(layout.patients()).unwrap();
