@@ -51,7 +51,10 @@ impl Wal {
                 );
             }
             self.flushed.notify_all();
-            self.wake.notify_one();
+            // The flusher waited for this flush only if parts are left to flush.
+            if state.parts_through > state.synced {
+                self.wake.notify_one();
+            }
             result?;
         }
     }
