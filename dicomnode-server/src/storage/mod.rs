@@ -374,6 +374,41 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_data_set_with_parts_in_the_log_is_refused_and_never_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (storage, _) =
+            Storage::on_disk(inputs(), Completion::default(), dir.path(), None).unwrap();
+        let (class, uid, ts) = (
+            "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.3.4",
+            "1.2.840.10008.1.2.1",
+        );
+        let mut incoming = storage.incoming(class, uid, ts);
+        // 200 KB that are no data set: three parts reach the log before the end.
+        for _ in 0..3 {
+            incoming.push(vec![0xFF; 64 << 10], false);
+        }
+        incoming.push(vec![0xFF; 8 << 10], true);
+        assert!(matches!(
+            storage.receive(incoming, class, uid, ts),
+            Err(ReceiveError::Unreadable(_))
+        ));
+        drop(storage);
+        let (_storage, restored) =
+            Storage::on_disk(inputs(), Completion::default(), dir.path(), None).unwrap();
+        assert_eq!(restored.replayed, 0);
+        assert_eq!(restored.instances, 0);
+        assert!(std::fs::read_dir(dir.path().join("patients"))
+            .unwrap()
+            .next()
+            .is_none());
+        assert!(std::fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none());
+    }
+
+    #[test]
     fn on_disk_batches_are_files_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let (storage, restored) =

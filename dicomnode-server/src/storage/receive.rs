@@ -4,7 +4,7 @@
 //! What it was written to waits in a [`Staged`] for the inputs' verdict: stored, or
 //! dropped and gone.
 
-use super::disk::{self, DiskLayout};
+use super::disk;
 use super::placing;
 use super::wal::{CommitInfo, Stream, Wal, MAX_LOGGED, PART_BYTES};
 use super::{InstanceData, ReceivedInstance, Storage};
@@ -52,7 +52,6 @@ enum Sink {
 struct Logging {
     wal: Arc<Wal>,
     stream: Stream,
-    layout: DiskLayout,
     ids: (String, String, String),
 }
 
@@ -114,7 +113,7 @@ impl Incoming {
         };
         let (class, uid, ts) = &log.ids;
         let meta = placing::file_meta(class, uid, ts)?;
-        let (mut writer, path) = log.layout.new_temp_file(&meta)?;
+        let (mut writer, path) = log.wal.layout().new_temp_file(&meta)?;
         // Owned from here: dropped, the file goes too.
         let written = writer.write_all(&bytes);
         self.sink = Sink::File { writer, path };
@@ -220,7 +219,6 @@ impl Storage {
                 log: Some(Logging {
                     wal: Arc::clone(wal),
                     stream: wal.stream(),
-                    layout: layout.clone(),
                     ids: (
                         sop_class.to_string(),
                         sop_instance.to_string(),

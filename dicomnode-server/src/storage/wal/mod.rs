@@ -61,7 +61,6 @@ struct Piece {
 #[derive(Debug)]
 pub(crate) struct Stream {
     id: u64,
-    parts: Vec<u64>,
     pieces: Vec<Piece>,
     /// Bytes of the data set logged as parts so far.
     logged: usize,
@@ -156,13 +155,17 @@ impl Wal {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The data directory the log writes files into.
+    pub(crate) fn layout(&self) -> &DiskLayout {
+        &self.layout
+    }
+
     /// A new data set arriving.
     pub(crate) fn stream(&self) -> Stream {
         let mut state = self.state();
         state.next_stream += 1;
         Stream {
             id: state.next_stream,
-            parts: Vec::new(),
             pieces: Vec::new(),
             logged: 0,
         }
@@ -187,7 +190,6 @@ impl Wal {
                 state.parts_through = state.head;
             },
         )?;
-        stream.parts.push(lsn);
         stream.pieces.push(Piece {
             lsn,
             offset: 0,
@@ -228,7 +230,7 @@ impl Wal {
         if !evicted(&self.state()) {
             let tail = bytes.get(stream.logged..).unwrap_or_default();
             let info = CommitInfo {
-                parts: stream.parts.clone(),
+                parts: stream.pieces.iter().map(|p| p.lsn).collect(),
                 ..info.clone()
             };
             let head = format::commit_payload_head(&info)?;
